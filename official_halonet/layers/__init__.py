@@ -1,0 +1,5 @@
+"""Layers: the local self-attention primitives (halo and SASA attention) and their helpers."""
+from official_halonet.layers.halo_attention import HaloAttention
+from official_halonet.layers.sasa_attention import SASAAttention
+
+__all__ = ["HaloAttention", "SASAAttention"]

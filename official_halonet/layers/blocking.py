@@ -1,0 +1,93 @@
+"""Blocked layout helpers: cut a feature map into b×b blocks and (b+2h)×(b+2h) halo windows.
+
+Only pad / reshape / slice / concat are used (no image patch-extraction op), so XLA compiles the
+window formation to plain copies on TPU, GPU and CPU, and every shape may be unknown (None) at trace
+time. All tensors are channels-last.
+
+  pad_to_multiple  [B, H, W, C]              -> [B, ceil(H/b)·b, ceil(W/b)·b, C]   (zeros bottom/right)
+  to_blocks        [B, n_h·b, n_w·b, C]      -> [B, n_h, n_w, b·b, C]
+  from_blocks      [B, n_h, n_w, b·b, C]     -> [B, n_h·b, n_w·b, C]
+  halo_windows     [B, n_h·b, n_w·b, C]      -> [B, n_h, n_w, (b+2h)·(b+2h), C]
+"""
+from typing import List, Union
+
+import tensorflow as tf
+
+Dim = Union[int, tf.Tensor]
+
+
+def dims(x: tf.Tensor) -> List[Dim]:
+  """The shape of `x` as a list: Python ints where static, scalar tensors where not."""
+  static = x.shape.as_list()
+  dynamic = tf.shape(x)
+  return [d if d is not None else dynamic[i] for i, d in enumerate(static)]
+
+
+def ceil_div(a: Dim, b: int) -> Dim:
+  return -(-a // b)
+
+
+def pad_to_multiple(x: tf.Tensor, multiple: int) -> tf.Tensor:
+  """Zero-pads H and W of [B, H, W, C] at the bottom / right up to multiples of `multiple`."""
+  _, height, width, _ = dims(x)
+  pad_h = ceil_div(height, multiple) * multiple - height
+  pad_w = ceil_div(width, multiple) * multiple - width
+  if isinstance(pad_h, int) and isinstance(pad_w, int) and pad_h == 0 and pad_w == 0:
+    return x
+  return tf.pad(x, [[0, 0], [0, pad_h], [0, pad_w], [0, 0]])
+
+
+def to_blocks(x: tf.Tensor, block: int) -> tf.Tensor:
+  """[B, n_h·b, n_w·b, C] -> [B, n_h, n_w, b·b, C]; pixel (i, j) of a block is at index i·b + j."""
+  batch, height, width, channels = dims(x)
+  n_h, n_w = height // block, width // block
+  x = tf.reshape(x, [batch, n_h, block, n_w, block, channels])
+  x = tf.transpose(x, [0, 1, 3, 2, 4, 5])
+  return tf.reshape(x, [batch, n_h, n_w, block * block, channels])
+
+
+def from_blocks(x: tf.Tensor, block: int) -> tf.Tensor:
+  """Inverse of `to_blocks`: [B, n_h, n_w, b·b, C] -> [B, n_h·b, n_w·b, C]."""
+  batch, n_h, n_w, _, channels = dims(x)
+  x = tf.reshape(x, [batch, n_h, n_w, block, block, channels])
+  x = tf.transpose(x, [0, 1, 3, 2, 4, 5])
+  return tf.reshape(x, [batch, n_h * block, n_w * block, channels])
+
+
+def _windows_along(x: tf.Tensor, axis: int, block: int, halo: int) -> tf.Tensor:
+  """Splits `axis` (length n·b) into n overlapping windows of b + 2h: [..., n, b + 2h, ...].
+
+  Window t covers positions t·b - h .. t·b + b + h - 1 of the axis; positions outside the axis are
+  zero. The axis is zero-padded by m = ceil(h / b) whole blocks on each side, cut into n + 2m blocks,
+  the 2m + 1 neighbouring blocks of each block are concatenated (2m + 1 slices of the block axis) and
+  the window is sliced out of the middle. For h <= b (every published model) that is three slices.
+  """
+  shape = dims(x)
+  n = shape[axis] // block
+  extra = ceil_div(halo, block)  # m
+  if extra:
+    paddings = [[0, 0]] * len(shape)
+    paddings[axis] = [extra * block, extra * block]
+    x = tf.pad(x, paddings)
+  x = tf.reshape(x, shape[:axis] + [n + 2 * extra, block] + shape[axis + 1:])
+  if not extra:
+    return x
+  lead = (slice(None),) * axis
+  neighbours = [x[lead + (slice(j, j + n),)] for j in range(2 * extra + 1)]
+  x = tf.concat(neighbours, axis=axis + 1)  # [..., n, (2m + 1)·b, ...]
+  start = extra * block - halo
+  return x[lead + (slice(None), slice(start, start + block + 2 * halo))]
+
+
+def halo_windows(x: tf.Tensor, block: int, halo: int) -> tf.Tensor:
+  """[B, n_h·b, n_w·b, C] -> [B, n_h, n_w, w·w, C] with w = b + 2h, zeros outside the map.
+
+  Window (t, u) holds rows t·b - h .. t·b + b + h - 1 and columns u·b - h .. u·b + b + h - 1, row-major.
+  """
+  batch, _, _, channels = dims(x)
+  win = block + 2 * halo
+  x = _windows_along(x, 1, block, halo)  # [B, n_h, w, W, C]
+  x = _windows_along(x, 3, block, halo)  # [B, n_h, w, n_w, w, C]
+  n_h, n_w = dims(x)[1], dims(x)[3]
+  x = tf.transpose(x, [0, 1, 3, 2, 4, 5])
+  return tf.reshape(x, [batch, n_h, n_w, win * win, channels])

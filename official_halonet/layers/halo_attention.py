@@ -1,0 +1,236 @@
+"""Blocked local self-attention with halos (HaloNet, Vaswani et al., CVPR 2021, eq. 2-3).
+
+For the output at pixel (i, j), with N(i, j) the (b + 2h)² window of the b×b block holding (i, j):
+
+    y_ij = sum_{(a,c) in N(i,j)} softmax_ac( s_qk · q_ij·k_ac + s_pos · (q_ij·r_h[a-i] + q_ij·r_w[c-j]) ) v_ac
+    q = x W_Q,  k = x W_K,  v = x W_V          (1×1 projections, no bias; N heads of D channels)
+
+s_qk = D^-1/2. s_pos is 1 by default (the position term unscaled, as in timm's HaloNet) and D^-1/2
+with `scale_rel_logits=True`. k and v are projected before zero padding, so keys and values outside
+the image are exactly zero (they still take part in the softmax unless `mask_out_of_image`).
+
+Shapes: [B, H, W, C] -> [B, ceil(H/s), ceil(W/s), value_dim]; B, H, W may be None when traced.
+H and W need not be multiples of b: the map is padded up and the output cropped back, so the output
+has the size a 'SAME' convolution of stride s would give.
+
+Downsampling (stride s > 1):
+  * b divisible by s: queries are subsampled, q at rows/columns 0, s, 2s, ... of each block, while
+    keys and values keep the stride-1 window, so each block yields (b/s)² outputs.
+  * otherwise, or with downsample='avg_pool': stride-1 attention followed by s×s average pooling with
+    stride s ('SAME' padding), the downsampling of SASA.
+
+Window shape: 'block' attends to the whole (b + 2h)² window (HaloNet, unmasked by default);
+'centered' masks it to the (2h + 1)² window centred on each query (SASA's k×k neighbourhood).
+Relative positions: see relative_position.py ('factorized' HaloNet, 'split' SASA, or 'none').
+Logits and softmax are computed in float32 whatever the layer's compute dtype.
+"""
+from typing import Any, Dict, Optional
+
+import numpy as np
+import tensorflow as tf
+import tf_keras
+
+from official_halonet.layers import blocking
+from official_halonet.layers import relative_position
+
+_MASKED_LOGIT = -1e9
+WINDOWS = ("block", "centered")
+DOWNSAMPLES = ("auto", "avg_pool")
+
+
+def _positive_int(name: str, value: Any, minimum: int) -> int:
+  if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
+    raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}.")
+  return int(value)
+
+
+def _fresh(module, identifier):
+  """A new initializer object for each variable (a shared one would give identical tables)."""
+  if isinstance(identifier, tf_keras.initializers.Initializer):
+    identifier = tf_keras.initializers.serialize(identifier)
+  return module.get(identifier)
+
+
+def _one_of(name: str, value: Any, allowed) -> str:
+  if value not in allowed:
+    raise ValueError(f"{name} must be one of {allowed}, got {value!r}.")
+  return value
+
+
+@tf_keras.utils.register_keras_serializable(package="HaloNet")
+class HaloAttention(tf_keras.layers.Layer):
+  """Multi-head blocked local self-attention with halo (see module docstring for the equation).
+
+  Args:
+    num_heads: N, heads.
+    key_dim: total query/key width over all heads (N·D); must be divisible by `num_heads`.
+    value_dim: total value (= output) width; divisible by `num_heads`. Defaults to `key_dim`.
+    block_size: b, side of the query blocks.
+    halo_size: h, pixels of halo on each side of a block.
+    strides: s, output stride (1, or the downsampling of the first block of a stage).
+    downsample: 'auto' (subsampled queries when b % s == 0, else average pooling) or 'avg_pool'.
+    window: 'block' or 'centered' (see module docstring).
+    mask_out_of_image: mask keys outside the image (zero padding) out of the softmax.
+    rel_pos: 'factorized', 'split' or 'none'.
+    scale_rel_logits: scale the relative-position term by D^-1/2 like the content term.
+    kernel_initializer, kernel_regularizer: for the q, k, v projections.
+    rel_pos_initializer: for the relative-position tables (default normal, stddev D^-1/2).
+  """
+
+  def __init__(self,
+               num_heads: int,
+               key_dim: int,
+               value_dim: Optional[int] = None,
+               block_size: int = 8,
+               halo_size: int = 3,
+               strides: int = 1,
+               downsample: str = "auto",
+               window: str = "block",
+               mask_out_of_image: bool = False,
+               rel_pos: str = "factorized",
+               scale_rel_logits: bool = False,
+               kernel_initializer: Any = "he_normal",
+               kernel_regularizer: Any = None,
+               rel_pos_initializer: Any = None,
+               **kwargs):
+    super().__init__(**kwargs)
+    self.num_heads = _positive_int("num_heads", num_heads, 1)
+    self.key_dim = _positive_int("key_dim", key_dim, 1)
+    self.value_dim = _positive_int("value_dim", key_dim if value_dim is None else value_dim, 1)
+    self.block_size = _positive_int("block_size", block_size, 1)
+    self.halo_size = _positive_int("halo_size", halo_size, 0)
+    self.strides = _positive_int("strides", strides, 1)
+    self.downsample = _one_of("downsample", downsample, DOWNSAMPLES)
+    self.window = _one_of("window", window, WINDOWS)
+    self.mask_out_of_image = bool(mask_out_of_image)
+    self.rel_pos = _one_of("rel_pos", rel_pos, relative_position.REL_POS_MODES)
+    self.scale_rel_logits = bool(scale_rel_logits)
+    for name, width in (("key_dim", self.key_dim), ("value_dim", self.value_dim)):
+      if width % self.num_heads:
+        raise ValueError(f"{name}={width} is not divisible by num_heads={self.num_heads}.")
+    self.head_dim = self.key_dim // self.num_heads
+    if self.rel_pos == "split" and self.head_dim % 2:
+      raise ValueError(f"rel_pos='split' gives half of each head's channels to rows and half to "
+                       f"columns, so key_dim / num_heads must be even, got {self.head_dim}.")
+    if self.window == "centered" and self.halo_size == 0:
+      raise ValueError("window='centered' with halo_size=0 is a 1×1 window; use halo_size >= 1.")
+    # Subsample queries only when every block holds whole stride cells.
+    self.pool_after = self.strides > 1 and (self.downsample == "avg_pool" or
+                                            self.block_size % self.strides != 0)
+    self.query_stride = 1 if self.pool_after else self.strides
+    self._kernel_initializer = kernel_initializer
+    self._kernel_regularizer = kernel_regularizer
+    self._rel_pos_initializer = rel_pos_initializer
+
+  @property
+  def window_size(self) -> int:
+    return self.block_size + 2 * self.halo_size
+
+  def build(self, input_shape):
+    def projection(units, name):
+      return tf_keras.layers.Dense(
+          units, use_bias=False, name=name, dtype=self.dtype_policy,
+          kernel_initializer=_fresh(tf_keras.initializers, self._kernel_initializer),
+          kernel_regularizer=tf_keras.regularizers.get(self._kernel_regularizer))
+
+    self.query = projection(self.key_dim, "query")
+    self.key_value = projection(self.key_dim + self.value_dim, "key_value")
+    self.query.build(input_shape)
+    self.key_value.build(input_shape)
+    if self.rel_pos != "none":
+      width = self.head_dim // 2 if self.rel_pos == "split" else self.head_dim
+      init = self._rel_pos_initializer or {
+          "class_name": "RandomNormal", "config": {"stddev": self.head_dim**-0.5}}
+      rows = relative_position.table_rows(self.window_size)
+      # Never auto-cast: under mixed precision the position logits stay in float32.
+      self.rel_pos_h, self.rel_pos_w = (
+          self.add_weight(name, shape=[rows, width], dtype=self.dtype,
+                          initializer=_fresh(tf_keras.initializers, init),
+                          experimental_autocast=False)
+          for name in ("rel_pos_h", "rel_pos_w"))
+    super().build(input_shape)
+
+  def _window_mask(self) -> Optional[np.ndarray]:
+    """[bq², w²] bool, True where the key is inside the query's centred (2h+1)² window."""
+    if self.window != "centered":
+      return None
+    index = relative_position.window_index(self.block_size, self.halo_size, self.query_stride)
+    offset = index - (self.window_size - 1)  # key row minus query row, [bq, w]
+    inside = np.abs(offset) <= self.halo_size
+    return (inside[:, None, :, None] & inside[None, :, None, :]).reshape(
+        index.shape[0]**2, self.window_size**2)
+
+  def call(self, x: tf.Tensor) -> tf.Tensor:
+    b, h, s = self.block_size, self.halo_size, self.query_stride
+    bq, n, d = b // s, self.num_heads, self.head_dim
+    batch, height, width, _ = blocking.dims(x)
+    out_h, out_w = blocking.ceil_div(height, s), blocking.ceil_div(width, s)
+
+    q = blocking.pad_to_multiple(self.query(x[:, ::s, ::s, :]), bq)  # [B, Hp/s, Wp/s, N·D]
+    kv = blocking.pad_to_multiple(self.key_value(x), b)  # [B, Hp, Wp, N·(D + Dv)]
+    q = blocking.to_blocks(q, bq)  # [B, X, Y, bq², N·D]
+    kv = blocking.halo_windows(kv, b, h)  # [B, X, Y, w², N·(D + Dv)]
+    _, n_x, n_y, _, _ = blocking.dims(q)
+    k, v = kv[..., :self.key_dim], kv[..., self.key_dim:]
+    # One axis for the X·Y blocks keeps every tensor at rank <= 5 (oneDNN's softmax limit on CPU).
+    blocks = n_x * n_y
+    # Logits and softmax in float32 under mixed precision (in the input dtype when that is wider).
+    logit_dtype = tf.float32 if x.dtype in (tf.float16, tf.bfloat16) else x.dtype
+    q = tf.reshape(tf.cast(q, logit_dtype), [batch, blocks, bq * bq, n, d])
+    k = tf.reshape(tf.cast(k, logit_dtype), [batch, blocks, -1, n, d])
+    v = tf.reshape(v, [batch, blocks, -1, n, self.value_dim // n])
+
+    logits = tf.einsum("bzqnd,bzknd->bznqk", q, k) * (d**-0.5)  # [B, X·Y, N, bq², w²]
+    if self.rel_pos != "none":
+      q_grid = tf.reshape(q, [batch, blocks, bq, bq, n, d])
+      rel = relative_position.relative_logits(q_grid, tf.cast(self.rel_pos_h, logit_dtype),
+                                              tf.cast(self.rel_pos_w, logit_dtype), b, h, s,
+                                              self.rel_pos)
+      logits += rel * (d**-0.5) if self.scale_rel_logits else rel
+
+    mask = self._window_mask()
+    if mask is not None:
+      logits = tf.where(tf.constant(mask), logits, _MASKED_LOGIT)
+    if self.mask_out_of_image:
+      inside = tf.ones([1, height, width, 1], logit_dtype)
+      inside = blocking.halo_windows(blocking.pad_to_multiple(inside, b), b, h)  # [1, X, Y, w², 1]
+      inside = tf.reshape(inside, [1, blocks, 1, 1, -1]) > 0.5
+      logits = tf.where(inside, logits, _MASKED_LOGIT)
+
+    weights = tf.cast(tf.nn.softmax(logits, axis=-1), v.dtype)
+    out = tf.einsum("bznqk,bzknd->bzqnd", weights, v)  # [B, X·Y, bq², N, Dv/N]
+    out = tf.reshape(out, [batch, n_x, n_y, bq * bq, self.value_dim])
+    out = blocking.from_blocks(out, bq)[:, :out_h, :out_w, :]
+    if self.pool_after:
+      out = tf.nn.avg_pool2d(out, self.strides, self.strides, "SAME")
+    return out
+
+  def compute_output_shape(self, input_shape):
+    shape = tf.TensorShape(input_shape).as_list()
+    spatial = [None if d is None else -(-d // self.strides) for d in shape[1:3]]
+    return tf.TensorShape([shape[0]] + spatial + [self.value_dim])
+
+  def get_config(self) -> Dict[str, Any]:
+    config = super().get_config()
+    config.update(
+        num_heads=self.num_heads,
+        key_dim=self.key_dim,
+        value_dim=self.value_dim,
+        block_size=self.block_size,
+        halo_size=self.halo_size,
+        strides=self.strides,
+        downsample=self.downsample,
+        window=self.window,
+        mask_out_of_image=self.mask_out_of_image,
+        rel_pos=self.rel_pos,
+        scale_rel_logits=self.scale_rel_logits,
+        kernel_initializer=tf_keras.initializers.serialize(
+            tf_keras.initializers.get(self._kernel_initializer)),
+        kernel_regularizer=tf_keras.regularizers.serialize(
+            tf_keras.regularizers.get(self._kernel_regularizer))
+        if self._kernel_regularizer is not None else None,
+        rel_pos_initializer=tf_keras.initializers.serialize(
+            tf_keras.initializers.get(self._rel_pos_initializer))
+        if self._rel_pos_initializer is not None else None,
+    )
+    return config

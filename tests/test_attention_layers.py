@@ -1,0 +1,302 @@
+"""HaloAttention / SASAAttention against the independent references in attention_reference.py."""
+import itertools
+import math
+import pathlib
+
+import numpy as np
+import pytest
+
+import official_halonet  # noqa: F401  (selects tf_keras before TensorFlow resolves tf.keras)
+import tensorflow as tf
+import tf_keras
+
+from official_halonet.layers import HaloAttention, SASAAttention
+import attention_reference as ref
+
+FLOAT32_TOL = 1e-5
+
+
+def _build(layer, shape, seed=0):
+  x = tf.random.stateless_normal(shape, seed=[seed, 1])
+  layer(x)
+  # Non-trivial relative tables (their default init is already random; make them larger so the
+  # position term matters as much as the content term).
+  if layer.rel_pos != "none":
+    for i, table in enumerate((layer.rel_pos_h, layer.rel_pos_w)):
+      table.assign(tf.random.stateless_normal(table.shape, seed=[seed, 7 + i]))
+  return x
+
+
+def _halo_kwargs(layer):
+  return dict(heads=layer.num_heads, block=layer.block_size, halo=layer.halo_size,
+              stride=layer.strides, pool_after=layer.pool_after,
+              centered=layer.window == "centered", mask_out_of_image=layer.mask_out_of_image,
+              rel_mode=layer.rel_pos, scale_rel=layer.scale_rel_logits)
+
+
+# The grid the issue asks for: b in {1, 2, 4, 8}, h in {0, 1, 3}, stride in {1, 2}, on a 13×17 map
+# (divisible by none of them), 2 heads; then heads, masks and divisible sizes on a smaller product.
+GRID = [dict(block_size=b, halo_size=h, strides=s, num_heads=2, size=(13, 17))
+        for b, h, s in itertools.product((1, 2, 4, 8), (0, 1, 3), (1, 2))]
+GRID += [
+    dict(block_size=4, halo_size=1, strides=1, num_heads=1, size=(8, 8)),
+    dict(block_size=4, halo_size=2, strides=2, num_heads=4, size=(16, 12)),
+    dict(block_size=4, halo_size=1, strides=1, num_heads=2, size=(9, 11), window="centered"),
+    dict(block_size=2, halo_size=3, strides=2, num_heads=2, size=(9, 7), mask_out_of_image=True),
+    dict(block_size=3, halo_size=2, strides=2, num_heads=2, size=(10, 11)),  # 3 % 2: pooled
+    dict(block_size=4, halo_size=1, strides=2, num_heads=2, size=(9, 9), downsample="avg_pool"),
+    dict(block_size=4, halo_size=2, strides=1, num_heads=2, size=(7, 10), rel_pos="none"),
+    dict(block_size=4, halo_size=1, strides=1, num_heads=2, size=(7, 10), scale_rel_logits=True),
+    dict(block_size=8, halo_size=3, strides=1, num_heads=2, size=(13, 17), window="centered",
+         mask_out_of_image=True),
+]
+
+
+def _grid_id(case):
+  return "-".join(f"{k}={v}" for k, v in case.items()).replace(" ", "")
+
+
+def _make(case):
+  case = dict(case)
+  size = case.pop("size")
+  layer = HaloAttention(key_dim=8, value_dim=6 * case["num_heads"], **case)
+  return layer, size
+
+
+@pytest.mark.parametrize("case", GRID, ids=_grid_id)
+def test_forward_matches_per_pixel_loops(case):
+  layer, (height, width) = _make(case)
+  x = _build(layer, [2, height, width, 5])
+  got = layer(x).numpy()
+  want = ref.halo_loops(x.numpy(), *ref.layer_weights(layer), **_halo_kwargs(layer))
+  assert got.shape == want.shape == (2, math.ceil(height / layer.strides),
+                                     math.ceil(width / layer.strides), layer.value_dim)
+  np.testing.assert_allclose(got, want, atol=FLOAT32_TOL, rtol=FLOAT32_TOL)
+
+
+GRADIENT_GRID = [c for c in GRID if c["block_size"] in (2, 4) and c["size"] == (13, 17)] + GRID[24:]
+
+
+@pytest.mark.parametrize("case", GRADIENT_GRID, ids=_grid_id)
+def test_gradients_match_dense_reference(case):
+  layer, (height, width) = _make(case)
+  x = _build(layer, [2, height, width, 5], seed=3)
+  cotangent = tf.random.stateless_normal(layer.compute_output_shape(x.shape), seed=[4, 4])
+  weights = [layer.query.kernel, layer.key_value.kernel]
+  if layer.rel_pos != "none":
+    weights += [layer.rel_pos_h, layer.rel_pos_w]
+  with tf.GradientTape(persistent=True) as tape:
+    tape.watch(x)
+    got = layer(x)
+    loss = tf.reduce_sum(got * cotangent)
+    wq = layer.query.kernel
+    wk, wv = layer.key_value.kernel[:, :layer.key_dim], layer.key_value.kernel[:, layer.key_dim:]
+    rel = (layer.rel_pos_h, layer.rel_pos_w) if layer.rel_pos != "none" else (None, None)
+    want = ref.halo_dense(x, wq, wk, wv, *rel, **_halo_kwargs(layer))
+    ref_loss = tf.reduce_sum(want * cotangent)
+  np.testing.assert_allclose(got.numpy(), want.numpy(), atol=FLOAT32_TOL, rtol=FLOAT32_TOL)
+  # The dense reference is itself checked against the loops for the same case.
+  loops = ref.halo_loops(x.numpy(), *ref.layer_weights(layer), **_halo_kwargs(layer))
+  np.testing.assert_allclose(want.numpy(), loops, atol=FLOAT32_TOL, rtol=FLOAT32_TOL)
+  for source in [x] + weights:
+    g_layer = tf.convert_to_tensor(tape.gradient(loss, source))
+    g_ref = tf.convert_to_tensor(tape.gradient(ref_loss, source))
+    assert g_layer is not None and g_ref is not None
+    scale = max(1.0, float(np.abs(g_ref.numpy()).max()))
+    np.testing.assert_allclose(g_layer.numpy(), g_ref.numpy(), atol=FLOAT32_TOL * scale,
+                               rtol=FLOAT32_TOL)
+
+
+@pytest.mark.parametrize("case", [
+    dict(block_size=2, halo_size=1, strides=2, num_heads=2),
+    dict(block_size=3, halo_size=1, strides=2, num_heads=1, window="centered"),
+    dict(block_size=2, halo_size=1, strides=1, num_heads=2, rel_pos="split",
+         mask_out_of_image=True),
+], ids=_grid_id)
+def test_numeric_gradient_float64(case):
+  """Finite differences in float64: independent of any reference's own autodiff."""
+  tf_keras.backend.set_floatx("float64")
+  try:
+    layer = HaloAttention(key_dim=4, value_dim=2 * case["num_heads"], dtype="float64", **case)
+    x = tf.random.stateless_normal([1, 5, 6, 3], seed=[9, 9], dtype=tf.float64)
+    layer(x)
+    theoretical, numerical = tf.test.compute_gradient(lambda t: layer(t), [x], delta=1e-6)
+    np.testing.assert_allclose(theoretical[0], numerical[0], atol=1e-6, rtol=1e-5)
+    # Weights: tape gradient against central differences on a sample of kernel entries.
+    cotangent = tf.random.stateless_normal(layer.compute_output_shape(x.shape), seed=[1, 9],
+                                           dtype=tf.float64)
+    for variable in (layer.key_value.kernel, layer.query.kernel, layer.rel_pos_h):
+      with tf.GradientTape() as tape:
+        loss = tf.reduce_sum(layer(x) * cotangent)
+      analytic = tf.convert_to_tensor(tape.gradient(loss, variable)).numpy().reshape(-1)
+      base = variable.numpy()
+      for flat in np.random.default_rng(0).choice(base.size, size=min(8, base.size), replace=False):
+        step = np.zeros(base.size)
+        step[flat] = 1e-6
+        variable.assign(base + step.reshape(base.shape))
+        plus = float(tf.reduce_sum(layer(x) * cotangent))
+        variable.assign(base - step.reshape(base.shape))
+        minus = float(tf.reduce_sum(layer(x) * cotangent))
+        variable.assign(base)
+        np.testing.assert_allclose(analytic[flat], (plus - minus) / 2e-6, atol=1e-6, rtol=1e-5)
+  finally:
+    tf_keras.backend.set_floatx("float32")
+
+
+@pytest.mark.parametrize("kernel_size,strides,block_size,mask", [
+    (3, 1, 4, False), (3, 2, 2, False), (7, 1, 8, False), (7, 2, 4, True), (7, 1, 3, False),
+])
+def test_sasa_matches_centred_window_loops(kernel_size, strides, block_size, mask):
+  layer = SASAAttention(key_dim=16, value_dim=8, num_heads=2, kernel_size=kernel_size,
+                        strides=strides, block_size=block_size, mask_out_of_image=mask)
+  x = _build(layer, [2, 11, 9, 5], seed=5)
+  got = layer(x).numpy()
+  want = ref.sasa_loops(x.numpy(), *ref.layer_weights(layer), heads=2, kernel_size=kernel_size,
+                        stride=strides, mask_out_of_image=mask)
+  assert got.shape == want.shape
+  np.testing.assert_allclose(got, want, atol=FLOAT32_TOL, rtol=FLOAT32_TOL)
+  # Half of each head's 8 channels embed rows, half columns.
+  assert layer.rel_pos_h.shape == (2 * (block_size + 2 * (kernel_size // 2)) - 1, 4)
+
+
+def test_sasa_result_does_not_depend_on_block_size():
+  x = tf.random.stateless_normal([1, 10, 13, 4], seed=[2, 2])
+  first = SASAAttention(key_dim=8, num_heads=2, kernel_size=5, block_size=1)
+  want = first(x).numpy()
+  for block in (3, 8):
+    layer = SASAAttention(key_dim=8, num_heads=2, kernel_size=5, block_size=block)
+    layer(x)
+    layer.query.kernel.assign(first.query.kernel)
+    layer.key_value.kernel.assign(first.key_value.kernel)
+    # Tables are longer for larger windows; the offsets a 5×5 window reaches (±2) sit at the centre.
+    for mine, theirs in ((layer.rel_pos_h, first.rel_pos_h), (layer.rel_pos_w, first.rel_pos_w)):
+      pad = (mine.shape[0] - theirs.shape[0]) // 2
+      mine.assign(np.pad(theirs.numpy(), [[pad, pad], [0, 0]]))
+    np.testing.assert_allclose(layer(x).numpy(), want, atol=FLOAT32_TOL)
+
+
+def test_global_attention_equals_plain_multi_head_attention():
+  """b = map size, h = 0: one block, every pixel attends to every pixel."""
+  size, heads, d = 6, 3, 4
+  layer = HaloAttention(num_heads=heads, key_dim=heads * d, value_dim=heads * 5, block_size=size,
+                        halo_size=0)
+  x = _build(layer, [2, size, size, 7], seed=11)
+  wq, wk, wv, rel_h, rel_w = ref.layer_weights(layer)
+  xf = x.numpy().reshape(2, size * size, 7)
+  q = (xf @ wq).reshape(2, -1, heads, d)
+  k = (xf @ wk).reshape(2, -1, heads, d)
+  v = (xf @ wv).reshape(2, -1, heads, 5)
+  rows, cols = np.divmod(np.arange(size * size), size)
+  rel = (np.einsum("bqnd,qkd->bnqk", q, rel_h[rows[None, :] - rows[:, None] + size - 1]) +
+         np.einsum("bqnd,qkd->bnqk", q, rel_w[cols[None, :] - cols[:, None] + size - 1]))
+  logits = np.einsum("bqnd,bknd->bnqk", q, k) / np.sqrt(d) + rel
+  weights = np.exp(logits - logits.max(-1, keepdims=True))
+  weights /= weights.sum(-1, keepdims=True)
+  want = np.einsum("bnqk,bknd->bqnd", weights, v).reshape(2, size, size, heads * 5)
+  np.testing.assert_allclose(layer(x).numpy(), want, atol=FLOAT32_TOL, rtol=FLOAT32_TOL)
+
+
+@pytest.mark.parametrize("layer_fn", [
+    lambda: HaloAttention(num_heads=2, key_dim=8, block_size=4, halo_size=1, strides=2),
+    lambda: HaloAttention(num_heads=2, key_dim=8, block_size=3, halo_size=1, strides=2),
+    lambda: SASAAttention(key_dim=8, num_heads=2, kernel_size=3),
+])
+def test_unknown_batch_and_spatial_dims_and_xla(layer_fn):
+  layer = layer_fn()
+  eager_x = tf.random.stateless_normal([3, 13, 10, 4], seed=[1, 2])
+  eager = layer(eager_x)
+  traced = tf.function(layer, input_signature=[tf.TensorSpec([None, None, None, 4])])
+  concrete = traced.get_concrete_function()
+  assert concrete.structured_outputs.shape.as_list() == [None, None, None, 8]
+  np.testing.assert_allclose(traced(eager_x).numpy(), eager.numpy(), atol=FLOAT32_TOL)
+  jitted = tf.function(layer, jit_compile=True)
+  np.testing.assert_allclose(jitted(eager_x).numpy(), eager.numpy(), atol=FLOAT32_TOL)
+  # A different size through the same unknown-shape trace.
+  other = tf.random.stateless_normal([1, 7, 21, 4], seed=[3, 2])
+  assert traced(other).shape == layer(other).shape == layer.compute_output_shape(other.shape)
+
+
+def _softmax_dtypes(fn, spec):
+  graph = tf.function(fn).get_concrete_function(spec).graph
+  return [op.get_attr("T") for op in graph.get_operations() if op.type == "Softmax"]
+
+
+def test_mixed_bfloat16_logits_in_float32():
+  x = tf.random.stateless_normal([2, 11, 12, 8], seed=[5, 6])
+  full = HaloAttention(num_heads=2, key_dim=16, block_size=4, halo_size=1)
+  full(x)
+  tf_keras.mixed_precision.set_global_policy("mixed_bfloat16")
+  try:
+    mixed = HaloAttention(num_heads=2, key_dim=16, block_size=4, halo_size=1)
+    mixed(x)
+  finally:
+    tf_keras.mixed_precision.set_global_policy("float32")
+  mixed.set_weights(full.get_weights())
+  assert mixed.rel_pos_h.dtype == tf.float32
+  y = mixed(x)
+  assert y.dtype == tf.bfloat16
+  y = tf.cast(y, tf.float32).numpy()
+  assert np.isfinite(y).all()
+  reference = full(x).numpy()
+  error = np.abs(y - reference).max() / np.abs(reference).max()
+  assert error < 0.05, error
+  assert _softmax_dtypes(mixed, tf.TensorSpec([2, 11, 12, 8])) == [tf.float32]
+
+
+def test_config_round_trip_gives_same_outputs():
+  layer = HaloAttention(num_heads=2, key_dim=8, value_dim=4, block_size=4, halo_size=2, strides=2,
+                        window="centered", mask_out_of_image=True, scale_rel_logits=True,
+                        kernel_regularizer=tf_keras.regularizers.L2(1e-4))
+  sasa = SASAAttention(key_dim=8, num_heads=2, kernel_size=3, strides=2)
+  x = tf.random.stateless_normal([1, 9, 9, 3], seed=[8, 8])
+  for original in (layer, sasa):
+    original(x)
+    config = tf_keras.layers.serialize(original)
+    clone = tf_keras.layers.deserialize(config)
+    assert type(clone) is type(original)
+    assert clone.get_config() == original.get_config()
+    clone(x)
+    clone.set_weights(original.get_weights())
+    np.testing.assert_array_equal(clone(x).numpy(), original(x).numpy())
+  assert len(layer.losses) == 2  # the L2 penalty on the query and key/value kernels
+
+
+def test_relative_tables_are_distinct():
+  layer = HaloAttention(num_heads=2, key_dim=8, block_size=4, halo_size=1)
+  layer(tf.zeros([1, 4, 4, 3]))
+  assert not np.allclose(layer.rel_pos_h.numpy(), layer.rel_pos_w.numpy())
+
+
+@pytest.mark.parametrize("kwargs,needle", [
+    (dict(num_heads=2, key_dim=8, block_size=0), "block_size"),
+    (dict(num_heads=2, key_dim=8, halo_size=-1), "halo_size"),
+    (dict(num_heads=3, key_dim=8), "num_heads"),
+    (dict(num_heads=2, key_dim=8, value_dim=5), "value_dim"),
+    (dict(num_heads=0, key_dim=8), "num_heads"),
+    (dict(num_heads=2, key_dim=8, strides=0), "strides"),
+    (dict(num_heads=2, key_dim=8, block_size=2.5), "block_size"),
+    (dict(num_heads=2, key_dim=8, window="round"), "window"),
+    (dict(num_heads=2, key_dim=8, rel_pos="absolute"), "rel_pos"),
+    (dict(num_heads=2, key_dim=6, rel_pos="split"), "even"),
+    (dict(num_heads=2, key_dim=8, downsample="max_pool"), "downsample"),
+])
+def test_constructor_rejects_impossible_settings(kwargs, needle):
+  with pytest.raises(ValueError, match=needle):
+    HaloAttention(**kwargs)
+
+
+@pytest.mark.parametrize("kwargs,needle", [
+    (dict(key_dim=16, kernel_size=4), "kernel_size"),
+    (dict(key_dim=16, kernel_size=1), "kernel_size"),
+    (dict(key_dim=16, halo_size=2), "halo_size"),
+    (dict(key_dim=12, num_heads=4), "even"),
+])
+def test_sasa_constructor_rejects_impossible_settings(kwargs, needle):
+  with pytest.raises(ValueError, match=needle):
+    SASAAttention(**kwargs)
+
+
+def test_no_extract_patches_in_package():
+  package = pathlib.Path(official_halonet.__file__).parent
+  offenders = [str(p) for p in package.rglob("*.py") if "extract_patches" in p.read_text()]
+  assert not offenders, f"tf.image.extract_patches is not allowed (SPEC §2): {offenders}"
