@@ -300,3 +300,18 @@ def test_no_extract_patches_in_package():
   package = pathlib.Path(official_halonet.__file__).parent
   offenders = [str(p) for p in package.rglob("*.py") if "extract_patches" in p.read_text()]
   assert not offenders, f"tf.image.extract_patches is not allowed (SPEC §2): {offenders}"
+
+
+def test_benchmark_naive_baseline_is_the_same_math():
+  """bench/attention.py's per-pixel-window baseline must compute what the layer computes."""
+  import importlib.util
+  spec = importlib.util.spec_from_file_location(
+      "bench_attention", pathlib.Path(__file__).parents[1] / "bench" / "attention.py")
+  bench = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(bench)
+  layer = HaloAttention(num_heads=2, key_dim=8, block_size=4, halo_size=1)
+  x = _build(layer, [2, 10, 13, 3], seed=12)
+  np.testing.assert_allclose(bench._naive_windows(layer, x).numpy(), layer(x).numpy(),
+                             atol=FLOAT32_TOL)
+  glob = HaloAttention(num_heads=2, key_dim=8, block_size=6, halo_size=0)
+  assert bench._global(glob, tf.zeros([1, 6, 6, 3])).shape == (1, 6, 6, 8)
