@@ -17,7 +17,7 @@ $(STAMP): requirements.txt constraints.txt
 venv: $(STAMP)
 
 demo: $(STAMP)
-	$(PY) main.py --demo
+	$(PY) bench/attention.py --runs 3
 
 test: $(STAMP)
 	$(PY) -m pytest -n 2 -q tests
