@@ -1,0 +1,11 @@
+"""Models: the HaloNet / SASA / hybrid backbones, their named specs and the builders.
+
+    import official_halonet.models as models
+    model = models.build('h3', num_classes=1000)
+"""
+from official_halonet.models.factory import Backbone, HaloNetConfig, build, build_halonet
+from official_halonet.models.halonet import HaloNet
+from official_halonet.models.specs import MODELS, ModelSpec, get_spec
+
+__all__ = ["Backbone", "HaloNet", "HaloNetConfig", "MODELS", "ModelSpec", "build",
+           "build_halonet", "get_spec"]

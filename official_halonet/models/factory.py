@@ -1,0 +1,97 @@
+"""Builders: Model Garden's backbone factory entry ('halonet') and a one-line public API.
+
+Model Garden (classification, RetinaNet, Mask R-CNN) builds backbones by name from a `Backbone`
+one-of config; `Backbone` below extends Model Garden's with a `halonet` member, so a task config
+that uses it accepts `backbone.type = 'halonet'`:
+
+    from official_halonet.models import factory
+    backbone = factory.Backbone(type='halonet', halonet=factory.HaloNetConfig(model_id='h3'))
+
+Outside Model Garden's tasks:
+
+    model = official_halonet.models.build('h3', num_classes=1000)   # [B, 320, 320, 3] -> logits
+"""
+import dataclasses
+from typing import Optional
+
+import tf_keras
+
+from official.modeling import hyperparams
+from official.vision.configs import backbones as mg_backbones
+from official.vision.modeling import classification_model
+from official.vision.modeling.backbones import factory as mg_factory
+from official_halonet.models import specs
+from official_halonet.models.halonet import HaloNet
+
+
+@dataclasses.dataclass
+class HaloNetConfig(hyperparams.Config):
+  """The `halonet` backbone config. None / 0 keeps the named spec's value."""
+  model_id: str = "h0"
+  block_size: Optional[int] = None
+  halo_size: Optional[int] = None
+  se_ratio: Optional[float] = None
+  final_width: Optional[int] = None
+  stochastic_depth_drop_rate: float = 0.0
+
+
+@dataclasses.dataclass
+class Backbone(mg_backbones.Backbone):
+  """Model Garden's backbone one-of config plus `halonet`."""
+  halonet: HaloNetConfig = dataclasses.field(default_factory=HaloNetConfig)
+
+
+@mg_factory.register_backbone_builder("halonet")
+def build_halonet(input_specs: tf_keras.layers.InputSpec,
+                  backbone_config: hyperparams.Config,
+                  norm_activation_config: hyperparams.Config,
+                  l2_regularizer: Optional[tf_keras.regularizers.Regularizer] = None) -> HaloNet:
+  """Model Garden backbone builder for `backbone.type == 'halonet'`."""
+  if backbone_config.type != "halonet":
+    raise ValueError(f"build_halonet got a backbone config of type {backbone_config.type!r}.")
+  config = backbone_config.get()
+  return HaloNet(
+      model_id=config.model_id,
+      input_specs=input_specs,
+      block_size=config.block_size,
+      halo_size=config.halo_size,
+      se_ratio=config.se_ratio,
+      final_width=config.final_width,
+      stochastic_depth_drop_rate=config.stochastic_depth_drop_rate,
+      activation=norm_activation_config.activation,
+      use_sync_bn=norm_activation_config.use_sync_bn,
+      norm_momentum=norm_activation_config.norm_momentum,
+      norm_epsilon=norm_activation_config.norm_epsilon,
+      kernel_regularizer=l2_regularizer)
+
+
+def build(model_id: str,
+          num_classes: int = 1000,
+          image_size: Optional[int] = None,
+          dropout_rate: float = 0.0,
+          weight_decay: float = 0.0,
+          **backbone_kwargs) -> tf_keras.Model:
+  """A classifier: the named backbone, global average pooling, dropout and a dense layer.
+
+  Args:
+    model_id: a name from `official_halonet.models.MODELS`.
+    num_classes: classifier width.
+    image_size: input side; defaults to the model's published resolution. None-sized inputs are
+      accepted too: pass 0 for [B, None, None, 3].
+    dropout_rate: dropout before the classifier.
+    weight_decay: L2 factor on every kernel (Model Garden adds it as a regularization loss).
+    **backbone_kwargs: HaloNet overrides (block_size, halo_size, se_ratio, final_width,
+      stochastic_depth_drop_rate, activation, use_sync_bn, norm_momentum, norm_epsilon).
+
+  Returns:
+    Model Garden's ClassificationModel: [B, S, S, 3] float images -> [B, num_classes] logits.
+  """
+  spec = specs.get_spec(model_id)
+  size = spec.image_size if image_size is None else (image_size or None)
+  input_specs = tf_keras.layers.InputSpec(shape=[None, size, size, 3])
+  regularizer = tf_keras.regularizers.L2(weight_decay / 2) if weight_decay else None
+  backbone = HaloNet(model_id, input_specs=input_specs, kernel_regularizer=regularizer,
+                     **backbone_kwargs)
+  return classification_model.ClassificationModel(
+      backbone=backbone, num_classes=num_classes, input_specs=input_specs,
+      dropout_rate=dropout_rate, kernel_regularizer=regularizer)

@@ -1,0 +1,118 @@
+"""The named models: one `ModelSpec` per configuration the HaloNet and SASA papers define.
+
+Stage i (i = 0..3, endpoints '2'..'5') has bottleneck width d_i = base_width · 2^i and output width
+r_b · d_i. Every block is 1×1 conv to d_i -> the stage's spatial op -> 1×1 conv to r_b · d_i, with a
+residual connection; the spatial op is
+
+  'halo'  halo attention, q and k d_i wide, v r_v · d_i wide (so the last 1×1 reads r_v · d_i),
+  'sasa'  SASA k×k attention (k = sasa_kernel, 8 heads), average-pool downsampling,
+  'conv'  a 3×3 convolution (ResNet bottleneck; with squeeze-excitation in the hybrids).
+
+`paper_params` / `paper_top1` are the numbers the papers report (millions / %); tests compare the
+parameter count the code builds against them. See halonet.py for the H3 discrepancy.
+"""
+import dataclasses
+from typing import Dict, Optional, Tuple
+
+STAGE_TYPES = ("halo", "sasa", "conv")
+STEMS = ("conv", "patch")
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelSpec:
+  """Everything that defines one named backbone (and its published training resolution)."""
+  blocks: Tuple[int, int, int, int]
+  stage_types: Tuple[str, str, str, str] = ("halo",) * 4
+  base_width: int = 64
+  value_ratio: float = 1.0  # r_v
+  output_ratio: float = 4.0  # r_b
+  block_size: int = 8  # b
+  halo_size: int = 3  # h
+  num_heads: Tuple[int, int, int, int] = (4, 8, 8, 8)
+  head_dim: Optional[int] = None  # when set, heads = d_i / head_dim instead of num_heads
+  final_width: Optional[int] = None  # d_f: 1×1 conv after the last stage
+  stem: str = "conv"  # 7×7/2 conv + 3×3/2 max-pool; 'patch': 4×4/4 linear
+  stem_width: int = 64
+  sasa_kernel: int = 7
+  se_ratio: float = 0.0  # squeeze-excitation in every block (0 = none)
+  conv_se_ratio: float = 0.0  # squeeze-excitation in 'conv' stages only (the hybrids)
+  activation: str = "silu"
+  image_size: int = 224
+  randaug_magnitude: int = 10
+  paper_params: Optional[float] = None  # millions
+  paper_top1: Optional[float] = None
+
+  def __post_init__(self):
+    for stage_type in self.stage_types:
+      if stage_type not in STAGE_TYPES:
+        raise ValueError(f"stage type {stage_type!r} is not one of {STAGE_TYPES}")
+    if self.stem not in STEMS:
+      raise ValueError(f"stem {self.stem!r} is not one of {STEMS}")
+
+
+def _h(b, h, r_v, r_b, stage3, image, d_f, params, top1, magnitude, **kw):
+  return ModelSpec(blocks=(3, 3, stage3, 3), block_size=b, halo_size=h, value_ratio=r_v,
+                   output_ratio=r_b, image_size=image, final_width=d_f, paper_params=params,
+                   paper_top1=top1, randaug_magnitude=magnitude, **kw)
+
+
+_H7 = dict(b=10, h=3, r_v=4.0, r_b=3.5, stage3=26, image=600, d_f=2048, magnitude=31)
+_H4_I21K = dict(blocks=(3, 4, 12, 3), base_width=128, output_ratio=4.0, block_size=8, halo_size=2,
+                image_size=256, randaug_magnitude=10)
+_DETECTION = dict(stage_types=("conv", "conv", "conv", "halo"), output_ratio=4.0, head_dim=16,
+                  se_ratio=0.0625, activation="relu", image_size=1024)
+_RESNET = dict(stage_types=("conv",) * 4, output_ratio=4.0, activation="relu", image_size=224)
+_SASA = dict(stage_types=("sasa",) * 4, output_ratio=4.0, num_heads=(8, 8, 8, 8), activation="relu",
+             image_size=224)
+
+MODELS: Dict[str, ModelSpec] = {
+    # HaloNet H0-H7 (HaloNet paper, table 1 / figure 4).
+    "h0": _h(8, 3, 1.0, 0.5, 7, 256, None, 5.5, 77.9, 6),
+    "h1": _h(8, 3, 1.0, 1.0, 10, 256, None, 8.1, 79.9, 8),
+    "h2": _h(8, 3, 1.0, 1.25, 11, 256, None, 9.4, 80.4, 10),
+    "h3": _h(10, 3, 1.0, 1.5, 12, 320, 1024, 12.3, 81.9, 14),
+    "h4": _h(12, 2, 1.0, 3.0, 12, 384, 1280, 19.1, 83.3, 17),
+    "h5": _h(14, 2, 2.5, 2.0, 23, 448, 1536, 30.7, 84.0, 19),
+    "h6": _h(8, 4, 3.0, 2.75, 24, 512, 1536, 43.4, 84.4, 24),
+    "h7": _h(**_H7, params=67.0, top1=84.9),
+    # Convolution-attention hybrids of H7: the first 1, 2 or 3 stages are SE conv bottlenecks.
+    "h7_c1": _h(**_H7, params=None, top1=None,
+                stage_types=("conv", "halo", "halo", "halo"), conv_se_ratio=0.0625),
+    "h7_c12": _h(**_H7, params=None, top1=None,
+                 stage_types=("conv", "conv", "halo", "halo"), conv_se_ratio=0.0625),
+    "h7_c123": _h(**_H7, params=None, top1=None,
+                  stage_types=("conv", "conv", "conv", "halo"), conv_se_ratio=0.0625),
+    # Component ablation (HaloNet paper section 4.3): ResNet-50 layout and widths.
+    "halonet50": ModelSpec(blocks=(3, 4, 6, 3), output_ratio=4.0, head_dim=16, activation="relu",
+                           image_size=256, paper_params=18.0),
+    "resnet50": ModelSpec(blocks=(3, 4, 6, 3), **_RESNET, paper_params=25.5),
+    # ImageNet-21k H4 (pretrained at 256 with b=8, h=2; fine-tuned at 384 / 512).
+    "h4_i21k": ModelSpec(**_H4_I21K, paper_params=85.0),
+    "h4_i21k_patch_stem": ModelSpec(**_H4_I21K, stem="patch", paper_params=85.0),
+    "h4_i21k_c12": ModelSpec(**_H4_I21K, stage_types=("conv", "conv", "halo", "halo"),
+                             conv_se_ratio=0.0625, paper_params=87.0),
+    # Detection backbones: ResNet + SE whose last three blocks (stage 4) are halo attention.
+    "resnet50_se_halo_b8": ModelSpec(blocks=(3, 4, 6, 3), block_size=8, halo_size=3, **_DETECTION),
+    "resnet50_se_halo_b32": ModelSpec(blocks=(3, 4, 6, 3), block_size=32, halo_size=3,
+                                      **_DETECTION),
+    "resnet101_se_halo_b8": ModelSpec(blocks=(3, 4, 23, 3), block_size=8, halo_size=3,
+                                      **_DETECTION),
+    # SASA ResNets (SASA paper, table 1): every 3×3 conv replaced by 7×7 SASA attention.
+    "sasa_resnet26": ModelSpec(blocks=(1, 2, 4, 1), **_SASA, paper_params=10.3),
+    "sasa_resnet38": ModelSpec(blocks=(2, 3, 5, 2), **_SASA, paper_params=14.1),
+    "sasa_resnet50": ModelSpec(blocks=(3, 4, 6, 3), **_SASA, paper_params=18.0),
+    # A tiny configuration for fast tests: every stage type, real code path.
+    "tiny": ModelSpec(blocks=(1, 1, 1, 1), stage_types=("conv", "halo", "sasa", "halo"),
+                      base_width=8, stem_width=8, num_heads=(2, 2, 2, 2), block_size=4,
+                      halo_size=1, sasa_kernel=3, final_width=32, conv_se_ratio=0.25,
+                      image_size=64, randaug_magnitude=2),
+}
+
+
+def get_spec(model_id: str) -> ModelSpec:
+  """The spec of a named model; an unknown name lists the known ones."""
+  try:
+    return MODELS[model_id]
+  except KeyError:
+    raise ValueError(f"Unknown model {model_id!r}; known models: {', '.join(sorted(MODELS))}"
+                     ) from None
