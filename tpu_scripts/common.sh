@@ -306,7 +306,7 @@ validate_main_flags() {
   done
   [[ -n "$MODEL_DIR" ]] || die "--model_dir is required (a gs:// path, e.g. gs://my-bucket/halonet/h0)"
   [[ "$MODEL_DIR" =~ ^gs://[a-z0-9][-a-z0-9_.]*[a-z0-9](/.*)?$ ]] ||
-    die "--model_dir '$MODEL_DIR' must be a gs://bucket/path: every TPU host reads and writes it"
+    die "--model_dir '$MODEL_DIR' must be gs://BUCKET/PATH with a valid bucket name: every TPU host reads and writes it"
 }
 
 # main_argv MODE [TPU]: sets MAIN_ARGV to the command a host runs (from REMOTE_DIR/src).
