@@ -249,10 +249,10 @@ def test_setup_pod_uses_worker_all_and_passes_install_flags(sandbox):
     lines = sandbox.dry('setup.sh', *POD, '--project', 'p1', '--remote-dir', 'work/h7',
                         '--libtpu-version=0.0.21', '--tf-tpu-version', '2.20.0', '--ref', 'HEAD~0')
     assert len(lines) == 3
-    assert lines[0].endswith('HEAD~0')
+    assert shlex.split(lines[0])[-1] == 'HEAD~0'
     assert shlex.split(lines[1]) == [
         'gcloud', 'compute', 'tpus', 'tpu-vm', 'scp', f'{sandbox.path}/halonet-src-h7-pod.tar.gz',
-        'h7-pod:work/h7-src.tar.gz', '--zone=europe-west4-a', '--project=p1', '--worker=all']
+        'h7-pod:work-h7-src.tar.gz', '--zone=europe-west4-a', '--project=p1', '--worker=all']
     assert shlex.split(lines[2])[:8] == ['gcloud', 'compute', 'tpus', 'tpu-vm', 'ssh', 'h7-pod',
                                          '--zone=europe-west4-a', '--project=p1']
     assert '--worker=all' in shlex.split(lines[2])
@@ -339,6 +339,14 @@ def test_environment_presets(sandbox):
     # A flag beats the preset.
     lines = sandbox.dry('train.sh', *MAIN, '--zone', 'us-central1-b', extra_env=env)
     assert '--zone=us-central1-b' in lines[0]
+
+
+def test_tpu_value_reaches_every_host(sandbox):
+    lines = sandbox.dry('run.sh', *POD, *MAIN, '--tpu', 'h7-pod', '--skip-setup')
+    assert remote_command(lines[1]).endswith('--tpu=h7-pod')
+    assert remote_command(lines[4]).endswith('--mode=export --model_dir=gs://my-bucket/h0')
+    lines = sandbox.dry('export.sh', *POD, *MAIN, '--tpu', 'h7-pod', '--on-tpu')
+    assert remote_command(lines[0]).endswith('--tpu=h7-pod')
 
 
 def test_eval(sandbox):
@@ -491,7 +499,8 @@ def test_host_job_start_wait_status_logs(tmp_path):
     base = ['--base', str(tmp_path)]
 
     def host_job(*args, rc=0):
-        proc = subprocess.run([*job, *args, *base], capture_output=True, text=True, timeout=30)
+        # --base goes before the action's arguments: everything after '--' is the command.
+        proc = subprocess.run([*job, *base, *args], capture_output=True, text=True, timeout=30)
         assert proc.returncode == rc, (proc.stdout, proc.stderr)
         return proc
 

@@ -240,6 +240,7 @@ remote_ssh() {
 GIN_FILES=()
 GIN_BINDINGS=()
 MODEL_DIR=""
+TPU_FLAG="local"
 REMOTE_ENV=()
 EXTRA_MAIN_FLAGS=()
 
@@ -252,6 +253,7 @@ main.py flags (passed through to every host unchanged):
                             (--gin_params is accepted as the same flag)
   --model_dir gs://...      checkpoints, summaries, operative config and exports (required; must
                             be on GCS: every host of a pod writes and reads it)
+  --tpu VALUE               main.py's --tpu on the hosts (default: local, each TPU VM host's own chips)
   --env KEY=VALUE           set an environment variable for main.py on the hosts; repeatable
   -- FLAG...                everything after '--' is appended to main.py's flags verbatim
 EOF2
@@ -275,6 +277,11 @@ parse_main_flag() {
     --model_dir | --model_dir=*)
       take_value --model_dir "$@"
       MODEL_DIR="$FLAG_VALUE"
+      ;;
+    --tpu | --tpu=*)
+      take_value --tpu "$@"
+      [[ "$FLAG_VALUE" =~ ^[a-z0-9][-a-z0-9_.:/]*$ ]] || die "--tpu '$FLAG_VALUE' is not a TPU name or 'local'"
+      TPU_FLAG="$FLAG_VALUE"
       ;;
     --env | --env=*)
       take_value --env "$@"

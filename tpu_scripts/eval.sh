@@ -45,4 +45,4 @@ validate_remote_dir
 validate_main_flags
 
 note "evaluating $MODEL_DIR on $ACCELERATOR_TYPE '$TPU_NAME'"
-launch_job eval eval local "$WAIT"
+launch_job eval eval "$TPU_FLAG" "$WAIT"

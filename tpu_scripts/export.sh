@@ -46,7 +46,7 @@ validate_main_flags
 
 note "exporting $MODEL_DIR from $ACCELERATOR_TYPE '$TPU_NAME'"
 if ((ON_TPU)); then
-  launch_job export export local 1
+  launch_job export export "$TPU_FLAG" 1
 elif is_pod; then
   launch_job export export "" 1 0
 else

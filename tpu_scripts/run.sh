@@ -107,7 +107,7 @@ done
 for e in "${REMOTE_ENV[@]}"; do
   MAIN+=(--env "$e")
 done
-MAIN+=(--model_dir "$MODEL_DIR")
+MAIN+=(--model_dir "$MODEL_DIR" --tpu "$TPU_FLAG")
 if ((${#EXTRA_MAIN_FLAGS[@]} > 0)); then
   MAIN+=(-- "${EXTRA_MAIN_FLAGS[@]}")
 fi

@@ -61,7 +61,7 @@ if [[ -n "$(git -C "$ROOT" status --porcelain --untracked-files=no)" ]]; then
 fi
 
 TARBALL="${TMPDIR:-/tmp}/halonet-src-$TPU_NAME.tar.gz"
-REMOTE_TARBALL="$REMOTE_DIR-src.tar.gz"
+REMOTE_TARBALL="${REMOTE_DIR//\//-}-src.tar.gz"  # in the home folder, which exists
 set_worker_args
 
 note "shipping $REF to $ACCELERATOR_TYPE '$TPU_NAME' ($(accelerator_hosts "$ACCELERATOR_TYPE") host(s)) and installing"

@@ -57,4 +57,4 @@ case "$MODE" in
 esac
 
 note "training on $ACCELERATOR_TYPE '$TPU_NAME' ($(accelerator_hosts "$ACCELERATOR_TYPE") host(s)), model_dir $MODEL_DIR"
-launch_job train "$MODE" local "$WAIT"
+launch_job train "$MODE" "$TPU_FLAG" "$WAIT"
