@@ -52,7 +52,6 @@ def _write_photo_records(directory, num_records, num_shards):
 
 
 def _measure(args, input_path, guard_decode):
-  import tensorflow as tf
   from official_halonet.data import config as config_lib
   from official_halonet.data import pipeline
   config = config_lib.DataConfig(

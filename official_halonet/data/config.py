@@ -24,9 +24,11 @@ Added fields:
                      only); 0 = off. May not be combined with `mixup_and_cutmix`.
   on_bad_image       'raise': an image that cannot be decoded stops the input with the shard
                      and record named; 'skip': it is dropped and reported on stderr.
-  guard_decode       decode each record in a guard that names the shard and record of an
-                     undecodable image (costs a few percent; see bench/input.py). False leaves
-                     TensorFlow's own decode error, which names neither.
+  guard_decode       decode records (in groups of 16) inside a guard that names the shard and
+                     record of an undecodable image (measured at roughly 5-15% of training input
+                     throughput on a 2-core host; `bench/input.py --compare_guard`). False leaves
+                     TensorFlow's own decode error, which names neither; run
+                     `python -m official_halonet.data.validate --decode_images` first then.
   check_shard_sizes  compare each shard's file size with the bytes its records used, so a
                      truncated or corrupt shard stops with the shard and record named instead
                      of TensorFlow's bare "truncated record at <byte offset>".

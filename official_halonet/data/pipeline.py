@@ -136,14 +136,12 @@ class LabelCheckingDecoder:
       in_range = tf.logical_and(
           tf.size(stored) > 0,
           tf.logical_and(low >= self._offset, high < self._offset + self._num_classes))
-      shown = stored
     else:
       in_range = tf.logical_and(stored >= self._offset,
                                 stored < self._offset + self._num_classes)
-      shown = stored
     check = tf.debugging.Assert(in_range, [
         'Label out of range in shard', record[shards.SOURCE], 'record index',
-        record[shards.INDEX], ': stored', self._label_key, '=', shown,
+        record[shards.INDEX], ': stored', self._label_key, '=', stored,
         f'is outside [{self._offset}, {self._offset + self._num_classes}) '
         f'(label_offset={self._offset}, num_classes={self._num_classes}). ImageNet-converter '
         'TFRecords store 1..1000 (label_offset=1), TFDS stores 0..999 (label_offset=0); '
@@ -209,15 +207,22 @@ class ImageParser:
     return image
 
 
+# Records parsed together inside one guard (see `parse_images`).
+GUARD_GROUP_SIZE = 16
+
+
 def parse_images(dataset: tf.data.Dataset, image_parser: ImageParser,
                  guard: bool, on_bad_image: str,
                  deterministic: Optional[bool]) -> tf.data.Dataset:
   """Decoded-record dicts -> the same dicts with IMAGE parsed; bad images raise or are skipped.
 
-  With `guard`, each record is parsed inside its own one-element dataset whose errors are
-  caught (`ignore_errors`) and turned into OK=False, so the failure can be reported with the
-  record's shard and index; parallelism comes from the surrounding interleave. Without it,
-  a plain parallel map, where a decode error is TensorFlow's own.
+  The input elements must have fixed shapes (labels already formatted by `format_label`).
+  With `guard`, records are taken in groups of GUARD_GROUP_SIZE; each group is parsed inside
+  its own small dataset whose errors are caught (`ignore_errors`), and every record whose parse
+  failed comes back with OK=False, so the failure is reported with its shard and record index.
+  Successfully parsed records keep their order; a failed one moves to the end of its group.
+  Groups are parsed in parallel by the surrounding interleave. Without `guard`, a plain parallel
+  map, where a decode error is TensorFlow's own and names no record.
   """
   autotune = tf.data.AUTOTUNE
   if not guard:
@@ -225,21 +230,45 @@ def parse_images(dataset: tf.data.Dataset, image_parser: ImageParser,
       return {**element, IMAGE: image_parser(element[IMAGE]), OK: tf.constant(True)}
     return dataset.map(parse_unguarded, num_parallel_calls=autotune, deterministic=deterministic)
 
-  def parse_guarded(element):
-    nbytes = tf.strings.length(element[IMAGE])
-    # The first bytes as numbers: raw bytes in an error message would not be valid UTF-8.
-    head = tf.io.decode_raw(tf.strings.substr(element[IMAGE], 0, 8), tf.uint8)
-    rest = {shards.SOURCE: element[shards.SOURCE], shards.INDEX: element[shards.INDEX],
-            LABEL: element[LABEL], 'nbytes': nbytes, 'head': head}
-    parsed = tf.data.Dataset.from_tensors(element[IMAGE]).map(
-        lambda image_bytes: (image_parser(image_bytes), tf.constant(True))).ignore_errors()
-    failed = tf.data.Dataset.from_tensors(
-        (tf.zeros(image_parser.output_shape, image_parser.dtype), tf.constant(False)))
-    return parsed.concatenate(failed).take(1).map(
-        lambda image, ok: {**rest, IMAGE: image, OK: ok})
+  def parse_guarded_group(group):
+    count = tf.shape(group[IMAGE])[0]
+    positions = tf.range(count)
+    attempts = tf.data.Dataset.from_tensor_slices((positions, group[IMAGE])).map(
+        lambda p, image_bytes: (p, image_parser(image_bytes), tf.constant(True))
+    ).ignore_errors()
+    # Placeholders for every position; only those of failed records are ever reached.
+    failures = tf.data.Dataset.from_tensor_slices(positions).map(
+        lambda p: (p, tf.zeros(image_parser.output_shape, image_parser.dtype),
+                   tf.constant(False)))
 
-  dataset = dataset.interleave(parse_guarded, cycle_length=None, block_length=1,
-                               num_parallel_calls=autotune, deterministic=deterministic)
+    def first_visit(seen, element):
+      position = element[0]
+      is_new = tf.logical_not(seen[position])
+      seen = tf.tensor_scatter_nd_update(seen, [[position]], [True])
+      return seen, (element, is_new)
+
+    merged = attempts.concatenate(failures).scan(tf.zeros([count], tf.bool), first_visit)
+    merged = merged.filter(lambda element, is_new: is_new).take(tf.cast(count, tf.int64))
+
+    def restore(element, is_new):
+      del is_new
+      position, image, ok = element
+      image_bytes = group[IMAGE][position]
+      return {
+          shards.SOURCE: group[shards.SOURCE][position],
+          shards.INDEX: group[shards.INDEX][position],
+          LABEL: tf.gather(group[LABEL], position),
+          IMAGE: image,
+          OK: ok,
+          'nbytes': tf.strings.length(image_bytes),
+          # The first bytes as numbers: raw bytes in an error message may not be UTF-8.
+          'head': tf.io.decode_raw(tf.strings.substr(image_bytes, 0, 8), tf.uint8),
+      }
+    return merged.map(restore)
+
+  dataset = dataset.batch(GUARD_GROUP_SIZE).interleave(
+      parse_guarded_group, cycle_length=None, block_length=1, num_parallel_calls=autotune,
+      deterministic=deterministic)
 
   def describe(element):
     return ['shard', element[shards.SOURCE], 'record index', element[shards.INDEX], '(',
@@ -335,17 +364,17 @@ def build_dataset(config: config_lib.DataConfig,
                           context: Optional[tf.distribute.InputContext]) -> tf.data.Dataset:
     batch_size = (context.get_per_replica_batch_size(config.global_batch_size)
                   if context else config.global_batch_size)
+    dataset = dataset.map(
+        lambda e: {**e, LABEL: format_label(e[LABEL], num_classes, is_multilabel)},
+        num_parallel_calls=tf.data.AUTOTUNE, deterministic=deterministic)
     dataset = parse_images(dataset, image_parser, config.guard_decode, config.on_bad_image,
                            deterministic)
     if is_training:
-      dataset = dataset.map(
-          lambda e: (e[IMAGE], format_label(e[LABEL], num_classes, is_multilabel)),
-          num_parallel_calls=tf.data.AUTOTUNE, deterministic=deterministic)
+      dataset = dataset.map(lambda e: (e[IMAGE], e[LABEL]),
+                            num_parallel_calls=tf.data.AUTOTUNE, deterministic=deterministic)
       return dataset.batch(batch_size, drop_remainder=True)
-    dataset = dataset.map(
-        lambda e: (e[IMAGE], {LABELS: format_label(e[LABEL], num_classes, is_multilabel),
-                              MASK: tf.constant(1.0)}),
-        num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    dataset = dataset.map(lambda e: (e[IMAGE], {LABELS: e[LABEL], MASK: tf.constant(1.0)}),
+                          num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
     return pad_and_batch_eval(dataset, batch_size, config.eval_num_batches)
 
   postprocess_fn = None
