@@ -97,11 +97,13 @@ def halo_loops(x, wq, wk, wv, rel_h, rel_w, *, heads, block, halo, stride=1, poo
 
 
 def sasa_loops(x, wq, wk, wv, rel_h, rel_w, *, heads, kernel_size, stride=1,
-               mask_out_of_image=False):
+               mask_out_of_image=False, value_mixture=None):
   """SASA from its own definition: each pixel attends to the k×k window centred on it.
 
   No blocks at all; rel tables are indexed as the layer stores them (row offset + w - 1), with the
-  layer's window w = b + 2h, passed in through the table length.
+  layer's window w = b + 2h, passed in through the table length. `value_mixture` = (wv_list,
+  e_row, e_col, nu) gives the attention stem's position-dependent values:
+  v_ac(i, j) = sum_m softmax_m((e_row[a-i] + e_col[c-j]) · nu)[m] · x_ac W_V^m.
   """
   x = np.asarray(x, np.float64)
   batch, height, width, _ = x.shape
@@ -123,7 +125,15 @@ def sasa_loops(x, wq, wk, wv, rel_h, rel_w, *, heads, kernel_size, stride=1,
                 continue
               positions.append((a, c))
               keys.append(k_all[bi, a, c, n * d:(n + 1) * d] if inside else np.zeros(d))
-              values.append(v_all[bi, a, c, n * dv:(n + 1) * dv] if inside else np.zeros(dv))
+              if value_mixture is None:
+                value = v_all[bi, a, c] if inside else np.zeros(heads * dv)
+              else:
+                wv_list, e_row, e_col, nu = value_mixture
+                mix = (e_row[a - i + window - 1] + e_col[c - j + window - 1]) @ nu
+                mix = np.exp(mix - mix.max()) / np.exp(mix - mix.max()).sum()
+                value = sum(p * (x[bi, a, c] @ w) for p, w in zip(mix, wv_list)) if inside \
+                    else np.zeros(heads * dv)
+              values.append(value[n * dv:(n + 1) * dv])
           out[bi, i, j, n * dv:(n + 1) * dv] = _attend(q, keys, values, positions, i, j, rel_h,
                                                         rel_w, window, "split", False)
   return avg_pool_same(out, stride) if stride > 1 else out

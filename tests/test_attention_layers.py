@@ -10,7 +10,7 @@ import official_halonet  # noqa: F401  (selects tf_keras before TensorFlow resol
 import tensorflow as tf
 import tf_keras
 
-from official_halonet.layers import HaloAttention, SASAAttention
+from official_halonet.layers import HaloAttention, SASAAttention, SpatiallyAwareAttention
 import attention_reference as ref
 
 FLOAT32_TOL = 1e-5
@@ -157,6 +157,28 @@ def test_sasa_matches_centred_window_loops(kernel_size, strides, block_size, mas
   np.testing.assert_allclose(got, want, atol=FLOAT32_TOL, rtol=FLOAT32_TOL)
   # Half of each head's 8 channels embed rows, half columns.
   assert layer.rel_pos_h.shape == (2 * (block_size + 2 * (kernel_size // 2)) - 1, 4)
+
+
+@pytest.mark.parametrize("strides,block_size", [(1, 4), (2, 3)])
+def test_spatially_aware_stem_attention_matches_loops(strides, block_size):
+  layer = SpatiallyAwareAttention(key_dim=8, value_dim=6, num_heads=2, kernel_size=3,
+                                  value_mixtures=3, mixture_embedding_dim=4, strides=strides,
+                                  block_size=block_size)
+  x = _build(layer, [2, 9, 10, 3], seed=13)
+  for i, table in enumerate((layer.mixture_row, layer.mixture_col, layer.mixture_nu)):
+    table.assign(tf.random.stateless_normal(table.shape, seed=[13, 20 + i]))
+  wq, wk, wv, rel_h, rel_w = ref.layer_weights(layer)
+  wv_list = [wv[:, m * 6:(m + 1) * 6] for m in range(3)]
+  mixture = (wv_list, layer.mixture_row.numpy(), layer.mixture_col.numpy(),
+             layer.mixture_nu.numpy())
+  want = ref.sasa_loops(x.numpy(), wq, wk, wv_list[0], rel_h, rel_w, heads=2, kernel_size=3,
+                        stride=strides, value_mixture=mixture)
+  np.testing.assert_allclose(layer(x).numpy(), want, atol=FLOAT32_TOL, rtol=FLOAT32_TOL)
+  np.testing.assert_allclose(tf.reduce_sum(layer.mixture_weights(), -1).numpy(), 1.0, atol=1e-6)
+  clone = SpatiallyAwareAttention.from_config(layer.get_config())
+  clone(x)
+  clone.set_weights(layer.get_weights())
+  np.testing.assert_array_equal(clone(x).numpy(), layer(x).numpy())
 
 
 def test_sasa_result_does_not_depend_on_block_size():

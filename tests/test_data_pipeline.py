@@ -192,3 +192,24 @@ def test_missing_files_are_reported(tmp_path):
   config = _eval_config(str(tmp_path))
   with pytest.raises(ValueError, match='does not match any files'):
     pipeline.build_dataset(config)
+
+
+def test_cached_eval_gives_the_same_pass_twice(imagenet_shards):
+  dataset = pipeline.build_dataset(_eval_config(imagenet_shards, cache=True))
+  first, second = fx.collect(dataset), fx.collect(dataset)  # The second pass reads the cache.
+  assert fx.eval_labels_seen(first) == fx.eval_labels_seen(second)
+  assert sorted(fx.eval_labels_seen(first)) == list(range(NUM_EXAMPLES))
+  for (a, _), (b, _) in zip(first, second):
+    np.testing.assert_array_equal(a, b)
+
+
+def test_distribute_datasets_from_function(imagenet_shards):
+  strategy = tf.distribute.OneDeviceStrategy('/cpu:0')
+  config = _eval_config(imagenet_shards, batch=4)
+  dataset = strategy.distribute_datasets_from_function(
+      lambda context: pipeline.build_dataset(config, context))
+  seen = []
+  for images, target in dataset:
+    assert images.shape == (4, IMAGE_SIZE, IMAGE_SIZE, 3)
+    seen.extend(int(l) for l, m in zip(target['labels'].numpy(), target['mask'].numpy()) if m)
+  assert sorted(seen) == list(range(NUM_EXAMPLES))

@@ -14,7 +14,7 @@ from official.vision.configs import image_classification as mg_cls_config
 from official.vision.modeling import factory as mg_model_factory
 from official.vision.modeling.backbones import factory as mg_backbone_factory
 from official_halonet import models
-from official_halonet.layers import HaloAttention
+from official_halonet.layers import HaloAttention, SpatiallyAwareAttention
 
 
 def _count(model_id, num_classes=1000, **kwargs):
@@ -29,7 +29,9 @@ def _count(model_id, num_classes=1000, **kwargs):
 
 @pytest.mark.parametrize("model_id", ["h0", "h1", "h2", "h4", "h5", "h6", "h7", "halonet50",
                                       "resnet50", "sasa_resnet26", "sasa_resnet38",
-                                      "sasa_resnet50", "h4_i21k", "h4_i21k_patch_stem",
+                                      "sasa_resnet50", "sasa_resnet26_attention_stem",
+                                      "sasa_resnet50_attention_stem", "h4_i21k",
+                                      "h4_i21k_patch_stem",
                                       "h4_i21k_c12"])
 def test_parameter_count_matches_paper(model_id):
   paper = models.get_spec(model_id).paper_params
@@ -77,6 +79,13 @@ def test_h0_real_width_forward_at_odd_size():
   outputs = backbone(tf.random.stateless_uniform([1, 250, 330, 3], seed=[0, 2]), training=False)
   assert [outputs[level].shape.as_list() for level in "2345"] == [
       [1, 63, 83, 32], [1, 32, 42, 64], [1, 16, 21, 128], [1, 8, 11, 256]]
+
+
+def test_attention_stem_model_forward():
+  backbone = models.HaloNet("sasa_resnet26_attention_stem")
+  outputs = backbone(tf.random.stateless_uniform([1, 70, 52, 3], seed=[0, 4]), training=False)
+  assert [outputs[level].shape[1:3] for level in "2345"] == [(18, 13), (9, 7), (5, 4), (3, 2)]
+  assert any(isinstance(l, SpatiallyAwareAttention) for l in backbone.layers)
 
 
 def test_unknown_spatial_size_and_xla():

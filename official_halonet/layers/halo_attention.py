@@ -134,7 +134,7 @@ class HaloAttention(tf_keras.layers.Layer):
           kernel_regularizer=tf_keras.regularizers.get(self._kernel_regularizer))
 
     self.query = projection(self.key_dim, "query")
-    self.key_value = projection(self.key_dim + self.value_dim, "key_value")
+    self.key_value = projection(self.key_dim + self._value_projection_width(), "key_value")
     self.query.build(input_shape)
     self.key_value.build(input_shape)
     if self.rel_pos != "none":
@@ -178,7 +178,6 @@ class HaloAttention(tf_keras.layers.Layer):
     logit_dtype = tf.float32 if x.dtype in (tf.float16, tf.bfloat16) else x.dtype
     q = tf.reshape(tf.cast(q, logit_dtype), [batch, blocks, bq * bq, n, d])
     k = tf.reshape(tf.cast(k, logit_dtype), [batch, blocks, -1, n, d])
-    v = tf.reshape(v, [batch, blocks, -1, n, self.value_dim // n])
 
     logits = tf.einsum("bzqnd,bzknd->bznqk", q, k) * (d**-0.5)  # [B, X·Y, N, bq², w²]
     if self.rel_pos != "none":
@@ -198,12 +197,22 @@ class HaloAttention(tf_keras.layers.Layer):
       logits = tf.where(inside, logits, _MASKED_LOGIT)
 
     weights = tf.cast(tf.nn.softmax(logits, axis=-1), v.dtype)
-    out = tf.einsum("bznqk,bzknd->bzqnd", weights, v)  # [B, X·Y, bq², N, Dv/N]
+    out = self._aggregate(weights, tf.reshape(v, [batch, blocks, (b + 2 * h)**2, -1]))
     out = tf.reshape(out, [batch, n_x, n_y, bq * bq, self.value_dim])
     out = blocking.from_blocks(out, bq)[:, :out_h, :out_w, :]
     if self.pool_after:
       out = tf.nn.avg_pool2d(out, self.strides, self.strides, "SAME")
     return out
+
+  def _value_projection_width(self) -> int:
+    """Channels of the value projection (a subclass may project several values per pixel)."""
+    return self.value_dim
+
+  def _aggregate(self, weights: tf.Tensor, v: tf.Tensor) -> tf.Tensor:
+    """sum_k weights · v per head: [B, Z, N, Q, K] × [B, Z, K, N·Dv] -> [B, Z, Q, N, Dv]."""
+    batch, blocks, keys, _ = blocking.dims(v)
+    v = tf.reshape(v, [batch, blocks, keys, self.num_heads, self.value_dim // self.num_heads])
+    return tf.einsum("bznqk,bzknd->bzqnd", weights, v)
 
   def compute_output_shape(self, input_shape):
     shape = tf.TensorShape(input_shape).as_list()

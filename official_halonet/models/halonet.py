@@ -5,7 +5,8 @@ constructor arguments kept for get_config, BN / activation / sync-BN from Model 
 norm-activation settings, an L2 kernel regularizer, stochastic depth growing linearly with block
 depth, and zero-initialised gamma in the last BN of every residual branch.
 
-  stem   7×7/2 conv, BN, act, 3×3/2 max-pool            (or a 4×4/4 linear patch embedding + BN)
+  stem   7×7/2 conv, BN, act, 3×3/2 max-pool   (or a 4×4/4 linear patch embedding + BN, or SASA's
+         attention stem: 5×5 spatially-aware attention at full resolution, BN, act, 4×4/4 max-pool)
   stage  blocks of: 1×1 conv d, BN, act -> spatial op (halo / SASA attention or 3×3 conv), BN, act
          [-> SE] -> 1×1 conv r_b·d, BN(γ=0) -> stochastic depth -> + shortcut -> act
          The shortcut is a 1×1 conv + BN (strided like the block) where the shape changes; the first
@@ -41,7 +42,7 @@ import tf_keras
 
 from official.modeling import tf_utils
 from official.vision.modeling.layers import nn_layers
-from official_halonet.layers import HaloAttention, SASAAttention
+from official_halonet.layers import HaloAttention, SASAAttention, SpatiallyAwareAttention
 from official_halonet.models import specs
 
 layers = tf_keras.layers
@@ -139,6 +140,13 @@ class HaloNet(tf_keras.Model):
     spec = self._spec
     if spec.stem == "patch":  # 4×4 patches, linearly embedded
       return self._conv_bn_act(x, spec.stem_width, 4, 4, name="stem", act=False)
+    if spec.stem == "sasa":  # SASA §3.3: position-mixed values, then pooling to stride 4
+      x = SpatiallyAwareAttention(key_dim=spec.stem_width, num_heads=spec.num_heads[0],
+                                  kernel_initializer=self._kernel_initializer,
+                                  kernel_regularizer=self._kernel_regularizer, name="stem_sasa")(x)
+      x = layers.BatchNormalization(name="stem_bn", **self._norm_kwargs)(x)
+      x = self._act("stem_act")(x)
+      return layers.MaxPool2D(4, 4, padding="same", name="stem_pool")(x)
     x = self._conv_bn_act(x, spec.stem_width, 7, 2, name="stem")
     return layers.MaxPool2D(3, 2, padding="same", name="stem_pool")(x)
 

@@ -15,7 +15,7 @@ import dataclasses
 from typing import Dict, Optional, Tuple
 
 STAGE_TYPES = ("halo", "sasa", "conv")
-STEMS = ("conv", "patch")
+STEMS = ("conv", "patch", "sasa")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -31,7 +31,7 @@ class ModelSpec:
   num_heads: Tuple[int, int, int, int] = (4, 8, 8, 8)
   head_dim: Optional[int] = None  # when set, heads = d_i / head_dim instead of num_heads
   final_width: Optional[int] = None  # d_f: 1×1 conv after the last stage
-  stem: str = "conv"  # 7×7/2 conv + 3×3/2 max-pool; 'patch': 4×4/4 linear
+  stem: str = "conv"  # 7×7/2 conv + 3×3/2 max-pool; 'patch': 4×4/4 linear; 'sasa': attention
   stem_width: int = 64
   sasa_kernel: int = 7
   se_ratio: float = 0.0  # squeeze-excitation in every block (0 = none)
@@ -101,6 +101,12 @@ MODELS: Dict[str, ModelSpec] = {
     "sasa_resnet26": ModelSpec(blocks=(1, 2, 4, 1), **_SASA, paper_params=10.3),
     "sasa_resnet38": ModelSpec(blocks=(2, 3, 5, 2), **_SASA, paper_params=14.1),
     "sasa_resnet50": ModelSpec(blocks=(3, 4, 6, 3), **_SASA, paper_params=18.0),
+    "sasa_resnet26_attention_stem": ModelSpec(blocks=(1, 2, 4, 1), stem="sasa", **_SASA,
+                                              paper_params=10.3),
+    "sasa_resnet38_attention_stem": ModelSpec(blocks=(2, 3, 5, 2), stem="sasa", **_SASA,
+                                              paper_params=14.1),
+    "sasa_resnet50_attention_stem": ModelSpec(blocks=(3, 4, 6, 3), stem="sasa", **_SASA,
+                                              paper_params=18.0),
     # A tiny configuration for fast tests: every stage type, real code path.
     "tiny": ModelSpec(blocks=(1, 1, 1, 1), stage_types=("conv", "halo", "sasa", "halo"),
                       base_width=8, stem_width=8, num_heads=(2, 2, 2, 2), block_size=4,
