@@ -17,7 +17,7 @@ $(STAMP): requirements.txt constraints.txt
 venv: $(STAMP)
 
 demo: $(STAMP)
-	$(PY) bench/attention.py --runs 3
+	$(PY) main.py --demo
 
 test: $(STAMP)
 	$(PY) -m pytest -n 2 -q tests

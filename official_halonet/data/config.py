@@ -32,9 +32,10 @@ Added fields:
   check_shard_sizes  compare each shard's file size with the bytes its records used, so a
                      truncated or corrupt shard stops with the shard and record named instead
                      of TensorFlow's bare "truncated record at <byte offset>".
-  eval_num_batches   eval only: pad every host's eval data with masked examples to exactly this
-                     many batches (multi-host eval must run the same number of steps on every
-                     host). None: ceil(examples on this host / batch) batches.
+  eval_num_batches   eval only: the number of eval steps. Every host's eval data is padded with
+                     masked examples to exactly this many steps, i.e. this many per-replica
+                     batches for each replica the host feeds (multi-host eval must run the same
+                     number of steps on every host). None: ceil(examples on this host / batch).
   tfds_name, tfds_split, tfds_data_dir (Model Garden fields)
                      read a TFDS-built dataset (e.g. 'imagenet2012') from its TFRecord files
                      through the same path as plain TFRecords, so shard/record reporting and

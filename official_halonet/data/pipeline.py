@@ -375,7 +375,12 @@ def build_dataset(config: config_lib.DataConfig,
       return dataset.batch(batch_size, drop_remainder=True)
     dataset = dataset.map(lambda e: (e[IMAGE], {LABELS: e[LABEL], MASK: tf.constant(1.0)}),
                           num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-    return pad_and_batch_eval(dataset, batch_size, config.eval_num_batches)
+    num_batches = config.eval_num_batches
+    if num_batches is not None and context is not None:
+      # eval_num_batches counts eval steps; each step takes one batch per replica, and this
+      # pipeline feeds num_replicas_in_sync / num_input_pipelines replicas.
+      num_batches *= max(1, context.num_replicas_in_sync // context.num_input_pipelines)
+    return pad_and_batch_eval(dataset, batch_size, num_batches)
 
   postprocess_fn = None
   if is_training:

@@ -1,0 +1,1 @@
+"""Training: the gin-configured Model Garden experiments (task, experiment builder, runner)."""

@@ -1,0 +1,243 @@
+"""Detection and instance segmentation: the halo / SASA backbones inside Model Garden's Mask R-CNN
+and RetinaNet.
+
+`detection_experiment` returns a Model Garden `ExperimentConfig` for `kind='maskrcnn'` or
+`kind='retinanet'`, started from Model Garden's own COCO experiments ('maskrcnn_resnetfpn_coco',
+'retinanet_resnetfpn_coco') with
+
+  backbone   this project's `Backbone(type='halonet', halonet=HaloNetConfig(model_id=...))`, built
+             by the 'halonet' builder registered with Model Garden's backbone factory; the FPN decoder
+             reads its endpoints '2'..'5' from `output_specs` (level l is ceil(S / 2^l) on a side, at
+             any input size S: the attention layers pad to a multiple of b and crop back, so the
+             image is never padded for the backbone's sake, e.g. b=32 at 1024 px, where level 5 is
+             32×32 but level 4 is 64×64 and level 3 128×128 — multiples of 32 — while at 1280 px
+             level 5 is 40×40, padded to 64 inside the layer and cropped back to 40),
+  recipe     the HaloNet paper's detection recipe: 67,500 steps, global batch 64, SGD momentum 0.9,
+             lr 0.1 with 0.1× decays at 60k and 65k steps, 500 linear warm-up steps (from Model
+             Garden's detection warm-up start 0.0067), 1024×1024 input, L2 weight decay 4e-5,
+             multi-scale jitter 0.8–1.25 with horizontal flips, synchronised batch norm,
+  data       COCO-format TFRecords (Model Garden's tf.Example detection format, as written by
+             `official/vision/data/create_coco_tf_record.py`),
+  init       `init_checkpoint` (a checkpoint file or a classification run's model_dir) with
+             `init_checkpoint_modules='backbone'`: the task reads `tf.train.Checkpoint(backbone=...)`
+             from it, the `backbone` item Model Garden's trainer writes into every classification
+             checkpoint (ClassificationModel.checkpoint_items), so an ImageNet run of this project
+             initialises the detector's backbone.
+
+    import official_halonet.training.detection as detection
+    config = detection.detection_experiment(kind='maskrcnn', backbone='resnet50_se_halo_b8',
+                                            train_input_path='coco/train*', ...)
+    task = official.core.task_factory.get_task(config.task, logging_dir=model_dir)
+    official.core.train_lib.run_experiment(distribution_strategy=..., task=task,
+                                           mode='train_and_eval', params=config, model_dir=...)
+
+The function is gin-configurable (gin/detection/*.gin bind its arguments); every argument is a
+plain value so --gin_bindings can override any of them, and `params_override` (a dict, YAML string
+or YAML file) overrides any field of the Model Garden config last (head widths, anchors, ...).
+
+The same defaults are registered with Model Garden's experiment factory as 'maskrcnn_halonet_coco'
+and 'retinanet_halonet_coco', so Model Garden's own train.py (`--experiment=... --config_file=...`)
+can run them and a saved params.yaml with `backbone.type: halonet` reloads (a config whose backbone
+is Model Garden's `Backbone` has no `halonet` field to override).
+"""
+from typing import Any, Dict, Optional, Sequence, Union
+
+import gin
+
+from official.core import config_definitions as cfg
+from official.core import exp_factory
+from official.modeling import hyperparams
+from official.modeling import optimization
+from official_halonet.models import factory
+from official_halonet.models import specs
+
+# Model Garden's COCO experiments each kind starts from.
+BASE_EXPERIMENTS = {
+    "maskrcnn": "maskrcnn_resnetfpn_coco",
+    "retinanet": "retinanet_resnetfpn_coco",
+}
+
+# The backbones the papers train detectors with (SPEC §3); any name in specs.MODELS is accepted.
+DETECTION_BACKBONES = ("resnet50_se_halo_b8", "resnet50_se_halo_b32", "resnet101_se_halo_b8",
+                       "sasa_resnet50", "sasa_resnet50_attention_stem")
+
+COCO_VAL_EXAMPLES = 5000
+MIXED_PRECISION = ("bfloat16", "float16", "float32")
+
+ParamsOverride = Optional[Union[Dict[str, Any], str]]
+
+
+@gin.configurable(denylist=["mixed_precision_default"])
+def detection_experiment(
+    kind: str = "maskrcnn",
+    backbone: str = "resnet50_se_halo_b8",
+    block_size: Optional[int] = None,
+    halo_size: Optional[int] = None,
+    se_ratio: Optional[float] = None,
+    final_width: Optional[int] = None,
+    stochastic_depth_drop_rate: float = 0.0,
+    num_classes: int = 91,
+    image_size: int = 1024,
+    train_input_path: Union[str, Sequence[str]] = "coco/train*",
+    eval_input_path: Union[str, Sequence[str]] = "coco/val*",
+    annotation_file: Optional[str] = "coco/instances_val2017.json",
+    num_eval_examples: int = COCO_VAL_EXAMPLES,
+    global_batch_size: int = 64,
+    eval_batch_size: int = 8,
+    train_steps: int = 67500,
+    learning_rate: float = 0.1,
+    decay_boundaries: Sequence[int] = (60000, 65000),
+    decay_factor: float = 0.1,
+    warmup_steps: int = 500,
+    warmup_learning_rate: float = 0.0067,
+    momentum: float = 0.9,
+    weight_decay: float = 4e-5,
+    aug_scale_min: float = 0.8,
+    aug_scale_max: float = 1.25,
+    aug_rand_hflip: bool = True,
+    use_sync_bn: bool = True,
+    init_checkpoint: Optional[str] = None,
+    init_checkpoint_modules: Union[str, Sequence[str]] = "backbone",
+    mixed_precision: str = "auto",
+    mixed_precision_default: str = "float32",
+    validation_steps: Optional[int] = None,
+    validation_interval: int = 2500,
+    steps_per_loop: int = 500,
+    summary_interval: int = 500,
+    checkpoint_interval: int = 500,
+    params_override: ParamsOverride = None,
+) -> cfg.ExperimentConfig:
+  """Model Garden Mask R-CNN or RetinaNet experiment with a HaloNet / SASA backbone.
+
+  Args:
+    kind: 'maskrcnn' (Mask R-CNN with FPN, levels 2-6) or 'retinanet' (RetinaNet, levels 3-7).
+    backbone: a model name from official_halonet.models.MODELS, e.g. one of DETECTION_BACKBONES.
+    block_size, halo_size, se_ratio, final_width, stochastic_depth_drop_rate: HaloNetConfig
+      overrides of the named spec (None keeps the spec's value).
+    num_classes: detector classes including background (COCO: 91).
+    image_size: square input side the parser scales and pads images to.
+    train_input_path, eval_input_path: COCO-format tf.Example TFRecord file patterns.
+    annotation_file: COCO annotation JSON for evaluation. Mask R-CNN accepts None: Model Garden
+      then writes one from the first `num_eval_examples` evaluation records into model_dir;
+      RetinaNet requires the file (see the check below).
+    num_eval_examples: number of evaluation records (sets validation_steps when that is None).
+    global_batch_size, eval_batch_size: batch sizes across all replicas.
+    train_steps: total training steps.
+    learning_rate: the initial (post-warm-up) learning rate.
+    decay_boundaries: steps at which the learning rate is multiplied by `decay_factor`.
+    decay_factor: the stepwise decay factor.
+    warmup_steps, warmup_learning_rate: linear warm-up length and starting learning rate.
+    momentum: SGD momentum.
+    weight_decay: L2 weight decay (Model Garden's `losses.l2_weight_decay`, applied as
+      l2(weight_decay / 2) kernel regularisers, i.e. weight_decay · sum(w²) / 2 in the loss).
+    aug_scale_min, aug_scale_max: random scale jitter range of the parser.
+    aug_rand_hflip: random horizontal flips.
+    use_sync_bn: synchronise batch-norm statistics across replicas.
+    init_checkpoint: checkpoint file or directory (the latest checkpoint in it is read), e.g. the
+      model_dir of this project's ImageNet classification run of the same backbone.
+    init_checkpoint_modules: 'backbone' (the pretrained-backbone case), 'all', or a list.
+    mixed_precision: 'auto' (mixed_precision_default, which main.py sets from the strategy:
+      bfloat16 on TPU, float16 on GPU, float32 on CPU) or one of those dtypes; input images
+      follow it, and float16 uses dynamic loss scaling.
+    mixed_precision_default: not gin-bindable; the dtype 'auto' stands for.
+    validation_steps: evaluation steps; None evaluates num_eval_examples once (rounded up).
+    validation_interval, steps_per_loop, summary_interval, checkpoint_interval: trainer intervals.
+    params_override: dict, YAML string or YAML file applied last to the whole ExperimentConfig.
+
+  Returns:
+    A validated ExperimentConfig whose task is Model Garden's MaskRCNNTask or RetinaNetTask.
+  """
+  if kind not in BASE_EXPERIMENTS:
+    raise ValueError(f"kind must be one of {sorted(BASE_EXPERIMENTS)}, got {kind!r}.")
+  specs.get_spec(backbone)  # an unknown name fails here, listing the known ones
+  if image_size <= 0:
+    raise ValueError(f"image_size must be positive, got {image_size}.")
+  boundaries = [int(b) for b in decay_boundaries]
+  if not boundaries or boundaries[0] <= 0 or any(a >= b for a, b in zip(boundaries, boundaries[1:])):
+    raise ValueError(f"decay_boundaries must be a non-empty, strictly increasing list of positive "
+                     f"steps, got {list(decay_boundaries)}.")
+  dtype = mixed_precision_default if mixed_precision == "auto" else mixed_precision
+  if dtype not in MIXED_PRECISION:
+    raise ValueError(f"mixed_precision must be 'auto' or one of {MIXED_PRECISION}, got "
+                     f"{mixed_precision!r} (default {mixed_precision_default!r}).")
+  if isinstance(init_checkpoint_modules, (list, tuple)):
+    init_checkpoint_modules = list(init_checkpoint_modules)
+  if kind == "retinanet" and not annotation_file:
+    # Model Garden 2.20's RetinaNet parser gives a shape-[1] `num_detections` per image, which its
+    # ground-truth-from-records conversion (coco_utils) cannot turn into an int under NumPy 2.
+    raise ValueError("RetinaNet evaluation needs annotation_file (a COCO instances JSON); "
+                     "Model Garden's ground truth built from the records fails for RetinaNet.")
+  if validation_steps is None:
+    validation_steps = -(-num_eval_examples // eval_batch_size)
+
+  config = exp_factory.get_exp_config(BASE_EXPERIMENTS[kind])
+  task = config.task
+  model = task.model
+  model.backbone = factory.Backbone(
+      type="halonet",
+      halonet=factory.HaloNetConfig(
+          model_id=backbone, block_size=block_size, halo_size=halo_size, se_ratio=se_ratio,
+          final_width=final_width, stochastic_depth_drop_rate=stochastic_depth_drop_rate))
+  model.num_classes = num_classes
+  model.input_size = [image_size, image_size, 3]
+  model.norm_activation.use_sync_bn = use_sync_bn
+  model.norm_activation.activation = specs.get_spec(backbone).activation
+  task.losses.l2_weight_decay = weight_decay
+  task.init_checkpoint = init_checkpoint
+  task.init_checkpoint_modules = init_checkpoint_modules
+  task.annotation_file = annotation_file
+
+  task.train_data.input_path = train_input_path
+  task.train_data.global_batch_size = global_batch_size
+  task.train_data.dtype = dtype
+  task.train_data.parser.aug_rand_hflip = aug_rand_hflip
+  task.train_data.parser.aug_scale_min = aug_scale_min
+  task.train_data.parser.aug_scale_max = aug_scale_max
+  task.validation_data.input_path = eval_input_path
+  task.validation_data.global_batch_size = eval_batch_size
+  task.validation_data.dtype = dtype
+  if kind == "maskrcnn":
+    task.validation_data.num_examples = num_eval_examples
+
+  config.runtime.mixed_precision_dtype = dtype
+  config.runtime.loss_scale = "dynamic" if dtype == "float16" else None
+  trainer = config.trainer
+  trainer.train_steps = train_steps
+  trainer.validation_steps = validation_steps
+  trainer.validation_interval = validation_interval
+  trainer.steps_per_loop = steps_per_loop
+  trainer.summary_interval = summary_interval
+  trainer.checkpoint_interval = checkpoint_interval
+  trainer.optimizer_config = optimization.OptimizationConfig({
+      "optimizer": {"type": "sgd", "sgd": {"momentum": momentum}},
+      "learning_rate": {
+          "type": "stepwise",
+          "stepwise": {
+              "boundaries": boundaries,
+              "values": [learning_rate * decay_factor**i for i in range(len(boundaries) + 1)],
+          },
+      },
+      "warmup": {
+          "type": "linear",
+          "linear": {"warmup_steps": warmup_steps, "warmup_learning_rate": warmup_learning_rate},
+      },
+  })
+
+  if params_override:
+    config = hyperparams.override_params_dict(config, params_override, is_strict=True)
+  config.validate()
+  return config
+
+
+def _register(name: str, kind: str, doc: str):
+  def experiment() -> cfg.ExperimentConfig:
+    return detection_experiment(kind=kind, mixed_precision_default="bfloat16")
+  experiment.__doc__ = doc
+  exp_factory.register_config_factory(name)(experiment)
+
+
+_register("maskrcnn_halonet_coco", "maskrcnn",
+          "COCO Mask R-CNN, ResNet-50 + SE with halo attention (b=8, h=3), the paper's recipe.")
+_register("retinanet_halonet_coco", "retinanet",
+          "COCO RetinaNet, ResNet-50 + SE with halo attention (b=8, h=3), the paper's recipe.")
+

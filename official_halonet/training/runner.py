@@ -1,0 +1,187 @@
+"""Runs one experiment through Model Garden: strategy, checks, then `train_lib.run_experiment`.
+
+Order of work, so that a bad setting costs seconds, not a TPU reservation:
+  1. gin files and bindings parsed (missing file, unknown configurable / parameter, typo: file+line)
+  2. `experiment()` builds the Model Garden config (unknown model, impossible image size: file+line)
+  3. the input files are matched (a pattern that matches nothing names the pattern)
+  4. the distribution strategy is created (Model Garden's distribute_utils) and the batch sizes
+     are checked against its replica count
+  5. only then: the task, model, checkpoint restore and the Orbit loop (train_lib).
+A killed run started again with the same command resumes from the last checkpoint in model_dir
+(Model Garden's checkpoint manager); a NaN / too-large loss stops it before a checkpoint is written.
+"""
+import dataclasses
+import os
+from typing import Any, Dict, Optional, Sequence
+
+from absl import logging
+import tensorflow as tf
+
+from official.common import distribute_utils
+from official.core import task_factory
+from official.core import train_lib
+from official.core import train_utils
+from official.modeling import performance
+from official_halonet.data import pipeline
+from official_halonet.training import experiment as experiment_lib
+from official_halonet.training import gin_config
+from official_halonet.training import progress
+from official_halonet.training import task as task_lib  # noqa: F401  (registers the task)
+
+MODES = ("train", "eval", "train_and_eval")
+STRATEGIES = ("tpu", "mirrored", "multi_worker_mirrored", "one_device")
+
+
+class RunError(RuntimeError):
+  """A run that cannot start or had to stop; the message says why and where."""
+
+
+@dataclasses.dataclass
+class RunOptions:
+  gin_files: Sequence[str]
+  gin_bindings: Sequence[str] = ()
+  mode: str = "train_and_eval"
+  model_dir: str = ""
+  strategy: Optional[str] = None  # None: 'tpu' when tpu is set, else 'mirrored'
+  tpu: str = ""
+  num_gpus: Optional[int] = None  # None: all visible GPUs
+  num_cpu_devices: int = 0  # >1: split the host CPU into this many logical devices
+
+
+def build_config(options: RunOptions, mixed_precision_default: str = "float32"):
+  """Steps 1-2: gin -> Model Garden ExperimentConfig; errors name the file and line."""
+  gin_config.parse(options.gin_files, options.gin_bindings)
+  try:
+    return experiment_lib.experiment(mixed_precision_default=mixed_precision_default)
+  except experiment_lib.ConfigError as e:
+    raise RunError(f"{gin_config.locate(e.parameter)}: experiment.{e.parameter}: {e}") from None
+  except TypeError as e:  # e.g. a required parameter was never bound
+    raise RunError(f"gin configuration: {e}") from None
+
+
+def _strategy_name(options: RunOptions) -> str:
+  name = options.strategy or ("tpu" if options.tpu else "mirrored")
+  if name not in STRATEGIES:
+    raise RunError(f"--strategy must be one of {STRATEGIES}, got {name!r}")
+  if name == "tpu" and not options.tpu:
+    raise RunError("--strategy=tpu needs --tpu (a TPU name, or 'local' on a TPU VM)")
+  return name
+
+
+def _mixed_precision_default(strategy_name: str, num_gpus: int) -> str:
+  if strategy_name == "tpu":
+    return "bfloat16"
+  return "float16" if num_gpus > 0 else "float32"
+
+
+def create_strategy(options: RunOptions) -> tf.distribute.Strategy:
+  """Model Garden's distribute_utils, plus logical CPU devices for testing mirrored on a CPU."""
+  name = _strategy_name(options)
+  num_gpus = (len(tf.config.list_physical_devices("GPU")) if options.num_gpus is None
+              else options.num_gpus)
+  if options.num_cpu_devices > 1:
+    configure_cpu_devices(options.num_cpu_devices)
+    if name == "mirrored" and num_gpus == 0:
+      return tf.distribute.MirroredStrategy(
+          [f"/cpu:{i}" for i in range(options.num_cpu_devices)])
+  return distribute_utils.get_distribution_strategy(
+      distribution_strategy=name, num_gpus=num_gpus,
+      tpu_address=(options.tpu if name == "tpu" else None))
+
+
+def configure_cpu_devices(count: int) -> None:
+  """Splits the host CPU into `count` logical devices; must run before TensorFlow starts."""
+  cpu = tf.config.list_physical_devices("CPU")[0]
+  wanted = [tf.config.LogicalDeviceConfiguration()] * count
+  current = tf.config.get_logical_device_configuration(cpu)
+  if current is not None and len(current) == count:
+    return
+  try:
+    tf.config.set_logical_device_configuration(cpu, wanted)
+  except RuntimeError:
+    raise RunError(f"--num_cpu_devices={count}: TensorFlow's devices were initialised before "
+                   f"they could be split") from None
+
+
+def check_inputs(config) -> None:
+  """Step 3: every input pattern matches files (names the pattern and its binding)."""
+  for parameter, data_config in (("train_input_path", config.task.train_data),
+                                 ("eval_input_path", config.task.validation_data)):
+    try:
+      pipeline.resolve_input_files(data_config)
+    except (ValueError, FileNotFoundError, tf.errors.NotFoundError) as e:
+      raise RunError(f"{gin_config.locate(parameter)}: experiment.{parameter}: {e}") from None
+
+
+def latest_checkpoint_step(model_dir: str) -> Optional[int]:
+  path = tf.train.latest_checkpoint(model_dir) if model_dir else None
+  return int(path.rsplit("-", 1)[-1]) if path else None
+
+
+def run(options: RunOptions) -> Dict[str, Any]:
+  """Runs train / eval / train_and_eval; returns the final eval logs (may be empty)."""
+  if options.mode not in MODES:
+    raise RunError(f"--mode must be one of {MODES + ('export',)}, got {options.mode!r}")
+  if not options.model_dir:
+    raise RunError("--model_dir is required")
+  name = _strategy_name(options)
+  gpus = len(tf.config.list_physical_devices("GPU")) if options.num_gpus is None \
+      else options.num_gpus
+  config = build_config(options, _mixed_precision_default(name, gpus))
+  check_inputs(config)
+  strategy = create_strategy(options)
+  try:
+    experiment_lib.check_against_strategy(config, strategy.num_replicas_in_sync)
+  except experiment_lib.ConfigError as e:
+    raise RunError(f"{gin_config.locate(e.parameter)}: experiment.{e.parameter}: {e}") from None
+
+  model_dir = options.model_dir
+  if _is_chief(strategy):
+    train_utils.serialize_config(config, model_dir)
+    gin_config.write_operative_config(model_dir)
+  performance.set_mixed_precision_policy(config.runtime.mixed_precision_dtype)
+  resumed = latest_checkpoint_step(model_dir)
+  if resumed is not None and "train" in options.mode:
+    print(f"Resuming from the checkpoint at step {resumed} in {model_dir}", flush=True)
+
+  with strategy.scope():
+    task = task_factory.get_task(config.task, logging_dir=model_dir)
+    trainer = train_utils.create_trainer(
+        config, task, train="train" in options.mode, evaluate="eval" in options.mode,
+        checkpoint_exporter=train_utils.maybe_create_best_ckpt_exporter(config, model_dir))
+  train_actions = [progress.ProgressLogger(trainer.global_step, config.trainer.train_steps,
+                                           config.task.train_data.global_batch_size)]
+  try:
+    _, eval_logs = train_lib.run_experiment(
+        distribution_strategy=strategy, task=task, mode=options.mode, params=config,
+        model_dir=model_dir, run_post_eval="eval" in options.mode,
+        train_actions=train_actions, trainer=trainer)
+  except RuntimeError as e:
+    if "loss value" not in str(e):
+      raise
+    last = latest_checkpoint_step(model_dir)
+    raise RunError(
+        f"training stopped: {e} The last good checkpoint "
+        f"{'is step ' + str(last) if last is not None else 'does not exist yet'} in {model_dir}; "
+        f"nothing was written after it. Lower the learning rate or check the data, then run "
+        f"the same command to resume.") from None
+  eval_logs = {k: float(v) for k, v in (eval_logs or {}).items()
+               if tf.size(v) == 1}
+  if eval_logs:
+    summary = " | ".join(f"{k} {v:.4f}" for k, v in sorted(eval_logs.items()))
+    print(f"eval | {summary}", flush=True)
+  return eval_logs
+
+
+def _is_chief(strategy: tf.distribute.Strategy) -> bool:
+  resolver = getattr(strategy, "cluster_resolver", None)
+  if resolver is None or not resolver.cluster_spec().as_dict():
+    return True
+  return resolver.task_type in (None, "chief") or (
+      resolver.task_type == "worker" and resolver.task_id == 0)
+
+
+def configure_logging(model_dir: str) -> None:
+  logging.set_verbosity(logging.INFO)
+  if model_dir and not model_dir.startswith("gs://"):
+    os.makedirs(model_dir, exist_ok=True)
