@@ -1,17 +1,17 @@
 """Detection and instance segmentation: the halo / SASA backbones inside Model Garden's Mask R-CNN
 and RetinaNet.
 
-`detection_experiment` returns a Model Garden `ExperimentConfig` for `kind='maskrcnn'` or
-`kind='retinanet'`, started from Model Garden's own COCO experiments ('maskrcnn_resnetfpn_coco',
-'retinanet_resnetfpn_coco') with
+`detection_experiment` (gin-configurable; `build_detection_experiment` is the same function without
+gin) returns a Model Garden `ExperimentConfig` for `kind='maskrcnn'` or `kind='retinanet'`, started
+from Model Garden's own COCO experiments ('maskrcnn_resnetfpn_coco', 'retinanet_resnetfpn_coco'):
 
   backbone   this project's `Backbone(type='halonet', halonet=HaloNetConfig(model_id=...))`, built
-             by the 'halonet' builder registered with Model Garden's backbone factory; the FPN decoder
-             reads its endpoints '2'..'5' from `output_specs` (level l is ceil(S / 2^l) on a side, at
-             any input size S: the attention layers pad to a multiple of b and crop back, so the
-             image is never padded for the backbone's sake, e.g. b=32 at 1024 px, where level 5 is
-             32×32 but level 4 is 64×64 and level 3 128×128 — multiples of 32 — while at 1280 px
-             level 5 is 40×40, padded to 64 inside the layer and cropped back to 40),
+             by the 'halonet' builder registered with Model Garden's backbone factory. The FPN
+             decoder reads endpoints '2'..'5' from `output_specs`: level l is ceil(S / 2^l) on a
+             side at any input size S, because the attention layers pad each map to a multiple of
+             b and crop back (the image is never padded for the backbone's sake). With b=32 at
+             1024 px the halo stage's maps are 64×64 and 32×32; at 1152 px they are 72×72 and 36×36,
+             padded to 96 / 64 inside the layers.
   recipe     the HaloNet paper's detection recipe: 67,500 steps, global batch 64, SGD momentum 0.9,
              lr 0.1 with 0.1× decays at 60k and 65k steps, 500 linear warm-up steps (from Model
              Garden's detection warm-up start 0.0067), 1024×1024 input, L2 weight decay 4e-5,
@@ -19,10 +19,11 @@ and RetinaNet.
   data       COCO-format TFRecords (Model Garden's tf.Example detection format, as written by
              `official/vision/data/create_coco_tf_record.py`),
   init       `init_checkpoint` (a checkpoint file or a classification run's model_dir) with
-             `init_checkpoint_modules='backbone'`: the task reads `tf.train.Checkpoint(backbone=...)`
-             from it, the `backbone` item Model Garden's trainer writes into every classification
-             checkpoint (ClassificationModel.checkpoint_items), so an ImageNet run of this project
-             initialises the detector's backbone.
+             `init_checkpoint_modules='backbone'`: the task reads
+             `tf.train.Checkpoint(backbone=model.backbone)` from it: the `backbone` item Model
+             Garden's trainer writes into every classification checkpoint (ClassificationModel's
+             checkpoint_items), so an ImageNet run of this project initialises the detector's
+             backbone; decoder and heads start from scratch.
 
     import official_halonet.training.detection as detection
     config = detection.detection_experiment(kind='maskrcnn', backbone='resnet50_se_halo_b8',
@@ -67,8 +68,7 @@ MIXED_PRECISION = ("bfloat16", "float16", "float32")
 ParamsOverride = Optional[Union[Dict[str, Any], str]]
 
 
-@gin.configurable(denylist=["mixed_precision_default"])
-def detection_experiment(
+def build_detection_experiment(
     kind: str = "maskrcnn",
     backbone: str = "resnet50_se_halo_b8",
     block_size: Optional[int] = None,
@@ -153,7 +153,8 @@ def detection_experiment(
   if image_size <= 0:
     raise ValueError(f"image_size must be positive, got {image_size}.")
   boundaries = [int(b) for b in decay_boundaries]
-  if not boundaries or boundaries[0] <= 0 or any(a >= b for a, b in zip(boundaries, boundaries[1:])):
+  increasing = all(a < b for a, b in zip(boundaries, boundaries[1:]))
+  if not boundaries or boundaries[0] <= 0 or not increasing:
     raise ValueError(f"decay_boundaries must be a non-empty, strictly increasing list of positive "
                      f"steps, got {list(decay_boundaries)}.")
   dtype = mixed_precision_default if mixed_precision == "auto" else mixed_precision
@@ -181,7 +182,8 @@ def detection_experiment(
   model.num_classes = num_classes
   model.input_size = [image_size, image_size, 3]
   model.norm_activation.use_sync_bn = use_sync_bn
-  model.norm_activation.activation = specs.get_spec(backbone).activation
+  activation = specs.get_spec(backbone).activation
+  model.norm_activation.activation = "swish" if activation == "silu" else activation  # MG spelling
   task.losses.l2_weight_decay = weight_decay
   task.init_checkpoint = init_checkpoint
   task.init_checkpoint_modules = init_checkpoint_modules
@@ -229,9 +231,14 @@ def detection_experiment(
   return config
 
 
+# The gin-configurable builder: gin/detection/*.gin bind `detection_experiment.<argument>`.
+detection_experiment = gin.configurable(
+    "detection_experiment", denylist=["mixed_precision_default"])(build_detection_experiment)
+
+
 def _register(name: str, kind: str, doc: str):
-  def experiment() -> cfg.ExperimentConfig:
-    return detection_experiment(kind=kind, mixed_precision_default="bfloat16")
+  def experiment() -> cfg.ExperimentConfig:  # the defaults, whatever gin has bound
+    return build_detection_experiment(kind=kind, mixed_precision_default="bfloat16")
   experiment.__doc__ = doc
   exp_factory.register_config_factory(name)(experiment)
 
