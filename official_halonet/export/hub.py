@@ -1,0 +1,245 @@
+"""TF Hub modules of a trained run: an image classifier and an image feature vector.
+
+    python -m official_halonet.export.hub --model_dir=/runs/h0 --output_dir=/publish/h0
+    layer = hub.KerasLayer('/publish/h0/feature_vector', trainable=True)   # fine-tune
+
+Both follow the TF Hub image-module conventions (TF2 "reusable SavedModel"):
+
+  input    float32 [B, S, S, 3], RGB in [0, 1], S = the model's image size (metadata.json)
+  classifier      -> float32 [B, num_classes] logits
+  feature_vector  -> float32 [B, F] the globally average-pooled final features (what the
+                     classifier's dense layer reads)
+
+The ImageNet mean / std normalisation the model was trained with is inside the module (Model
+Garden's `normalize_scaled_float_image` with MEAN_NORM / STDDEV_NORM, identical to the training
+pipeline's normalisation of 0..255 pixels). Each module is a SavedModel whose `__call__` takes
+`training` (True: batch norm uses batch statistics and updates its moving averages, dropout on),
+with `variables`, `trainable_variables` and `regularization_losses` (the run's L2 weight decay as
+one zero-argument function) that `hub.KerasLayer(path, trainable=True)` picks up, so
+`layer.losses` carries the weight decay while fine-tuning. A `serving_default` signature
+({'logits'} / {'feature_vector'}) serves the same function.
+
+`publish` writes <output_dir>/classifier and <output_dir>/feature_vector, each with README.md and
+metadata.json (model, parameters, image size, training data, checkpoint, EMA, top-1 when known:
+taken from Model Garden's best-checkpoint record, model_dir/best_ckpt/info.json, when it was
+evaluated at the exported step, or passed in).
+"""
+import json
+import os
+import sys
+from typing import Any, Dict, Optional
+
+import tensorflow as tf
+import tf_keras
+
+from official.core import config_definitions as cfg
+from official.vision.ops import preprocess_ops
+from official_halonet.export import saved_model
+from official_halonet.models import specs
+from official_halonet.training import runner
+
+CLASSIFIER = "classifier"
+FEATURE_VECTOR = "feature_vector"
+DEFAULT_SUBDIR = "hub"
+
+
+class _Untracked:
+  """Holds the Keras model out of the SavedModel's object graph (only its variables are saved)."""
+
+  def __init__(self, value):
+    self.value = value
+
+
+def _regularization_loss(model: tf_keras.Model) -> Optional[Any]:
+  """A zero-argument tf.function: the sum of `model.losses` (its weight regularizers), or None."""
+  if not model.losses:
+    return None
+
+  @tf.function(input_signature=[])
+  def regularization_loss():
+    return tf.add_n([tf.cast(loss, tf.float32) for loss in model.losses])
+
+  regularization_loss.get_concrete_function()
+  return regularization_loss
+
+
+def build_module(model: tf_keras.Model, image_size: int, kind: str):
+  """A reusable-SavedModel object for hub.KerasLayer: classifier or feature vector of `model`."""
+  if kind not in (CLASSIFIER, FEATURE_VECTOR):
+    raise ValueError(f"kind must be {CLASSIFIER!r} or {FEATURE_VECTOR!r}, got {kind!r}")
+  held = _Untracked(model)
+  backbone = model.backbone
+  source = model if kind == CLASSIFIER else backbone
+  spec = tf.TensorSpec([None, image_size, image_size, 3], tf.float32)
+
+  @tf.function
+  def call(images, training=False):
+    images = preprocess_ops.normalize_scaled_float_image(
+        tf.cast(images, tf.float32), preprocess_ops.MEAN_NORM, preprocess_ops.STDDEV_NORM)
+    if kind == CLASSIFIER:
+      return tf.cast(held.value(images, training=training), tf.float32)
+    endpoints = held.value.backbone(images, training=training)
+    features = endpoints[max(endpoints.keys())]
+    return tf.reduce_mean(tf.cast(features, tf.float32), axis=[1, 2])
+
+  for training in (False, True):
+    call.get_concrete_function(spec, training=training)
+  output = "logits" if kind == CLASSIFIER else FEATURE_VECTOR
+
+  @tf.function(input_signature=[spec])
+  def serve(images):
+    return {output: call(images, training=False)}
+
+  module = tf.__internal__.tracking.AutoTrackable()
+  module.__call__ = call
+  module.serve = serve
+  module.variables = list(source.variables)
+  module.trainable_variables = list(source.trainable_variables)
+  loss = _regularization_loss(source)
+  module.regularization_losses = [loss] if loss is not None else []
+  return module
+
+
+def save_module(model: tf_keras.Model, image_size: int, kind: str, path: str) -> str:
+  module = build_module(model, image_size, kind)
+  tf.saved_model.save(module, path, signatures={"serving_default": module.serve})
+  return path
+
+
+def _params(variables) -> int:
+  return int(sum(v.shape.num_elements() for v in variables))
+
+
+def _top1(model_dir: str, step: Optional[int]) -> Optional[float]:
+  """Top-1 of Model Garden's best-checkpoint record when it was evaluated at `step`."""
+  info = os.path.join(model_dir, "best_ckpt", "info.json")
+  if not model_dir or step is None or not tf.io.gfile.exists(info):
+    return None
+  with tf.io.gfile.GFile(info) as f:
+    record = json.load(f)
+  if int(record.get("best_ckpt_global_step", -1)) != step or "accuracy" not in record:
+    return None
+  return float(record["accuracy"])
+
+
+def metadata(run: saved_model.RestoredRun, kind: str, model_dir: str = "",
+             top1: Optional[float] = None) -> Dict[str, Any]:
+  """The metadata.json of one module."""
+  config: cfg.ExperimentConfig = run.config
+  halonet = config.task.model.backbone.halonet
+  spec = specs.get_spec(halonet.model_id)
+  train = config.task.train_data
+  size = int(config.task.model.input_size[0])
+  top1 = _top1(model_dir, run.step) if top1 is None else top1
+  source = run.model if kind == CLASSIFIER else run.model.backbone
+  out = {
+      "module": kind,
+      "model_id": halonet.model_id,
+      "block_size": halonet.block_size or spec.block_size,
+      "halo_size": spec.halo_size if halonet.halo_size is None else halonet.halo_size,
+      "num_classes": int(config.task.model.num_classes),
+      "parameters": _params(source.trainable_variables),
+      "image_size": size,
+      "input": f"float32 [batch, {size}, {size}, 3] RGB in [0, 1]",
+      "output": (f"float32 [batch, {config.task.model.num_classes}] logits" if kind == CLASSIFIER
+                 else f"float32 [batch, {_feature_width(run.model)}] average-pooled features"),
+      "normalization": {"mean": list(preprocess_ops.MEAN_NORM),
+                        "stddev": list(preprocess_ops.STDDEV_NORM), "inside_module": True},
+      "training_data": {"input_path": train.input_path, "tfds_name": train.tfds_name,
+                        "num_classes": int(train.num_classes), "label_offset": train.label_offset,
+                        "multilabel": bool(train.is_multilabel)},
+      "train_steps": int(config.trainer.train_steps),
+      "checkpoint": run.checkpoint, "checkpoint_step": run.step, "ema_weights": run.used_ema,
+      "top1": top1,
+      "tensorflow": tf.__version__,
+  }
+  return out
+
+
+def _feature_width(model: tf_keras.Model) -> int:
+  outputs = model.backbone.output_specs
+  return int(outputs[max(outputs.keys())][-1])
+
+
+def _readme(meta: Dict[str, Any]) -> str:
+  kind = meta["module"]
+  title = "image classifier" if kind == CLASSIFIER else "image feature vector"
+  top1 = "not measured" if meta["top1"] is None else f"{100 * meta['top1']:.2f}%"
+  usage = ("logits = hub.KerasLayer(path)(images)" if kind == CLASSIFIER else
+           "model = tf_keras.Sequential([hub.KerasLayer(path, trainable=True),\n"
+           "                             tf_keras.layers.Dense(num_classes)])")
+  return f"""# {meta['model_id']} {title} (official_halonet)
+
+HaloNet / SASA local self-attention backbone `{meta['model_id']}` as a TF2 TF Hub module.
+
+| | |
+|---|---|
+| input | {meta['input']} (the module normalises with ImageNet mean / std itself) |
+| output | {meta['output']} |
+| image size | {meta['image_size']} |
+| parameters | {meta['parameters']:,} |
+| classes trained on | {meta['num_classes']} |
+| block / halo size (halo stages) | {meta['block_size']} / {meta['halo_size']} |
+| training data | {meta['training_data']['input_path'] or meta['training_data']['tfds_name']} |
+| training steps | {meta['train_steps']} |
+| checkpoint | {meta['checkpoint']} (step {meta['checkpoint_step']}, {'EMA' if meta['ema_weights'] else 'raw'} weights) |
+| top-1 | {top1} |
+
+```python
+import tensorflow_hub as hub
+{usage}
+```
+
+`trainable=True` fine-tunes every weight: batch norm then runs in training mode, and the
+module's L2 weight decay appears in `layer.losses`. Metadata: metadata.json.
+"""
+
+
+def publish(run: saved_model.RestoredRun, output_dir: str, model_dir: str = "",
+            top1: Optional[float] = None) -> Dict[str, str]:
+  """Writes the classifier and feature-vector modules with README.md and metadata.json each."""
+  size = int(run.config.task.model.input_size[0])
+  written = {}
+  for kind in (CLASSIFIER, FEATURE_VECTOR):
+    path = os.path.join(output_dir, kind)
+    save_module(run.model, size, kind, path)
+    meta = metadata(run, kind, model_dir, top1)
+    with tf.io.gfile.GFile(os.path.join(path, "metadata.json"), "w") as f:
+      json.dump(meta, f, indent=2)
+    with tf.io.gfile.GFile(os.path.join(path, "README.md"), "w") as f:
+      f.write(_readme(meta))
+    written[kind] = path
+  return written
+
+
+def publish_from_run(options: runner.RunOptions, output_dir: str = "",
+                     top1: Optional[float] = None, checkpoint_path: str = "") -> Dict[str, str]:
+  """The run's latest checkpoint (EMA weights when it used EMA) as both TF Hub modules."""
+  run = saved_model.restore_run(options, checkpoint_path)
+  output_dir = output_dir or os.path.join(options.model_dir, DEFAULT_SUBDIR)
+  written = publish(run, output_dir, options.model_dir, top1)
+  print(f"publish | {run.checkpoint} -> TF Hub modules {', '.join(written.values())}", flush=True)
+  return written
+
+
+def main(argv) -> int:
+  from absl import flags  # pylint: disable=g-import-not-at-top
+  flags.DEFINE_multi_string("gin_file", [], "The run's gin files (default: its operative config).")
+  flags.DEFINE_multi_string("gin_bindings", [], "Gin bindings, as for training.")
+  flags.DEFINE_string("model_dir", "", "The run's model_dir (checkpoints).")
+  flags.DEFINE_string("output_dir", "", "Where the modules go (default: <model_dir>/hub).")
+  flags.DEFINE_float("top1", None, "Top-1 accuracy (0..1) to record, if not in best_ckpt/info.json.")
+  flags.FLAGS(argv)
+  options = runner.RunOptions(gin_files=flags.FLAGS.gin_file,
+                              gin_bindings=flags.FLAGS.gin_bindings,
+                              model_dir=flags.FLAGS.model_dir, mode="train")
+  try:
+    publish_from_run(options, flags.FLAGS.output_dir, flags.FLAGS.top1)
+  except (runner.RunError, runner.gin_config.GinError) as e:
+    print(f"error: {e}", file=sys.stderr, flush=True)
+    return 2
+  return 0
+
+
+if __name__ == "__main__":
+  sys.exit(main(sys.argv))

@@ -1,0 +1,261 @@
+"""Export: a tiny run (with EMA) trained a few steps, exported as a SavedModel and as TF Hub modules,
+then checked in a fresh Python process (every signature agrees, with each other and with the
+Keras model on the eval pipeline's images; hub.KerasLayer matches the Keras model, exposes the
+weight decay and fine-tunes), through `saved_model_cli run`, and refusing mismatched checkpoints."""
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+import official_halonet  # noqa: F401
+import tensorflow as tf
+
+from official_halonet.export import checkpoints
+from official_halonet.export import hub as hub_export
+from official_halonet.export import saved_model
+from official_halonet.training import demo
+from official_halonet.training import runner
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+PYTHON = sys.executable
+SAVED_MODEL_CLI = os.path.join(os.path.dirname(sys.executable), "saved_model_cli")
+EVAL_SHARD = "validation-00000-of-00002"  # one shard: the eval pipeline's order is the file's
+
+
+def _env():
+  env = dict(os.environ, PYTHONPATH=ROOT, TF_CPP_MIN_LOG_LEVEL="2")
+  return env
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+  """A 4-step EMA run of the tiny model on the digits, exported and published."""
+  root = tmp_path_factory.mktemp("export")
+  data_dir = str(root / "data")
+  demo.make_digits_records(data_dir)
+  model_dir = str(root / "model")
+  options = runner.RunOptions(
+      gin_files=["demo.gin"], model_dir=model_dir, strategy="one_device", num_gpus=0,
+      gin_bindings=[f"experiment.train_input_path = '{data_dir}/train-*'",
+                    f"experiment.eval_input_path = '{data_dir}/{EVAL_SHARD}'",
+                    "experiment.train_steps = 4", "experiment.global_batch_size = 16",
+                    "experiment.eval_examples = 150", "experiment.eval_batch_size = 50",
+                    "experiment.steps_per_loop = 2", "experiment.checkpoint_interval = 2",
+                    "experiment.validation_interval = 4", "experiment.warmup_epochs = 0",
+                    "experiment.ema_decay = 0.5"])
+  runner.run(options)
+  # Export from the run's operative config alone, as `main.py --mode=export --model_dir=...` does.
+  export_options = runner.RunOptions(gin_files=[], model_dir=model_dir)
+  export_dir = saved_model.export_from_run(export_options)
+  modules = hub_export.publish_from_run(export_options, str(root / "publish"))
+  return dict(root=str(root), data_dir=data_dir, model_dir=model_dir, export_dir=export_dir,
+              modules=modules, options=options)
+
+
+FRESH_PROCESS_CHECK = r'''
+import json, sys
+import numpy as np
+import official_halonet
+import tensorflow as tf
+import tensorflow_hub as hub
+import tf_keras
+from official.vision.ops import preprocess_ops
+from official_halonet import data
+from official_halonet.export import saved_model
+from official_halonet.training import runner
+
+export_dir, classifier, feature_vector, model_dir, shard, out = sys.argv[1:]
+records = [r.numpy() for r in tf.data.TFRecordDataset(shard).take(8)]
+encoded = [tf.io.parse_single_example(r, {"image/encoded": tf.io.FixedLenFeature((), tf.string)})
+           ["image/encoded"].numpy() for r in records]
+pixels = np.stack([tf.io.decode_image(e, channels=3).numpy() for e in encoded]).astype(np.float32)
+
+loaded = tf.saved_model.load(export_dir)
+results = {"signatures": sorted(loaded.signatures.keys())}
+for name, inputs in (("serving_default", tf.constant(encoded)), ("image_bytes", tf.constant(encoded)),
+                     ("image_tensor", tf.constant(pixels)), ("tf_example", tf.constant(records))):
+  outputs = loaded.signatures[name](inputs=inputs)
+  results[name] = {k: v.numpy().tolist() for k, v in outputs.items()}
+
+# The Keras model with the same (EMA) weights, on the eval input pipeline's first batch.
+restored = saved_model.restore_run(runner.RunOptions(gin_files=[], model_dir=model_dir))
+model, config = restored.model, restored.config
+images, _ = next(iter(data.build_dataset(config.task.validation_data)))
+results["keras_eval_pipeline"] = model(images[:8], training=False).numpy().tolist()
+
+# TF Hub modules: [0, 1] images at the model's size.
+x = np.random.default_rng(0).random((3, 32, 32, 3)).astype(np.float32)
+normalised = preprocess_ops.normalize_image(x * 255.0, preprocess_ops.MEAN_RGB, preprocess_ops.STDDEV_RGB)
+endpoints = model.backbone(normalised, training=False)
+results["keras_logits"] = model(normalised, training=False).numpy().tolist()
+results["keras_features"] = tf.reduce_mean(endpoints[max(endpoints)], axis=[1, 2]).numpy().tolist()
+results["keras_regularization"] = float(tf.add_n(model.losses))
+results["keras_backbone_regularization"] = float(tf.add_n(model.backbone.losses))
+clf = hub.KerasLayer(classifier)
+results["hub_logits"] = clf(x).numpy().tolist()
+results["hub_frozen_losses"] = [float(l) for l in clf.losses]  # hub: only trainable layers'
+results["hub_classifier_losses"] = [float(l) for l in hub.KerasLayer(classifier, trainable=True).losses]
+fv = hub.KerasLayer(feature_vector, trainable=True)
+results["hub_features"] = fv(x).numpy().tolist()
+results["hub_feature_losses"] = [float(l) for l in fv.losses]
+
+# One fine-tuning step through hub.KerasLayer(trainable=True).
+head = tf_keras.Sequential([tf_keras.Input([32, 32, 3]), fv, tf_keras.layers.Dense(3)])
+head.compile(tf_keras.optimizers.SGD(0.1),
+             tf_keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+before = [v.numpy().copy() for v in fv.trainable_variables]
+results["finetune_loss"] = float(head.train_on_batch(x, np.array([0, 1, 2])))
+results["hub_trainable"] = len(fv.trainable_variables)
+results["hub_changed"] = sum(not np.array_equal(b, v.numpy())
+                             for b, v in zip(before, fv.trainable_variables))
+results["head_loss_terms"] = len(head.losses)
+with open(out, "w") as f:
+  json.dump(results, f)
+'''
+
+
+@pytest.fixture(scope="module")
+def fresh(run):
+  """Everything loaded and called in a new Python process (nothing shared with this one)."""
+  out = os.path.join(run["root"], "fresh.json")
+  script = os.path.join(run["root"], "fresh_check.py")
+  with open(script, "w") as f:
+    f.write(FRESH_PROCESS_CHECK)
+  result = subprocess.run(
+      [PYTHON, script, run["export_dir"], run["modules"]["classifier"],
+       run["modules"]["feature_vector"], run["model_dir"],
+       os.path.join(run["data_dir"], EVAL_SHARD), out],
+      env=_env(), capture_output=True, text=True, timeout=300)
+  assert result.returncode == 0, result.stderr[-4000:]
+  with open(out) as f:
+    return json.load(f)
+
+
+def test_every_signature_gives_the_same_numbers(fresh):
+  assert set(saved_model.SIGNATURES) <= set(fresh["signatures"])
+  reference = fresh["image_bytes"]
+  assert np.asarray(reference["logits"]).shape == (8, 10)
+  for name in ("serving_default", "image_tensor", "tf_example"):
+    for key in ("logits", "probabilities", "top_k_probabilities"):
+      np.testing.assert_allclose(fresh[name][key], reference[key], rtol=1e-5, atol=1e-5,
+                                 err_msg=f"{name}/{key}")
+    np.testing.assert_array_equal(fresh[name]["top_k_classes"], reference["top_k_classes"])
+  probabilities = np.asarray(reference["probabilities"])
+  np.testing.assert_allclose(probabilities.sum(-1), 1.0, rtol=1e-5)
+  np.testing.assert_allclose(probabilities, tf.nn.softmax(reference["logits"]).numpy(), rtol=1e-5)
+  top = np.asarray(reference["top_k_classes"])
+  assert top.shape == (8, 5)
+  np.testing.assert_array_equal(top[:, 0], probabilities.argmax(-1))
+
+
+def test_signatures_match_the_keras_model_on_the_eval_pipeline(fresh):
+  np.testing.assert_allclose(fresh["tf_example"]["logits"], fresh["keras_eval_pipeline"],
+                             rtol=1e-4, atol=1e-4)
+
+
+def test_hub_modules_match_the_keras_model(fresh):
+  np.testing.assert_allclose(fresh["hub_logits"], fresh["keras_logits"], rtol=1e-4, atol=1e-4)
+  np.testing.assert_allclose(fresh["hub_features"], fresh["keras_features"], rtol=1e-4, atol=1e-4)
+  assert np.asarray(fresh["hub_features"]).shape == (3, 32)
+
+
+def test_hub_modules_expose_the_weight_decay(fresh):
+  assert fresh["keras_regularization"] > 0
+  np.testing.assert_allclose(sum(fresh["hub_classifier_losses"]), fresh["keras_regularization"],
+                             rtol=1e-5)
+  np.testing.assert_allclose(sum(fresh["hub_feature_losses"]),
+                             fresh["keras_backbone_regularization"], rtol=1e-5)
+  assert fresh["head_loss_terms"] >= 1
+  assert sum(fresh["hub_frozen_losses"]) == 0.0  # hub.KerasLayer adds losses only when trainable
+
+
+def test_one_finetuning_step_through_hub_keras_layer_changes_the_weights(fresh):
+  assert np.isfinite(fresh["finetune_loss"])
+  assert fresh["hub_trainable"] > 30
+  assert fresh["hub_changed"] == fresh["hub_trainable"]
+
+
+def test_saved_model_cli_runs_the_bytes_signature(run, fresh, tmp_path):
+  record = next(iter(tf.data.TFRecordDataset(os.path.join(run["data_dir"], EVAL_SHARD))))
+  encoded = tf.io.parse_single_example(
+      record, {"image/encoded": tf.io.FixedLenFeature((), tf.string)})["image/encoded"].numpy()
+  np.save(tmp_path / "image.npy", np.array([encoded]))  # dtype S: no pickle needed
+  result = subprocess.run(
+      [SAVED_MODEL_CLI, "run", "--dir", run["export_dir"], "--tag_set", "serve",
+       "--signature_def", "image_bytes", "--inputs", f"inputs={tmp_path / 'image.npy'}",
+       "--outdir", str(tmp_path / "out")],
+      env=_env(), capture_output=True, text=True, timeout=180)
+  assert result.returncode == 0, result.stderr[-3000:]
+  logits = np.load(tmp_path / "out" / "logits.npy")
+  np.testing.assert_allclose(logits, np.asarray(fresh["image_bytes"]["logits"][:1]), rtol=1e-5,
+                             atol=1e-5)
+  assert np.load(tmp_path / "out" / "top_k_classes.npy").shape == (1, 5)
+
+
+def test_export_uses_the_ema_weights(run):
+  config, _ = saved_model.load_config(runner.RunOptions(gin_files=[], model_dir=run["model_dir"]))
+  model = saved_model.build_model(config)
+  found = checkpoints.match(model, tf.train.latest_checkpoint(run["model_dir"]))
+  assert found.has_ema and saved_model.uses_ema(config)
+  pixels = np.random.default_rng(1).uniform(0, 255, (2, 32, 32, 3)).astype(np.float32)
+  served = tf.saved_model.load(run["export_dir"]).signatures["image_tensor"](
+      inputs=tf.constant(pixels))["logits"].numpy()
+  module = saved_model.ClassifierModule(config, model)  # the exported preprocessing
+  logits = {}
+  for use_ema in (True, False):
+    for entry in found.entries:
+      entry.variable.assign(found.value(entry, use_ema))
+    logits[use_ema] = module.serve_image_tensor(tf.constant(pixels))["logits"].numpy()
+  np.testing.assert_allclose(served, logits[True], rtol=1e-5, atol=1e-5)
+  assert np.abs(served - logits[False]).max() > 1e-3  # 4 steps at decay 0.5: not the raw weights
+
+
+def test_publish_writes_readme_and_metadata(run):
+  for kind, path in run["modules"].items():
+    with open(os.path.join(path, "metadata.json")) as f:
+      meta = json.load(f)
+    assert meta["module"] == kind
+    assert meta["model_id"] == "tiny" and meta["image_size"] == 32 and meta["num_classes"] == 10
+    assert meta["ema_weights"] is True and meta["checkpoint_step"] == 4
+    assert meta["block_size"] == 4 and meta["halo_size"] == 1
+    assert meta["training_data"]["input_path"].endswith("train-*")
+    assert 0.0 <= meta["top1"] <= 1.0  # evaluated at the exported step (best_ckpt/info.json)
+    assert meta["parameters"] > 0
+    with open(os.path.join(path, "README.md")) as f:
+      readme = f.read()
+    assert "tiny" in readme and "[0, 1]" in readme and f"{100 * meta['top1']:.2f}%" in readme
+  with open(os.path.join(run["modules"]["classifier"], "metadata.json")) as f:
+    classifier = json.load(f)
+  with open(os.path.join(run["modules"]["feature_vector"], "metadata.json")) as f:
+    features = json.load(f)
+  assert classifier["parameters"] == features["parameters"] + 32 * 10 + 10
+
+
+@pytest.mark.parametrize("binding,expected", [
+    ("experiment.num_classes = 7", ["[32, 7]", "[32, 10]", "10 classes", "num_classes"]),
+    ("experiment.block_size = 2", ["rel_pos_h", "[7, 8]", "[11, 8]", "block_size / halo_size"]),
+    ("experiment.model_id = 'sasa_resnet26'", ["not in the checkpoint", "another model_id"]),
+])
+def test_a_mismatched_checkpoint_is_refused_with_a_message(run, binding, expected):
+  options = runner.RunOptions(gin_files=[], model_dir=run["model_dir"], gin_bindings=[binding])
+  target = os.path.join(run["root"], "refused")
+  with pytest.raises(runner.RunError) as error:
+    saved_model.export_from_run(options, export_dir=target)
+  message = str(error.value)
+  assert "does not match" in message and "nothing was restored" in message
+  for text in expected:
+    assert text in message, message
+  assert not os.path.exists(target)
+
+
+def test_main_export_refuses_a_mismatch_on_the_command_line(run, tmp_path):
+  result = subprocess.run(
+      [PYTHON, os.path.join(ROOT, "main.py"), "--mode=export", f"--model_dir={run['model_dir']}",
+       f"--export_dir={tmp_path / 'x'}", "--gin_bindings=experiment.num_classes = 7"],
+      env=_env(), capture_output=True, text=True, timeout=180, cwd=ROOT)
+  assert result.returncode == 2, result.stderr[-3000:]
+  assert "error: checkpoint" in result.stderr and "[32, 7]" in result.stderr
+  assert not (tmp_path / "x").exists()
