@@ -50,6 +50,20 @@ class HaloNetClassificationTask(mg_task.ImageClassificationTask):
                    input_context: Optional[tf.distribute.InputContext] = None):
     return data.build_dataset(params, input_context)
 
+  def initialize(self, model: tf_keras.Model):
+    """Starts from `init_checkpoint` (fine-tuning); Model Garden calls it when model_dir is empty.
+
+    Unlike Model Garden's, which restores what matches and fails on any shape difference, this
+    copies the backbone, linearly interpolates relative-position tables whose window (b + 2h)
+    changed, and for init_checkpoint_modules='backbone' sets the classifier to zeros; anything
+    else that differs is an error naming it (official_halonet.training.finetune).
+    """
+    if not self.task_config.init_checkpoint:
+      return
+    from official_halonet.training import finetune  # pylint: disable=g-import-not-at-top
+    finetune.restore_pretrained(model, self.task_config.init_checkpoint,
+                                modules=self.task_config.init_checkpoint_modules)
+
   def build_metrics(self, training: bool = True):
     metrics = super().build_metrics(training)
     if not training:
