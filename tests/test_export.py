@@ -102,6 +102,22 @@ fv = hub.KerasLayer(feature_vector, trainable=True)
 results["hub_features"] = fv(x).numpy().tolist()
 results["hub_feature_losses"] = [float(l) for l in fv.losses]
 
+# Gradients through the module equal the Keras backbone's (training mode: batch statistics).
+with tf.GradientTape() as tape:
+  hub_loss = tf.reduce_sum(fv(x, training=True) ** 2)
+hub_grads = tape.gradient(hub_loss, fv.trainable_variables)
+with tf.GradientTape() as tape:
+  endpoints = model.backbone(normalised, training=True)
+  keras_loss = tf.reduce_sum(tf.reduce_mean(endpoints[max(endpoints)], axis=[1, 2]) ** 2)
+keras_grads = tape.gradient(keras_loss, model.backbone.trainable_variables)
+results["gradient_shapes_equal"] = all(
+    a.shape == b.shape for a, b in zip(fv.trainable_variables, model.backbone.trainable_variables))
+results["gradient_relative_error"] = max(
+    float(tf.reduce_max(tf.abs(tf.convert_to_tensor(a) - tf.convert_to_tensor(b)))
+          / (tf.reduce_max(tf.abs(tf.convert_to_tensor(b))) + 1e-12))
+    for a, b in zip(hub_grads, keras_grads))
+results["gradient_count"] = [len(hub_grads), len(keras_grads)]
+
 # One fine-tuning step through hub.KerasLayer(trainable=True).
 head = tf_keras.Sequential([tf_keras.Input([32, 32, 3]), fv, tf_keras.layers.Dense(3)])
 head.compile(tf_keras.optimizers.SGD(0.1),
@@ -170,6 +186,11 @@ def test_hub_modules_expose_the_weight_decay(fresh):
                              fresh["keras_backbone_regularization"], rtol=1e-5)
   assert fresh["head_loss_terms"] >= 1
   assert sum(fresh["hub_frozen_losses"]) == 0.0  # hub.KerasLayer adds losses only when trainable
+
+
+def test_gradients_through_hub_keras_layer_equal_the_keras_models(fresh):
+  assert fresh["gradient_shapes_equal"] and fresh["gradient_count"][0] == fresh["gradient_count"][1]
+  assert fresh["gradient_relative_error"] < 1e-3
 
 
 def test_one_finetuning_step_through_hub_keras_layer_changes_the_weights(fresh):
