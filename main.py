@@ -20,8 +20,10 @@ FLAGS = flags.FLAGS
 flags.DEFINE_multi_string("gin_file", [], "Gin configuration file(s); later ones win.")
 flags.DEFINE_multi_string("gin_bindings", [], "Gin bindings, e.g. 'experiment.epochs = 90'.")
 flags.DEFINE_multi_string("gin_params", [], "Model Garden's spelling of --gin_bindings.")
-flags.DEFINE_enum("mode", "train_and_eval", ["train", "eval", "train_and_eval", "export"],
-                  "What to run.")
+flags.DEFINE_enum("mode", "train_and_eval",
+                  ["train", "eval", "train_and_eval", "export", "publish"],
+                  "What to run: export writes a SavedModel with serving signatures; publish "
+                  "writes TF Hub classifier and feature-vector modules.")
 flags.DEFINE_string("model_dir", "", "Checkpoints, summaries and the operative config go here.")
 flags.DEFINE_string("tpu", "", "TPU name or 'local' (on a TPU VM); implies --strategy=tpu.")
 flags.DEFINE_enum("strategy", None, ["tpu", "mirrored", "multi_worker_mirrored", "one_device"],
@@ -29,8 +31,10 @@ flags.DEFINE_enum("strategy", None, ["tpu", "mirrored", "multi_worker_mirrored",
 flags.DEFINE_integer("num_gpus", None, "GPUs for mirrored / one_device (default: all visible).")
 flags.DEFINE_integer("num_cpu_devices", 0,
                      "Split the CPU into this many logical devices (mirrored on a CPU host).")
-flags.DEFINE_string("export_dir", "", "--mode=export: where the SavedModel goes "
-                    "(default: <model_dir>/saved_model).")
+flags.DEFINE_string("export_dir", "", "--mode=export / publish: where the SavedModel or the "
+                    "TF Hub modules go (default: under <model_dir>).")
+flags.DEFINE_string("checkpoint", "", "--mode=export / publish: a checkpoint to export "
+                    "(default: the latest in --model_dir).")
 flags.DEFINE_bool("demo", False, "Run the built-in demo end to end (needs nothing else).")
 
 
@@ -49,7 +53,14 @@ def main(argv):
       demo.run(options)
     elif FLAGS.mode == "export":
       from official_halonet.export import saved_model
-      saved_model.export_from_run(options, export_dir=FLAGS.export_dir)
+      path = saved_model.export_from_run(options, export_dir=FLAGS.export_dir,
+                                         checkpoint_path=FLAGS.checkpoint)
+      print(f"SavedModel written to {path}", flush=True)
+    elif FLAGS.mode == "publish":
+      from official_halonet.export import hub
+      path = hub.publish_from_run(options, output_dir=FLAGS.export_dir,
+                                  checkpoint_path=FLAGS.checkpoint)
+      print(f"TF Hub modules written to {path}", flush=True)
     else:
       runner.configure_logging(FLAGS.model_dir)
       runner.run(options)

@@ -73,7 +73,9 @@ def experiment(
     eval_examples: int = IMAGENET_EVAL_EXAMPLES,
     randaug_magnitude: Optional[int] = None,
     crop_area_range: Sequence[float] = (0.08, 1.0),
+    random_crop: bool = True,
     random_flip: bool = True,
+    shard_input: bool = True,
     mixup_alpha: float = 0.0,
     cutmix_alpha: float = 0.0,
     shuffle_buffer_size: int = 10000,
@@ -118,8 +120,10 @@ def experiment(
     multilabel: ImageNet-21k multi-label records with a sigmoid loss.
     train_examples / eval_examples: dataset sizes; they turn epochs into steps and fix the number
       of eval batches (identical on every host, padded with masked examples).
-    randaug_magnitude (None: the model's), crop_area_range (Inception crop), random_flip,
-      mixup_alpha, cutmix_alpha, shuffle_buffer_size, cache_eval.
+    randaug_magnitude (None: the model's), crop_area_range and random_crop (Inception crop),
+      random_flip, mixup_alpha, cutmix_alpha, shuffle_buffer_size, cache_eval.
+    shard_input: each host reads its own share of the files (False: every host reads all of
+      them, identically; for debugging and equivalence tests).
     global_batch_size, eval_batch_size (None: global_batch_size), epochs or train_steps,
       base_learning_rate (per 256 examples), warmup_epochs, final_learning_rate_fraction,
       momentum, nesterov, weight_decay, label_smoothing, ema_decay (0: no EMA).
@@ -127,7 +131,7 @@ def experiment(
     mixed_precision: 'auto' (bfloat16 on TPU, float16 on GPU, float32 on CPU), or a dtype.
     steps_per_loop, checkpoint_interval, summary_interval, validation_interval: in steps
       (None: one epoch, at most 1000 for logging), max_checkpoints, loss_upper_bound (a larger or
-      NaN loss stops the run), seed.
+      NaN loss stops the run), seed (file shuffling on every host and the initial weights).
   """
   spec = specs.get_spec(model_id) if model_id in specs.MODELS else None
   _require(spec is not None, "model_id",
@@ -179,7 +183,8 @@ def experiment(
         mixup_alpha=mixup_alpha if is_training else 0.0,
         cutmix_alpha=cutmix_alpha if is_training else 0.0,
         mixup_label_smoothing=label_smoothing if (mixup_alpha or cutmix_alpha) else 0.0,
-        crop_area_range=tuple(crop_area_range), aug_rand_hflip=random_flip,
+        crop_area_range=tuple(crop_area_range), aug_crop=random_crop, aug_rand_hflip=random_flip,
+        sharding=shard_input,
         shuffle_buffer_size=shuffle_buffer_size, cache=cache_eval and not is_training,
         eval_num_batches=None if is_training else eval_batches, seed=seed)
 

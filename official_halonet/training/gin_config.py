@@ -90,15 +90,21 @@ def _one_line(error: Exception) -> str:
   return " ".join(str(error).split())
 
 
-def locate(parameter: str) -> str:
-  """'file:line' (or '--gin_bindings[i]') of the binding of experiment.<parameter> in force."""
-  pattern = re.compile(rf"^\s*(?:[\w.]*/)?(?:[\w.]*\.)?{CONFIGURABLE}\.{parameter}\s*=")
+def binds(configurable: str) -> bool:
+  """Whether the parsed files / bindings bind any parameter of `configurable`."""
+  pattern = re.compile(rf"^\s*(?:[\w.]*/)?(?:[\w.]*\.)?{configurable}\.\w+\s*=")
+  return any(pattern.match(line) for _, lines in _sources for line in lines)
+
+
+def locate(parameter: str, configurable: str = CONFIGURABLE) -> str:
+  """'file:line' (or '--gin_bindings[i]') of the binding of <configurable>.<parameter> in force."""
+  pattern = re.compile(rf"^\s*(?:[\w.]*/)?(?:[\w.]*\.)?{configurable}\.{parameter}\s*=")
   where = None
   for name, lines in _sources:
     for number, line in enumerate(lines, 1):
       if pattern.match(line):
         where = name if name.startswith("--") else f"{name}:{number}"
-  return where or f"(experiment.{parameter} is not bound; its default is used)"
+  return where or f"({configurable}.{parameter} is not bound; its default is used)"
 
 
 def write_operative_config(model_dir: str) -> str:

@@ -16,13 +16,13 @@ from typing import Any, Dict, Optional, Sequence
 
 from absl import logging
 import tensorflow as tf
+import tf_keras
 
 from official.common import distribute_utils
 from official.core import task_factory
 from official.core import train_lib
 from official.core import train_utils
 from official.modeling import performance
-from official_halonet.data import pipeline
 from official_halonet.training import experiment as experiment_lib
 from official_halonet.training import gin_config
 from official_halonet.training import progress
@@ -49,8 +49,18 @@ class RunOptions:
 
 
 def build_config(options: RunOptions, mixed_precision_default: str = "float32"):
-  """Steps 1-2: gin -> Model Garden ExperimentConfig; errors name the file and line."""
+  """Steps 1-2: gin -> Model Garden ExperimentConfig; errors name the file and line.
+
+  Classification files bind `experiment`; the detection files in gin/detection/ bind
+  `detection_experiment` (Model Garden's Mask R-CNN / RetinaNet with a halonet backbone).
+  """
   gin_config.parse(options.gin_files, options.gin_bindings)
+  if gin_config.binds("detection_experiment"):
+    from official_halonet.training import detection
+    try:
+      return detection.detection_experiment(mixed_precision_default=mixed_precision_default)
+    except (ValueError, TypeError) as e:
+      raise RunError(f"gin configuration (detection_experiment): {e}") from None
   try:
     return experiment_lib.experiment(mixed_precision_default=mixed_precision_default)
   except experiment_lib.ConfigError as e:
@@ -103,14 +113,21 @@ def configure_cpu_devices(count: int) -> None:
                    f"they could be split") from None
 
 
-def check_inputs(config) -> None:
-  """Step 3: every input pattern matches files (names the pattern and its binding)."""
-  for parameter, data_config in (("train_input_path", config.task.train_data),
-                                 ("eval_input_path", config.task.validation_data)):
-    try:
-      pipeline.resolve_input_files(data_config)
-    except (ValueError, FileNotFoundError, tf.errors.NotFoundError) as e:
-      raise RunError(f"{gin_config.locate(parameter)}: experiment.{parameter}: {e}") from None
+def check_inputs(config, mode: str) -> None:
+  """Step 3: every input pattern the mode reads matches files (names the pattern and binding)."""
+  configurable = ("detection_experiment" if gin_config.binds("detection_experiment")
+                  else gin_config.CONFIGURABLE)
+  needed = [("train_input_path", config.task.train_data)] if "train" in mode else []
+  needed += [("eval_input_path", config.task.validation_data)] if "eval" in mode else []
+  for parameter, data_config in needed:
+    if getattr(data_config, "tfds_name", ""):
+      continue
+    patterns = data_config.input_path
+    patterns = patterns.split(",") if isinstance(patterns, str) else list(patterns)
+    empty = [p for p in patterns if not p or not tf.io.gfile.glob(p)]
+    if empty:
+      raise RunError(f"{gin_config.locate(parameter, configurable)}: {configurable}.{parameter}: "
+                     f"no files match {empty[0]!r}")
 
 
 def latest_checkpoint_step(model_dir: str) -> Optional[int]:
@@ -128,7 +145,7 @@ def run(options: RunOptions) -> Dict[str, Any]:
   gpus = len(tf.config.list_physical_devices("GPU")) if options.num_gpus is None \
       else options.num_gpus
   config = build_config(options, _mixed_precision_default(name, gpus))
-  check_inputs(config)
+  check_inputs(config, options.mode)
   strategy = create_strategy(options)
   try:
     experiment_lib.check_against_strategy(config, strategy.num_replicas_in_sync)
@@ -144,6 +161,9 @@ def run(options: RunOptions) -> Dict[str, Any]:
   if resumed is not None and "train" in options.mode:
     print(f"Resuming from the checkpoint at step {resumed} in {model_dir}", flush=True)
 
+  seed = getattr(config.task.train_data, "seed", None)
+  if seed is not None:  # the same initial weights on every run with this seed
+    tf_keras.utils.set_random_seed(seed)
   with strategy.scope():
     task = task_factory.get_task(config.task, logging_dir=model_dir)
     trainer = train_utils.create_trainer(

@@ -1,0 +1,327 @@
+"""The gin-configured trainer: every gin file builds, bad settings fail fast with file and line,
+end-to-end training through Model Garden on 2 logical CPU devices, kill -9 resumption, a NaN stop,
+and MultiWorkerMirroredStrategy over two processes on loopback agreeing with one worker."""
+import glob
+import json
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+import official_halonet  # noqa: F401
+import tensorflow as tf
+import tf_keras
+
+from official.core import task_factory
+from official_halonet.training import demo
+from official_halonet.training import experiment as experiment_lib
+from official_halonet.training import gin_config
+from official_halonet.training import runner
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+GIN_DIR = os.path.join(ROOT, "gin")
+# Configurations whose model is not built here: their variables (31-87M parameters; H7 also at
+# 600×600, i21k with a 21,843-class head) take 10-25 s each to initialise on a 2-core CI machine.
+# Their backbones are built at full width in test_models.py (parameter counts, endpoint shapes).
+LARGE = {"h5", "h6", "h7", "h7_c1", "h7_c12", "h7_c123", "h4_i21k_pretrain", "h4_i21k_finetune_384",
+         "h4_i21k_finetune_512"}
+PUBLISHED = sorted(os.path.splitext(os.path.basename(p))[0]
+                   for p in glob.glob(os.path.join(GIN_DIR, "*.gin")))
+
+
+@pytest.fixture(scope="module")
+def digits(tmp_path_factory):
+  data_dir = str(tmp_path_factory.mktemp("digits"))
+  demo.make_digits_records(data_dir)
+  return data_dir
+
+
+def _data_bindings(data_dir):
+  return [f"experiment.train_input_path = '{data_dir}/train-*'",
+          f"experiment.eval_input_path = '{data_dir}/validation-*'"]
+
+
+def test_published_configurations_exist():
+  expected = {f"h{i}" for i in range(8)} | {"halonet50", "resnet50", "h7_c1", "h7_c12",
+                                            "h7_c123", "h4_i21k_pretrain", "h4_i21k_finetune_384",
+                                            "h4_i21k_finetune_512", "sasa_resnet26",
+                                            "sasa_resnet38", "sasa_resnet50", "demo"}
+  assert expected <= set(PUBLISHED)
+
+
+@pytest.mark.parametrize("name", PUBLISHED)
+def test_every_gin_file_parses_and_builds_its_experiment(name):
+  bindings = _data_bindings("/tmp/digits") if name == "demo" else []
+  config = runner.build_config(runner.RunOptions(gin_files=[f"{name}.gin"],
+                                                 gin_bindings=bindings))
+  spec_model = config.task.model.backbone.halonet.model_id
+  assert config.task.model.input_size[0] >= 32
+  assert config.trainer.train_steps > 0 and config.trainer.validation_steps > 0
+  if name.startswith("h") and name[1].isdigit() and "_" not in name:
+    # The paper's recipe: lr 0.1 × 4096 / 256 = 1.6, cosine to lr / 128, 350 epochs.
+    cosine = config.trainer.optimizer_config.learning_rate.cosine
+    assert cosine.initial_learning_rate == pytest.approx(1.6)
+    assert cosine.alpha == pytest.approx(1 / 128)
+    assert config.trainer.train_steps == 350 * (1281167 // 4096)
+    assert config.task.train_data.randaug_magnitude == official_halonet.models.get_spec(
+        spec_model).randaug_magnitude
+    assert config.trainer.optimizer_config.optimizer.sgd.nesterov
+  if name in LARGE:
+    return
+  # Build the task's model at the configuration's resolution and real width.
+  model = task_factory.get_task(config.task).build_model()
+  assert model.output_shape == (None, config.task.model.num_classes)
+  tf_keras.backend.clear_session()
+
+
+def test_i21k_finetune_changes_window_and_starts_from_pretraining():
+  config = runner.build_config(runner.RunOptions(gin_files=["h4_i21k_finetune_384.gin"]))
+  backbone = config.task.model.backbone.halonet
+  assert (backbone.block_size, backbone.halo_size) == (12, 2)
+  assert config.task.init_checkpoint_modules == "backbone"
+  assert config.task.model.num_classes == 1000
+  assert config.trainer.optimizer_config.ema is None
+
+
+def _expect_run_error(options, *needles):
+  start = time.time()
+  with pytest.raises((runner.RunError, gin_config.GinError)) as error:
+    runner.run(options)
+  message = str(error.value)
+  for needle in needles:
+    assert re.search(needle, message), (needle, message)
+  assert time.time() - start < 20, "the check must come before any graph is built"
+  return message
+
+
+def test_missing_gin_file(tmp_path):
+  _expect_run_error(runner.RunOptions(gin_files=["h9.gin"], model_dir=str(tmp_path)),
+                    r"gin file not found: h9\.gin")
+
+
+def test_unknown_configurable_in_file_names_file_and_line(tmp_path):
+  bad = tmp_path / "bad.gin"
+  bad.write_text("include 'h0.gin'\n\nexperimnt.epochs = 3\n")
+  _expect_run_error(runner.RunOptions(gin_files=[str(bad)], model_dir=str(tmp_path)),
+                    r"bad\.gin.*line 3", "experimnt")
+
+
+def test_unknown_parameter_in_binding_names_the_binding(tmp_path):
+  _expect_run_error(
+      runner.RunOptions(gin_files=["h0.gin"], gin_bindings=["experiment.epoch = 3"],
+                        model_dir=str(tmp_path)),
+      r"--gin_bindings\[0\]", "doesn't have a parameter named 'epoch'")
+
+
+def test_syntax_error_in_binding(tmp_path):
+  _expect_run_error(
+      runner.RunOptions(gin_files=["h0.gin"], gin_bindings=["experiment.model_id = 'h0"],
+                        model_dir=str(tmp_path)), r"--gin_bindings\[0\]")
+
+
+def test_missing_include(tmp_path):
+  bad = tmp_path / "bad.gin"
+  bad.write_text("# comment\ninclude 'base/nonexistent.gin'\n")
+  _expect_run_error(runner.RunOptions(gin_files=[str(bad)], model_dir=str(tmp_path)),
+                    r"bad\.gin:2", "nonexistent")
+
+
+def test_unknown_model_names_where_it_was_bound(tmp_path):
+  bad = tmp_path / "model.gin"
+  bad.write_text("include 'h0.gin'\nexperiment.model_id = 'h9'\n")
+  _expect_run_error(runner.RunOptions(gin_files=[str(bad)], model_dir=str(tmp_path)),
+                    r"model\.gin:2: experiment\.model_id: unknown model 'h9'", "h7")
+
+
+def test_image_size_the_model_cannot_take(tmp_path):
+  _expect_run_error(
+      runner.RunOptions(gin_files=["h0.gin"], gin_bindings=["experiment.image_size = 20"],
+                        model_dir=str(tmp_path)),
+      r"--gin_bindings\[0\]: experiment\.image_size: image_size must be an integer >= 32")
+
+
+def test_input_pattern_that_matches_nothing(tmp_path):
+  # h0.gin's placeholder bucket: the error names the pattern and base/imagenet.gin's line.
+  _expect_run_error(
+      runner.RunOptions(gin_files=["h0.gin"], model_dir=str(tmp_path),
+                        gin_bindings=[f"experiment.train_input_path = '{tmp_path}/none-*'"]),
+      r"--gin_bindings\[0\]: experiment\.train_input_path", "none-")
+
+
+def _main(args, env=None, timeout=600, **kwargs):
+  environment = dict(os.environ, PYTHONPATH=ROOT, TF_CPP_MIN_LOG_LEVEL="2", **(env or {}))
+  return subprocess.run([sys.executable, os.path.join(ROOT, "main.py")] + args, cwd=ROOT,
+                        env=environment, capture_output=True, text=True, timeout=timeout,
+                        **kwargs)
+
+
+def _gin_args(bindings):
+  return ["--gin_file=demo.gin"] + [f"--gin_bindings={b}" for b in bindings]
+
+
+def test_batch_not_divisible_by_replicas_fails_before_building(digits, tmp_path):
+  result = _main(_gin_args(_data_bindings(digits) + ["experiment.global_batch_size = 63"]) +
+                 ["--model_dir", str(tmp_path), "--num_cpu_devices=2"], timeout=120)
+  assert result.returncode == 2
+  assert re.search(r"--gin_bindings\[2\]: experiment\.global_batch_size: global_batch_size=63 "
+                   r"is not divisible by the 2 replicas", result.stderr), result.stderr[-2000:]
+  assert not glob.glob(str(tmp_path / "ckpt-*"))
+
+
+SHORT_RUN = ["experiment.train_steps = 12", "experiment.warmup_epochs = 0",
+             "experiment.steps_per_loop = 3", "experiment.checkpoint_interval = 6",
+             "experiment.validation_interval = 12", "experiment.base_learning_rate = 0.2"]
+
+
+def _losses(stdout):
+  return [float(m) for m in re.findall(r"\| loss ([0-9.e+-]+)", stdout)]
+
+
+def test_train_and_eval_end_to_end_on_two_cpu_devices(digits, tmp_path):
+  model_dir = str(tmp_path / "run")
+  result = _main(_gin_args(_data_bindings(digits) + SHORT_RUN) +
+                 ["--mode=train_and_eval", f"--model_dir={model_dir}", "--strategy=mirrored",
+                  "--num_cpu_devices=2"])
+  assert result.returncode == 0, result.stderr[-4000:]
+  losses = _losses(result.stdout)
+  assert len(losses) == 4 and losses[-1] < losses[0], result.stdout
+  assert re.search(r"step 12/12 .*img/s \| ETA", result.stdout)
+  assert re.search(r"eval \| accuracy [0-9.]+ .*eval_examples 300\.0000", result.stdout)
+  assert "num_replicas_in_sync: 2" in result.stderr or "2 replicas" in result.stdout or \
+      "Using MirroredStrategy with devices ('/job:localhost/replica:0/task:0/device:CPU:0', " \
+      "'/job:localhost/replica:0/task:0/device:CPU:1')" in result.stderr
+  assert tf.train.latest_checkpoint(model_dir).endswith("ckpt-12")
+  operative = open(os.path.join(model_dir, "operative_config.gin")).read()
+  assert "experiment.train_steps = 12" in operative and "model_id = 'tiny'" in operative
+  assert os.path.exists(os.path.join(model_dir, "params.yaml"))
+  assert glob.glob(os.path.join(model_dir, "train", "events.out.tfevents.*"))
+  assert glob.glob(os.path.join(model_dir, "validation", "events.out.tfevents.*"))
+
+
+def test_killed_run_resumes_from_its_last_checkpoint(digits, tmp_path):
+  model_dir = str(tmp_path / "run")
+  args = _gin_args(_data_bindings(digits) + [
+      "experiment.train_steps = 120", "experiment.steps_per_loop = 2",
+      "experiment.checkpoint_interval = 4", "experiment.validation_interval = 1000"]) + [
+          "--mode=train", f"--model_dir={model_dir}", "--strategy=one_device"]
+  environment = dict(os.environ, PYTHONPATH=ROOT, TF_CPP_MIN_LOG_LEVEL="2")
+  process = subprocess.Popen([sys.executable, os.path.join(ROOT, "main.py")] + args, cwd=ROOT,
+                             env=environment, stdout=subprocess.DEVNULL,
+                             stderr=subprocess.DEVNULL)
+  deadline = time.time() + 300
+  while time.time() < deadline and (runner.latest_checkpoint_step(model_dir) or 0) < 8:
+    time.sleep(0.2)
+  process.send_signal(signal.SIGKILL)
+  process.wait()
+  killed_at = runner.latest_checkpoint_step(model_dir)
+  assert killed_at is not None and 8 <= killed_at < 120, killed_at
+  result = _main(args)
+  assert result.returncode == 0, result.stderr[-4000:]
+  resumed = int(re.search(r"Resuming from the checkpoint at step (\d+)", result.stdout).group(1))
+  assert resumed >= killed_at
+  first_step = int(re.search(r"^step (\d+)/120", result.stdout, re.M).group(1))
+  assert first_step == resumed + 2, result.stdout  # continues; does not start again at 0
+  assert runner.latest_checkpoint_step(model_dir) == 120
+
+
+def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(digits, tmp_path):
+  model_dir = str(tmp_path / "run")
+  # A learning rate of 1e12 sends the weights to inf within the first steps.
+  result = _main(_gin_args(_data_bindings(digits) + [
+      "experiment.train_steps = 20", "experiment.steps_per_loop = 2",
+      "experiment.checkpoint_interval = 2", "experiment.warmup_epochs = 0",
+      "experiment.base_learning_rate = 1e12"]) +
+                 ["--mode=train", f"--model_dir={model_dir}", "--strategy=one_device"])
+  assert result.returncode == 2
+  assert "training stopped" in result.stderr and "last good checkpoint" in result.stderr
+  last = runner.latest_checkpoint_step(model_dir)
+  if last is not None:
+    reader = tf.train.load_checkpoint(tf.train.latest_checkpoint(model_dir))
+    for name in reader.get_variable_to_shape_map():
+      if name.startswith(("model/", "backbone/")):
+        value = reader.get_tensor(name)
+        if np.issubdtype(np.asarray(value).dtype, np.floating):
+          assert np.isfinite(value).all(), f"non-finite {name} in the kept checkpoint"
+
+
+def _free_ports(count):
+  sockets = [socket.socket() for _ in range(count)]
+  for s in sockets:
+    s.bind(("127.0.0.1", 0))
+  ports = [s.getsockname()[1] for s in sockets]
+  for s in sockets:
+    s.close()
+  return ports
+
+
+def _final_weights(model_dir):
+  reader = tf.train.load_checkpoint(tf.train.latest_checkpoint(model_dir))
+  names = sorted(n for n in reader.get_variable_to_shape_map()
+                 if n.startswith(("model/", "backbone/")) and "OPTIMIZER_SLOT" not in n)
+  return {n: reader.get_tensor(n) for n in names}
+
+
+def test_multi_worker_mirrored_two_processes_agree_with_one_worker(digits, tmp_path):
+  """Two workers reading identical data with global batch 2B = one worker with batch B."""
+  deterministic = _data_bindings(digits) + [
+      "experiment.train_steps = 3", "experiment.steps_per_loop = 3",
+      "experiment.checkpoint_interval = 3", "experiment.validation_interval = 1000",
+      "experiment.warmup_epochs = 0", "experiment.shard_input = False",
+      "experiment.random_crop = False", "experiment.shuffle_buffer_size = 1",
+      "experiment.label_smoothing = 0.0"]
+  single_dir = str(tmp_path / "single")
+  single = _main(_gin_args(deterministic + ["experiment.global_batch_size = 16",
+                                            "experiment.base_learning_rate = 0.2"]) +
+                 ["--mode=train", f"--model_dir={single_dir}", "--strategy=one_device"])
+  assert single.returncode == 0, single.stderr[-3000:]
+
+  ports = _free_ports(2)
+  cluster = {"worker": [f"127.0.0.1:{p}" for p in ports]}
+  multi_dir = str(tmp_path / "multi")
+  # Twice the global batch: the same learning rate per replica needs half the per-256 rate.
+  args = _gin_args(deterministic + ["experiment.global_batch_size = 32",
+                                    "experiment.base_learning_rate = 0.1"]) + [
+      "--mode=train", "--strategy=multi_worker_mirrored"]
+  environment = dict(os.environ, PYTHONPATH=ROOT, TF_CPP_MIN_LOG_LEVEL="2")
+  workers, logs = [], []
+  for index in range(2):
+    tf_config = {"cluster": cluster, "task": {"type": "worker", "index": index}}
+    worker_dir = multi_dir if index == 0 else str(tmp_path / f"worker{index}")
+    # Output to files, not pipes: a full pipe would stall one worker and with it the collective.
+    logs.append((open(tmp_path / f"out{index}.txt", "w+"), open(tmp_path / f"err{index}.txt", "w+")))
+    workers.append(subprocess.Popen(
+        [sys.executable, os.path.join(ROOT, "main.py")] + args + [f"--model_dir={worker_dir}"],
+        cwd=ROOT, env=dict(environment, TF_CONFIG=json.dumps(tf_config)),
+        stdout=logs[-1][0], stderr=logs[-1][1]))
+  outputs = []
+  for worker, (out, err) in zip(workers, logs):
+    worker.wait(timeout=600)
+    out.seek(0)
+    err.seek(0)
+    outputs.append((out.read(), err.read()))
+    assert worker.returncode == 0, outputs[-1][1][-3000:]
+  assert re.search(r"step 3/3", outputs[0][0])
+  want, got = _final_weights(single_dir), _final_weights(multi_dir)
+  assert want.keys() == got.keys() and len(want) > 20
+  for name in want:
+    np.testing.assert_allclose(got[name], want[name], rtol=2e-4, atol=2e-5, err_msg=name)
+
+
+DETECTION = sorted(p for p in glob.glob(os.path.join(GIN_DIR, "detection", "*.gin"))
+                   if os.path.basename(p) != "coco.gin")  # coco.gin: the shared recipe
+
+
+@pytest.mark.parametrize("path", DETECTION, ids=os.path.basename)
+def test_detection_gin_files_go_through_the_same_entry(path):
+  """main.py's runner builds Model Garden's Mask R-CNN / RetinaNet experiment from them."""
+  config = runner.build_config(runner.RunOptions(gin_files=[path]))
+  assert config.task.model.backbone.type == "halonet"
+  assert config.trainer.train_steps == 67500
+  with pytest.raises(runner.RunError, match=r"detection_experiment\.train_input_path"):
+    runner.check_inputs(config, "train")
