@@ -6,7 +6,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test bench venv clean
+.PHONY: demo test bench venv clean shellcheck
 
 $(STAMP): requirements.txt constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -19,8 +19,15 @@ venv: $(STAMP)
 demo: $(STAMP)
 	$(PY) main.py --demo
 
-test: $(STAMP)
+test: $(STAMP) shellcheck
 	$(PY) -m pytest -n 2 -q tests
+
+# The tpu_scripts tests lint with shellcheck when it is installed; as root with apt (CI), install it
+# from Debian's packages, otherwise that one test says why it skipped.
+shellcheck:
+	@command -v shellcheck >/dev/null 2>&1 || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1 && \
+	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq shellcheck) >/dev/null 2>&1; } || \
+	  echo "shellcheck not installed: the shellcheck test will be skipped"
 
 bench: $(STAMP)
 	$(PY) bench/attention.py
