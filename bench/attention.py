@@ -105,7 +105,9 @@ def run_one(args) -> dict:
       with tf.GradientTape() as tape:
         tape.watch(t)
         loss = tf.reduce_sum(tf.square(fn(t)))
-      return tape.gradient(loss, [t] + layer.trainable_variables)
+      grads = tape.gradient(loss, [t] + layer.trainable_variables)
+      # The global baseline has its own position tables, so the layer's get no gradient.
+      return [tf.convert_to_tensor(g) for g in grads if g is not None]
   else:
     step = fn
   compiled = tf.function(step, jit_compile=not args.no_xla)
