@@ -141,6 +141,14 @@ validate_remote_dir() {
     die "--remote-dir '$REMOTE_DIR' must be a relative path of letters, digits, '_', '-', '.', '/'"
 }
 
+# validate_target: the checks every script that reaches the hosts makes (name, zone, type, dir).
+validate_target() {
+  validate_name
+  validate_zone
+  validate_accelerator_type
+  validate_remote_dir
+}
+
 KNOWN_ACCELERATORS="v2-{8,32,128,256,512}, v3-{8,32,64,128,256,512,1024,2048}, v4-N and v5p-N (N a multiple of 8; v4 up to 8192, v5p up to 17920), v5litepod-{1,4,8,16,32,64,128,256}, v6e-{1,4,8,16,32,64,128,256}"
 
 # accelerator_hosts TYPE: prints how many TPU VM hosts a slice of TYPE has; fails when TYPE is not

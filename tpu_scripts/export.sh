@@ -38,10 +38,7 @@ while (($#)); do
   esac
 done
 
-validate_name
-validate_zone
-validate_accelerator_type
-validate_remote_dir
+validate_target
 validate_main_flags
 
 note "exporting $MODEL_DIR from $ACCELERATOR_TYPE '$TPU_NAME'"

@@ -61,10 +61,7 @@ while (($#)); do
   esac
 done
 
-validate_name
-validate_zone
-validate_accelerator_type
-validate_remote_dir
+validate_target
 [[ "$JOB" =~ ^[A-Za-z0-9_-]+$ ]] || die "--job must be a job name such as train, eval or export"
 [[ "$LINES" =~ ^[0-9]+$ ]] || die "--lines needs a number, got '$LINES'"
 hosts="$(accelerator_hosts "$ACCELERATOR_TYPE")"

@@ -84,10 +84,7 @@ while (($#)); do
 done
 
 # Everything is checked here, before the first (billable) step.
-validate_name
-validate_zone
-validate_accelerator_type
-validate_remote_dir
+validate_target
 validate_main_flags
 
 COMMON=(--name "$TPU_NAME" --zone "$ZONE" --accelerator-type "$ACCELERATOR_TYPE" --remote-dir "$REMOTE_DIR")

@@ -49,10 +49,7 @@ while (($#)); do
   esac
 done
 
-validate_name
-validate_zone
-validate_accelerator_type
-validate_remote_dir
+validate_target
 ROOT="$(cd "$TPU_SCRIPTS_DIR/.." && pwd)"
 git -C "$ROOT" rev-parse --verify --quiet "$REF^{commit}" >/dev/null ||
   die "--ref '$REF' is not a commit of $ROOT"

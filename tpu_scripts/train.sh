@@ -46,10 +46,7 @@ while (($#)); do
   esac
 done
 
-validate_name
-validate_zone
-validate_accelerator_type
-validate_remote_dir
+validate_target
 validate_main_flags
 case "$MODE" in
   train | train_and_eval) ;;
