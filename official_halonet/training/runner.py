@@ -147,6 +147,8 @@ def run(options: RunOptions) -> Dict[str, Any]:
   config = build_config(options, _mixed_precision_default(name, gpus))
   check_inputs(config, options.mode)
   strategy = create_strategy(options)
+  print(f"{type(strategy).__name__} with {strategy.num_replicas_in_sync} replica(s); "
+        f"{config.runtime.mixed_precision_dtype or 'float32'} compute", flush=True)
   try:
     experiment_lib.check_against_strategy(config, strategy.num_replicas_in_sync)
   except experiment_lib.ConfigError as e:
