@@ -206,6 +206,12 @@ class ImageParser:
     image.set_shape(self.output_shape)
     return image
 
+  def parse_pixels(self, pixels: tf.Tensor) -> tf.Tensor:
+    """The same transform for an already-decoded [H, W, 3] image with values 0..255 (serving)."""
+    image = self._generic_parse({IMAGE: pixels, LABEL: tf.constant(0, tf.int64)})[0]
+    image.set_shape(self.output_shape)
+    return image
+
 
 # Records parsed together inside one guard (see `parse_images`).
 GUARD_GROUP_SIZE = 16

@@ -43,7 +43,6 @@ from official.core import config_definitions as cfg
 from official.core import export_base
 from official.core import task_factory
 from official.core import train_utils
-from official.vision.dataloaders import classification_input
 from official_halonet.data import pipeline
 from official_halonet.export import checkpoints
 from official_halonet.training import gin_config
@@ -160,24 +159,13 @@ class ClassifierModule(export_base.ExportModule):
     eval_data = dataclasses.replace(params.task.validation_data, is_training=False,
                                     dtype="float32")
     self._size = int(eval_data.image_size)
-    self._bytes_parser = pipeline.ImageParser(eval_data)  # what the eval input pipeline runs
-    self._pixel_parser = classification_input.Parser(  # the same eval transform, decoded input
-        output_size=[self._size, self._size], num_classes=eval_data.num_classes,
-        image_field_key=pipeline.IMAGE, label_field_key=pipeline.LABEL,
-        aug_crop=eval_data.aug_crop, center_crop_fraction=eval_data.center_crop_fraction,
-        tf_resize_method=eval_data.tf_resize_method, dtype="float32",
-        decode_jpeg_only=False).parse_fn(False)
+    self._parser = pipeline.ImageParser(eval_data)  # what the eval input pipeline runs
     self._multilabel = bool(params.task.train_data.is_multilabel)
     self._top_k = min(top_k, params.task.model.num_classes)
 
   def _map(self, fn, inputs):
     return tf.map_fn(fn, inputs, parallel_iterations=32,
                      fn_output_signature=tf.TensorSpec([self._size, self._size, 3], tf.float32))
-
-  def _from_pixels(self, image):
-    image = self._pixel_parser({pipeline.IMAGE: image, pipeline.LABEL: tf.constant(0, tf.int64)})[0]
-    image.set_shape([self._size, self._size, 3])
-    return image
 
   def serve(self, images: tf.Tensor) -> Dict[str, tf.Tensor]:
     """Normalised [B, S, S, 3] images -> logits, probabilities, top-k."""
@@ -190,13 +178,13 @@ class ClassifierModule(export_base.ExportModule):
   @tf.function
   def serve_image_bytes(self, inputs):
     with tf.device("cpu:0"):
-      images = self._map(self._bytes_parser, inputs)
+      images = self._map(self._parser, inputs)
     return self.serve(images)
 
   @tf.function
   def serve_image_tensor(self, inputs):
     with tf.device("cpu:0"):
-      images = self._map(self._from_pixels, tf.cast(inputs, tf.float32))
+      images = self._map(self._parser.parse_pixels, tf.cast(inputs, tf.float32))
     return self.serve(images)
 
   @tf.function
@@ -204,7 +192,7 @@ class ClassifierModule(export_base.ExportModule):
     with tf.device("cpu:0"):
       encoded = tf.io.parse_example(
           inputs, {IMAGE_KEY: tf.io.FixedLenFeature((), tf.string)})[IMAGE_KEY]
-      images = self._map(self._bytes_parser, encoded)
+      images = self._map(self._parser, encoded)
     return self.serve(images)
 
   def get_inference_signatures(self, function_keys: Dict[str, str]):
