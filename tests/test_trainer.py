@@ -147,7 +147,7 @@ def test_image_size_the_model_cannot_take(tmp_path):
 
 
 def test_input_pattern_that_matches_nothing(tmp_path):
-  # h0.gin's placeholder bucket: the error names the pattern and base/imagenet.gin's line.
+  # The error names the pattern and where it was bound (here the --gin_bindings entry).
   _expect_run_error(
       runner.RunOptions(gin_files=["h0.gin"], model_dir=str(tmp_path),
                         gin_bindings=[f"experiment.train_input_path = '{tmp_path}/none-*'"]),
