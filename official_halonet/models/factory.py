@@ -41,6 +41,11 @@ class Backbone(mg_backbones.Backbone):
   halonet: HaloNetConfig = dataclasses.field(default_factory=HaloNetConfig)
 
 
+def model_garden_activation(name: str) -> str:
+  """The activation name Model Garden's norm-activation config uses (it spells SiLU 'swish')."""
+  return "swish" if name == "silu" else name
+
+
 @mg_factory.register_backbone_builder("halonet")
 def build_halonet(input_specs: tf_keras.layers.InputSpec,
                   backbone_config: hyperparams.Config,

@@ -182,8 +182,8 @@ def build_detection_experiment(
   model.num_classes = num_classes
   model.input_size = [image_size, image_size, 3]
   model.norm_activation.use_sync_bn = use_sync_bn
-  activation = specs.get_spec(backbone).activation
-  model.norm_activation.activation = "swish" if activation == "silu" else activation  # MG spelling
+  model.norm_activation.activation = factory.model_garden_activation(
+      specs.get_spec(backbone).activation)
   task.losses.l2_weight_decay = weight_decay
   task.init_checkpoint = init_checkpoint
   task.init_checkpoint_modules = init_checkpoint_modules

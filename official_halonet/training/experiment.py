@@ -203,7 +203,7 @@ def experiment(
                   stochastic_depth_drop_rate=stochastic_depth_rate)),
           dropout_rate=dropout_rate,
           norm_activation=common.NormActivation(
-              activation=_model_garden_activation(activation or spec.activation),
+              activation=model_factory.model_garden_activation(activation or spec.activation),
               use_sync_bn=True, norm_momentum=0.9, norm_epsilon=1e-5)),
       train_data=data_config(True),
       validation_data=data_config(False),
@@ -246,11 +246,6 @@ def experiment(
       loss_scale="dynamic" if mixed_precision == "float16" or (
           mixed_precision == "auto" and mixed_precision_default == "float16") else None)
   return cfg.ExperimentConfig(task=task, trainer=trainer, runtime=runtime)
-
-
-def _model_garden_activation(name: str) -> str:
-  """Model Garden spells SiLU 'swish'."""
-  return "swish" if name == "silu" else name
 
 
 def check_against_strategy(config: cfg.ExperimentConfig, num_replicas: int) -> None:

@@ -78,6 +78,11 @@ def _strategy_name(options: RunOptions) -> str:
   return name
 
 
+def _num_gpus(options: RunOptions) -> int:
+  return (len(tf.config.list_physical_devices("GPU")) if options.num_gpus is None
+          else options.num_gpus)
+
+
 def _mixed_precision_default(strategy_name: str, num_gpus: int) -> str:
   if strategy_name == "tpu":
     return "bfloat16"
@@ -87,8 +92,7 @@ def _mixed_precision_default(strategy_name: str, num_gpus: int) -> str:
 def create_strategy(options: RunOptions) -> tf.distribute.Strategy:
   """Model Garden's distribute_utils, plus logical CPU devices for testing mirrored on a CPU."""
   name = _strategy_name(options)
-  num_gpus = (len(tf.config.list_physical_devices("GPU")) if options.num_gpus is None
-              else options.num_gpus)
+  num_gpus = _num_gpus(options)
   if options.num_cpu_devices > 1:
     configure_cpu_devices(options.num_cpu_devices)
     if name == "mirrored" and num_gpus == 0:
@@ -142,9 +146,7 @@ def run(options: RunOptions) -> Dict[str, Any]:
   if not options.model_dir:
     raise RunError("--model_dir is required")
   name = _strategy_name(options)
-  gpus = len(tf.config.list_physical_devices("GPU")) if options.num_gpus is None \
-      else options.num_gpus
-  config = build_config(options, _mixed_precision_default(name, gpus))
+  config = build_config(options, _mixed_precision_default(name, _num_gpus(options)))
   check_inputs(config, options.mode)
   strategy = create_strategy(options)
   print(f"{type(strategy).__name__} with {strategy.num_replicas_in_sync} replica(s); "
