@@ -9,6 +9,7 @@ import sys
 
 import numpy as np
 import pytest
+import tolerance
 
 import official_halonet  # noqa: F401
 import tensorflow as tf
@@ -67,7 +68,7 @@ from official_halonet import data
 from official_halonet.export import saved_model
 from official_halonet.training import runner
 
-export_dir, classifier, feature_vector, model_dir, shard, out = sys.argv[1:]
+export_dir, classifier, feature_vector, model_dir, shard, out, tests_dir = sys.argv[1:]
 records = [r.numpy() for r in tf.data.TFRecordDataset(shard).take(8)]
 encoded = [tf.io.parse_single_example(r, {"image/encoded": tf.io.FixedLenFeature((), tf.string)})
            ["image/encoded"].numpy() for r in records]
@@ -87,10 +88,18 @@ images, _ = next(iter(data.build_dataset(config.task.validation_data)))
 results["keras_eval_pipeline"] = model(images[:8], training=False).numpy().tolist()
 
 # TF Hub modules: [0, 1] images at the model's size.
+# The Keras side normalises with the module's own function, so both sides see the same floats.
+def normalise(images):
+  return preprocess_ops.normalize_scaled_float_image(
+      tf.constant(images), preprocess_ops.MEAN_NORM, preprocess_ops.STDDEV_NORM)
 x = np.random.default_rng(0).random((3, 32, 32, 3)).astype(np.float32)
-normalised = preprocess_ops.normalize_image(x * 255.0, preprocess_ops.MEAN_RGB, preprocess_ops.STDDEV_RGB)
+normalised = normalise(x)
 endpoints = model.backbone(normalised, training=False)
 results["keras_logits"] = model(normalised, training=False).numpy().tolist()
+sys.path.insert(0, tests_dir)
+import tolerance
+results["forward_chain"] = tolerance.network_chain(model)
+results["parameters"] = int(sum(np.prod(v.shape) for v in model.trainable_variables))
 results["keras_features"] = tf.reduce_mean(endpoints[max(endpoints)], axis=[1, 2]).numpy().tolist()
 results["keras_regularization"] = float(tf.add_n(model.losses))
 results["keras_backbone_regularization"] = float(tf.add_n(model.backbone.losses))
@@ -102,21 +111,28 @@ fv = hub.KerasLayer(feature_vector, trainable=True)
 results["hub_features"] = fv(x).numpy().tolist()
 results["hub_feature_losses"] = [float(l) for l in fv.losses]
 
-# Gradients through the module equal the Keras backbone's (training mode: batch statistics).
-with tf.GradientTape() as tape:
-  hub_loss = tf.reduce_sum(fv(x, training=True) ** 2)
-hub_grads = tape.gradient(hub_loss, fv.trainable_variables)
-with tf.GradientTape() as tape:
-  endpoints = model.backbone(normalised, training=True)
-  keras_loss = tf.reduce_sum(tf.reduce_mean(endpoints[max(endpoints)], axis=[1, 2]) ** 2)
-keras_grads = tape.gradient(keras_loss, model.backbone.trainable_variables)
-results["gradient_shapes_equal"] = all(
-    a.shape == b.shape for a, b in zip(fv.trainable_variables, model.backbone.trainable_variables))
-results["gradient_relative_error"] = max(
-    float(tf.reduce_max(tf.abs(tf.convert_to_tensor(a) - tf.convert_to_tensor(b)))
-          / (tf.reduce_max(tf.abs(tf.convert_to_tensor(b))) + 1e-12))
-    for a, b in zip(hub_grads, keras_grads))
-results["gradient_count"] = [len(hub_grads), len(keras_grads)]
+# Gradients through the module equal the Keras backbone's, in inference mode (moving statistics)
+# on the 3 images, and in training mode (batch statistics) on 32 images: with fewer, a stage-4
+# channel whose 1x1 maps hold a handful of values has a batch variance below BN's epsilon and the
+# comparison turns ill-conditioned. The images are fixed, so the check is the same every run.
+def gradient_error(images, training):
+  with tf.GradientTape() as tape:
+    hub_loss = tf.reduce_sum(fv(images, training=training) ** 2)
+  hub_grads = tape.gradient(hub_loss, fv.trainable_variables)
+  with tf.GradientTape() as tape:
+    endpoints = model.backbone(normalise(images), training=training)
+    keras_loss = tf.reduce_sum(tf.reduce_mean(endpoints[max(endpoints)], axis=[1, 2]) ** 2)
+  keras_grads = tape.gradient(keras_loss, model.backbone.trainable_variables)
+  results["gradient_shapes_equal"] = all(
+      a.shape == b.shape for a, b in zip(fv.trainable_variables, model.backbone.trainable_variables))
+  results["gradient_count"] = [len(hub_grads), len(keras_grads)]
+  return max(
+      float(tf.reduce_max(tf.abs(tf.convert_to_tensor(a) - tf.convert_to_tensor(b)))
+            / (tf.reduce_max(tf.abs(tf.convert_to_tensor(b))) + 1e-12))
+      for a, b in zip(hub_grads, keras_grads))
+results["gradient_error_inference"] = gradient_error(x, training=False)
+x32 = np.random.default_rng(1).random((32, 32, 32, 3)).astype(np.float32)
+results["gradient_error_training"] = gradient_error(x32, training=True)
 
 # One fine-tuning step through hub.KerasLayer(trainable=True).
 head = tf_keras.Sequential([tf_keras.Input([32, 32, 3]), fv, tf_keras.layers.Dense(3)])
@@ -143,7 +159,7 @@ def fresh(run):
   result = subprocess.run(
       [PYTHON, script, run["export_dir"], run["modules"]["classifier"],
        run["modules"]["feature_vector"], run["model_dir"],
-       os.path.join(run["data_dir"], EVAL_SHARD), out],
+       os.path.join(run["data_dir"], EVAL_SHARD), out, os.path.dirname(os.path.abspath(__file__))],
       env=_env(), capture_output=True, text=True, timeout=300)
   assert result.returncode == 0, result.stderr[-4000:]
   with open(out) as f:
@@ -156,41 +172,46 @@ def test_every_signature_gives_the_same_numbers(fresh):
   assert np.asarray(reference["logits"]).shape == (8, 10)
   for name in ("serving_default", "image_tensor", "tf_example"):
     for key in ("logits", "probabilities", "top_k_probabilities"):
-      np.testing.assert_allclose(fresh[name][key], reference[key], rtol=1e-5, atol=1e-5,
-                                 err_msg=f"{name}/{key}")
+      tolerance.assert_close(fresh[name][key], reference[key], fresh["forward_chain"],
+                             err_msg=f"{name}/{key}")
     np.testing.assert_array_equal(fresh[name]["top_k_classes"], reference["top_k_classes"])
   probabilities = np.asarray(reference["probabilities"])
-  np.testing.assert_allclose(probabilities.sum(-1), 1.0, rtol=1e-5)
-  np.testing.assert_allclose(probabilities, tf.nn.softmax(reference["logits"]).numpy(), rtol=1e-5)
+  tolerance.assert_close(probabilities.sum(-1), np.ones(8), 10)  # a 10-class sum
+  tolerance.assert_close(probabilities, tf.nn.softmax(reference["logits"]).numpy(), 10)
   top = np.asarray(reference["top_k_classes"])
   assert top.shape == (8, 5)
   np.testing.assert_array_equal(top[:, 0], probabilities.argmax(-1))
 
 
 def test_signatures_match_the_keras_model_on_the_eval_pipeline(fresh):
-  np.testing.assert_allclose(fresh["tf_example"]["logits"], fresh["keras_eval_pipeline"],
-                             rtol=1e-4, atol=1e-4)
+  tolerance.assert_close(fresh["tf_example"]["logits"], fresh["keras_eval_pipeline"],
+                         fresh["forward_chain"])
 
 
 def test_hub_modules_match_the_keras_model(fresh):
-  np.testing.assert_allclose(fresh["hub_logits"], fresh["keras_logits"], rtol=1e-4, atol=1e-4)
-  np.testing.assert_allclose(fresh["hub_features"], fresh["keras_features"], rtol=1e-4, atol=1e-4)
+  tolerance.assert_close(fresh["hub_logits"], fresh["keras_logits"], fresh["forward_chain"])
+  tolerance.assert_close(fresh["hub_features"], fresh["keras_features"], fresh["forward_chain"])
   assert np.asarray(fresh["hub_features"]).shape == (3, 32)
 
 
 def test_hub_modules_expose_the_weight_decay(fresh):
   assert fresh["keras_regularization"] > 0
-  np.testing.assert_allclose(sum(fresh["hub_classifier_losses"]), fresh["keras_regularization"],
-                             rtol=1e-5)
-  np.testing.assert_allclose(sum(fresh["hub_feature_losses"]),
-                             fresh["keras_backbone_regularization"], rtol=1e-5)
+  # Sums of squares over every weight, possibly in another order.
+  tolerance.assert_close(sum(fresh["hub_classifier_losses"]), fresh["keras_regularization"],
+                         fresh["parameters"])
+  tolerance.assert_close(sum(fresh["hub_feature_losses"]), fresh["keras_backbone_regularization"],
+                         fresh["parameters"])
   assert fresh["head_loss_terms"] >= 1
   assert sum(fresh["hub_frozen_losses"]) == 0.0  # hub.KerasLayer adds losses only when trainable
 
 
 def test_gradients_through_hub_keras_layer_equal_the_keras_models(fresh):
   assert fresh["gradient_shapes_equal"] and fresh["gradient_count"][0] == fresh["gradient_count"][1]
-  assert fresh["gradient_relative_error"] < 1e-3
+  # The two sides run the same float32 ops on the same floats, in a graph and eagerly: they differ
+  # only by rounding order. The longest reduction of the backward pass is the stem kernel's
+  # gradient, a sum over batch x (image/2)^2 positions; bound the difference by its worst case.
+  for key, batch in (("gradient_error_inference", 3), ("gradient_error_training", 32)):
+    assert fresh[key] < tolerance.worst_case(batch * (32 // 2) ** 2), key
 
 
 def test_one_finetuning_step_through_hub_keras_layer_changes_the_weights(fresh):
@@ -211,8 +232,8 @@ def test_saved_model_cli_runs_the_bytes_signature(run, fresh, tmp_path):
       env=_env(), capture_output=True, text=True, timeout=180)
   assert result.returncode == 0, result.stderr[-3000:]
   logits = np.load(tmp_path / "out" / "logits.npy")
-  np.testing.assert_allclose(logits, np.asarray(fresh["image_bytes"]["logits"][:1]), rtol=1e-5,
-                             atol=1e-5)
+  tolerance.assert_close(logits, np.asarray(fresh["image_bytes"]["logits"][:1]),
+                         fresh["forward_chain"])
   assert np.load(tmp_path / "out" / "top_k_classes.npy").shape == (1, 5)
 
 
@@ -230,7 +251,7 @@ def test_export_uses_the_ema_weights(run):
     for entry in found.entries:
       entry.variable.assign(found.value(entry, use_ema))
     logits[use_ema] = module.serve_image_tensor(tf.constant(pixels))["logits"].numpy()
-  np.testing.assert_allclose(served, logits[True], rtol=1e-5, atol=1e-5)
+  tolerance.assert_close(served, logits[True], tolerance.network_chain(model))
   assert np.abs(served - logits[False]).max() > 1e-3  # 4 steps at decay 0.5: not the raw weights
 
 

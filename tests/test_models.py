@@ -15,6 +15,7 @@ from official.vision.modeling import factory as mg_model_factory
 from official.vision.modeling.backbones import factory as mg_backbone_factory
 from official_halonet import models
 from official_halonet.layers import HaloAttention, SpatiallyAwareAttention
+import tolerance
 
 
 def _count(model_id, num_classes=1000, **kwargs):
@@ -93,8 +94,9 @@ def test_unknown_spatial_size_and_xla():
   fn = tf.function(lambda x: backbone(x, training=False)["5"], jit_compile=True)
   for shape in ([1, 64, 64, 3], [2, 45, 77, 3]):
     x = tf.random.stateless_uniform(shape, seed=[3, 3])
-    np.testing.assert_allclose(fn(x).numpy(), backbone(x, training=False)["5"].numpy(),
-                               atol=1e-4)
+    # XLA fuses and reorders the same float32 ops: rounding differences only.
+    tolerance.assert_close(fn(x).numpy(), backbone(x, training=False)["5"].numpy(),
+                           tolerance.network_chain(backbone))
 
 
 def test_config_round_trip_gives_same_outputs():
