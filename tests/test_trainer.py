@@ -21,6 +21,7 @@ import tf_keras
 import tolerance
 
 from official.core import task_factory
+from official.modeling import optimization
 from official_halonet.export import saved_model
 from official_halonet.training import demo
 from official_halonet.training import experiment as experiment_lib
@@ -90,6 +91,25 @@ def test_i21k_finetune_changes_window_and_starts_from_pretraining():
   assert config.task.init_checkpoint_modules == "backbone"
   assert config.task.model.num_classes == 1000
   assert config.trainer.optimizer_config.ema is None
+
+
+@pytest.mark.parametrize("name", ["h4_i21k_finetune_384", "h4_i21k_finetune_512"])
+def test_i21k_finetune_peaks_at_the_papers_learning_rate(name):
+  """The paper's fine-tuning rate 0.016 is the rate of the batch-512 run, not a rate per 256."""
+  config = runner.build_config(runner.RunOptions(gin_files=[f"{name}.gin"]))
+  assert config.task.train_data.global_batch_size == 512
+  optimizer = config.trainer.optimizer_config
+  assert optimizer.learning_rate.cosine.initial_learning_rate == pytest.approx(0.016, rel=1e-12)
+  schedule = optimization.OptimizerFactory(optimizer).build_learning_rate()
+  warmup = optimizer.warmup.linear.warmup_steps
+  assert warmup == round(0.5 * (1281167 // 512))
+  total = config.trainer.train_steps
+  assert total == 8 * (1281167 // 512)
+  # The float32 schedule rounds a few times: a tolerance of a few float32 ulps.
+  rel = 8 * np.finfo(np.float32).eps
+  for step, rate in ((warmup // 2, 0.016 * (warmup // 2) / warmup), (warmup, 0.016),
+                     (total, 0.016 / 128)):
+    assert float(schedule(step)) == pytest.approx(rate, rel=rel), step
 
 
 def _expect_run_error(options, *needles):

@@ -24,7 +24,7 @@ Window shape: 'block' attends to the whole (b + 2h)² window (HaloNet, unmasked 
 Relative positions: see relative_position.py ('factorized' HaloNet, 'split' SASA, or 'none').
 Logits and softmax are computed in float32 whatever the layer's compute dtype.
 """
-from typing import Any, Dict, Optional
+from typing import Any, Dict, Optional, Tuple
 
 import numpy as np
 import tensorflow as tf
@@ -55,6 +55,14 @@ def _one_of(name: str, value: Any, allowed) -> str:
   if value not in allowed:
     raise ValueError(f"{name} must be one of {allowed}, got {value!r}.")
   return value
+
+
+def query_stride(block_size: int, strides: int, downsample: str) -> int:
+  """Stride of the subsampled queries: s when every block holds whole s×s cells and downsample is
+  'auto', else 1 (stride-1 attention, then s×s average pooling)."""
+  if strides > 1 and downsample == "auto" and block_size % strides == 0:
+    return strides
+  return 1
 
 
 @tf_keras.utils.register_keras_serializable(package="HaloNet")
@@ -114,10 +122,8 @@ class HaloAttention(tf_keras.layers.Layer):
                        f"columns, so key_dim / num_heads must be even, got {self.head_dim}.")
     if self.window == "centered" and self.halo_size == 0:
       raise ValueError("window='centered' with halo_size=0 is a 1×1 window; use halo_size >= 1.")
-    # Subsample queries only when every block holds whole stride cells.
-    self.pool_after = self.strides > 1 and (self.downsample == "avg_pool" or
-                                            self.block_size % self.strides != 0)
-    self.query_stride = 1 if self.pool_after else self.strides
+    self.query_stride = query_stride(self.block_size, self.strides, self.downsample)
+    self.pool_after = self.query_stride != self.strides
     self._kernel_initializer = kernel_initializer
     self._kernel_regularizer = kernel_regularizer
     self._rel_pos_initializer = rel_pos_initializer
@@ -125,6 +131,17 @@ class HaloAttention(tf_keras.layers.Layer):
   @property
   def window_size(self) -> int:
     return self.block_size + 2 * self.halo_size
+
+  def reachable_offsets(self, block_size: Optional[int] = None,
+                        halo_size: Optional[int] = None) -> Tuple[int, int]:
+    """(lowest, highest) offset this layer reads from its relative-position tables, or would read
+    with block b / halo h in place of its own (same stride, downsampling and window); rows outside
+    never get a gradient. See relative_position.reachable_offsets."""
+    block = self.block_size if block_size is None else block_size
+    halo = self.halo_size if halo_size is None else halo_size
+    return relative_position.reachable_offsets(
+        block, halo, query_stride(block, self.strides, self.downsample),
+        centered=self.window == "centered")
 
   def build(self, input_shape):
     def projection(units, name):

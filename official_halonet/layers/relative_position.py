@@ -3,14 +3,16 @@
 A query at row i attending to a key at row a gets the term q · r_h[a - i] (likewise for columns), with
 one table per axis shared by all heads. In a window of w = b + 2h pixels the offset a - i lies in
 [-(w - 1), w - 1], so each table has 2w - 1 rows and row `offset + w - 1` holds offset `offset`
-(the h outermost rows at each end are reachable only with a mask-free wider window; they are kept so a
-table's shape depends on w alone, which is what fine-tuning interpolation resizes).
+(the h outermost rows at each end are never read, see `reachable_offsets`; they are kept so a
+table's shape depends on w alone).
 
 Two ways to share a head's channels between the axes:
   'factorized' (HaloNet): r_h, r_w are both D wide;  term = q · r_h[a-i] + q · r_w[c-j]
   'split'      (SASA):    r_h, r_w are D/2 wide;     term = q[:D/2] · r_h[a-i] + q[D/2:] · r_w[c-j]
                           (i.e. q · concat(r_h, r_w), the concatenated embedding of the SASA paper)
 """
+from typing import Tuple
+
 import numpy as np
 import tensorflow as tf
 
@@ -20,6 +22,22 @@ REL_POS_MODES = ("factorized", "split", "none")
 def table_rows(window: int) -> int:
   """Rows of one axis table for a window of `window` pixels: 2w - 1."""
   return 2 * window - 1
+
+
+def reachable_offsets(block: int, halo: int, stride: int = 1,
+                      centered: bool = False) -> Tuple[int, int]:
+  """(lowest, highest) offset a - i that a layer's queries read from its table; rows outside stay
+  at their initial values, since no gradient ever reaches them.
+
+  Read off `window_index`: queries at block rows 0, s, ..., b - s against window keys at block rows
+  -h .. b + h - 1 give offsets -(b - s + h) .. b + h - 1 (stride 1: |o| <= b + h - 1; a strided
+  layer reaches s - 1 fewer negative offsets). A centred (SASA-masked) window keeps |o| <= h of them.
+  `stride` is the layer's query stride (1 when it downsamples by pooling after attention).
+  """
+  offsets = window_index(block, halo, stride) - (block + 2 * halo - 1)
+  if centered:
+    offsets = offsets[np.abs(offsets) <= halo]
+  return int(offsets.min()), int(offsets.max())
 
 
 def window_index(block: int, halo: int, stride: int) -> np.ndarray:

@@ -96,6 +96,8 @@ def experiment(
     # Initialisation (fine-tuning).
     init_checkpoint: str = "",
     init_checkpoint_modules: str = "all",
+    init_block_size: Optional[int] = None,
+    init_halo_size: Optional[int] = None,
     # Runtime and bookkeeping.
     mixed_precision: str = "auto",
     mixed_precision_default: str = "float32",
@@ -127,7 +129,9 @@ def experiment(
     global_batch_size, eval_batch_size (None: global_batch_size), epochs or train_steps,
       base_learning_rate (per 256 examples), warmup_epochs, final_learning_rate_fraction,
       momentum, nesterov, weight_decay, label_smoothing, ema_decay (0: no EMA).
-    init_checkpoint / init_checkpoint_modules ('all' or 'backbone'): start from a checkpoint.
+    init_checkpoint / init_checkpoint_modules ('all' or 'backbone'): start from a checkpoint;
+      init_block_size / init_halo_size: the b and h it was trained with (None: the model's), which
+      fix the relative-position rows it trained (official_halonet.training.finetune).
     mixed_precision: 'auto' (bfloat16 on TPU, float16 on GPU, float32 on CPU), or a dtype.
     steps_per_loop, checkpoint_interval, summary_interval, validation_interval: in steps
       (None: one epoch, at most 1000 for logging), max_checkpoints, loss_upper_bound (a larger or
@@ -142,7 +146,9 @@ def experiment(
            f"{image_size!r}")
   _require(num_classes > 0, "num_classes", f"num_classes must be > 0, got {num_classes}")
   for name, value, minimum in (("block_size", block_size, 1), ("halo_size", halo_size, 0),
-                               ("final_width", final_width, 0)):
+                               ("final_width", final_width, 0),
+                               ("init_block_size", init_block_size, 1),
+                               ("init_halo_size", init_halo_size, 0)):
     _require(value is None or (isinstance(value, int) and value >= minimum), name,
              f"{name} must be None or an integer >= {minimum}, got {value!r}")
   _require(global_batch_size > 0, "global_batch_size",
@@ -211,7 +217,8 @@ def experiment(
           label_smoothing=0.0 if mixing else label_smoothing, l2_weight_decay=weight_decay,
           one_hot=not mixing, soft_labels=mixing),
       init_checkpoint=init_checkpoint,
-      init_checkpoint_modules=init_checkpoint_modules)
+      init_checkpoint_modules=init_checkpoint_modules,
+      init_block_size=init_block_size, init_halo_size=init_halo_size)
 
   optimizer = {
       "optimizer": {"type": "sgd", "sgd": {"momentum": momentum, "nesterov": nesterov}},

@@ -13,35 +13,46 @@ so a fine-tuning run is
     experiment.block_size = 12                            # b=8,h=2 at 256 px -> b=12,h=2 at 384 px
 
 Relative-position tables. A HaloAttention table holds one row per relative offset o in
-[-(w-1), w-1] of a window of w = b + 2h pixels (row o + w - 1; layers/relative_position.py). When
-b or h changes, w changes and so does the table:
+[-(w-1), w-1] of a window of w = b + 2h pixels (row o + w - 1; layers/relative_position.py), but a
+layer reads only part of it: |o| <= b + h - 1 at stride 1, -(b - s + h) <= o <= b + h - 1 with
+queries subsampled by s, |o| <= h in a masked (SASA) window (`HaloAttention.reachable_offsets`).
+The other rows never get a gradient and keep their random initial values, so resizing reads only
+the rows the pretrained layer could read, which needs the pretraining's b and h
+(`pretrained_block_size` / `pretrained_halo_size`, by default the model's published ones, e.g.
+b=8, h=2 for h4_i21k). When the readable offsets change (a new table size, or the same size
+with another b / h), `resize_relative_table` builds the new table:
 
-  unmasked halo attention (HaloNet): `interpolate_relative_table`, the paper's linear
-      interpolation. The table is read as samples of a function of the offset scaled to the window,
-      o / (w - 1) in [-1, 1]; the new table samples the same function at o' / (w' - 1). So new
-      offset o' takes the old value at offset o' (w - 1) / (w' - 1), linearly interpolated between
-      the two nearest old offsets. Matching offsets keep their values: offset 0 and the outermost
-      offsets +-(w-1) -> +-(w'-1) always, and every old offset o -> k*o when (w'-1) = k (w-1).
-      This follows the image: fine-tuning at a higher resolution with a larger window, a pixel
-      offset o' covers the content an offset of o'(w-1)/(w'-1) covered in pretraining (as ViT
-      and BiT interpolate position embeddings when the resolution changes).
-  masked windows (SASA, `window='centered'`): only offsets |o| <= h can ever be attended to, and
-      they do not depend on b; `recentre_relative_table` keeps every offset's row as it is (crops
-      or pads at the ends, padding with the outermost row, which the mask never reads).
+  unmasked halo attention (HaloNet): linear interpolation, as the paper does. The new layer's
+      readable offsets map linearly onto the old layer's (each side of offset 0 on its own, since
+      a strided layer reads fewer negative offsets), and the old table is linearly interpolated
+      at the mapped offset. Offset 0 and the outermost readable offsets keep their rows, and so
+      does every old offset o at k*o when the new reach is k times the old. This follows the image:
+      fine-tuning at a higher resolution with a larger window, an offset o' covers the content a
+      proportionally smaller offset covered in pretraining (as ViT and BiT interpolate position
+      embeddings when the resolution changes). E.g. b=8,h=2 -> b=12,h=2 at stride 1 maps offsets
+      |o'| <= 13 onto |o| <= 9, never touching the untrained rows |o| = 10, 11.
+  masked windows (SASA, `window='centered'`): every offset keeps its own row.
+
+In both, a new offset beyond the old layer's reach takes the nearest trained row, and rows the new
+layer cannot read copy the row of its nearest readable offset, so no untrained value survives.
 
 Any other shape difference (another model, head width, class count with modules='all') is an
 error that names the variables, the shapes and the setting that differs.
 """
 import dataclasses
-from typing import Dict, List, Optional
+from typing import Dict, List, Optional, Tuple
 
 from absl import logging
 import numpy as np
 import tensorflow as tf
 
 from official_halonet.export import checkpoints
+from official_halonet.layers import relative_position
 
 MODULES = ("all", "backbone")
+
+
+Reach = Tuple[int, int]  # (lowest, highest) offset a layer reads from its table
 
 
 def _window(rows: int, what: str) -> int:
@@ -50,45 +61,65 @@ def _window(rows: int, what: str) -> int:
   return (rows + 1) // 2
 
 
-def interpolate_relative_table(table, new_rows: int) -> np.ndarray:
-  """Resizes a [2w-1, D] table to [new_rows, D] by linear interpolation along the offset axis.
+def _check_reach(reach: Reach, window: int, what: str):
+  low, high = reach
+  if not -(window - 1) <= low <= 0 <= high <= window - 1:
+    raise ValueError(f"{what}: reachable offsets {list(reach)} must hold 0 and lie within "
+                     f"[-{window - 1}, {window - 1}] of a {2 * window - 1}-row table")
 
-  New offset o' (row o' + w' - 1) gets the old table linearly interpolated at offset
-  o' (w - 1) / (w' - 1): offset 0 and the window's outermost offsets keep their values exactly,
-  and so does every old offset o at its new offset k*o when w' - 1 = k (w - 1). Same size: the
-  table unchanged. Float64 arithmetic, returned in the table's dtype.
+
+def _source_offset(offset: int, new_reach: Reach, old_reach: Reach, interpolate: bool):
+  """Old offset (floor, fraction in [0, 1)) that new offset `offset` takes its row from."""
+  offset = min(max(offset, new_reach[0]), new_reach[1])  # unreadable rows: the nearest readable
+  if not interpolate:
+    return min(max(offset, old_reach[0]), old_reach[1]), 0.0
+  side = 1 if offset >= 0 else 0  # each side of offset 0 maps linearly onto the old one's
+  if new_reach[side] == 0:  # this side holds offset 0 alone
+    return 0, 0.0
+  numerator, denominator = offset * old_reach[side], new_reach[side]
+  if denominator < 0:
+    numerator, denominator = -numerator, -denominator
+  floor = numerator // denominator  # exact integer arithmetic: matching offsets land exactly
+  return floor, (numerator - floor * denominator) / denominator
+
+
+def resize_relative_table(table, old_reach: Reach, new_rows: int, new_reach: Reach,
+                          interpolate: bool = True) -> np.ndarray:
+  """Resizes a [2w-1, D] table to [new_rows, D] using only the rows the old layer could read.
+
+  Args:
+    table: [2w-1, D], row o + w - 1 for offset o.
+    old_reach: (lowest, highest) offset the layer that trained `table` read (HaloAttention.
+      reachable_offsets with the pretraining's b and h); rows outside hold initial values.
+    new_rows: 2w'-1 rows of the new table.
+    new_reach: (lowest, highest) offset the new layer reads.
+    interpolate: True (unmasked halo attention): the new readable range maps linearly onto the
+      old one, each side of offset 0 on its own (the two sides differ for strided layers), and
+      the old table is linearly interpolated there: offset 0 and the outermost readable offsets
+      keep their rows, and so does every old offset o at k·o when the new reach is k times the
+      old. False (masked windows): every offset keeps its own row.
+      Either way an offset beyond what the old layer read takes its nearest readable row, and a
+      row the new layer cannot read copies the row of its nearest readable offset.
+
+  Returns:
+    [new_rows, D] in the table's dtype (float64 arithmetic).
   """
   table = np.asarray(table)
   if table.ndim != 2:
     raise ValueError(f"expected a [rows, width] table, got shape {list(table.shape)}")
   old_w = _window(table.shape[0], "table")
   new_w = _window(new_rows, "new_rows")
-  if new_w == old_w:
-    return table.copy()
-  if old_w == 1:
-    return np.repeat(table, new_rows, axis=0)
-  offsets = np.arange(-(new_w - 1), new_w, dtype=np.float64)
-  source = offsets * (old_w - 1) / max(new_w - 1, 1) + (old_w - 1)  # fractional old row
-  low = np.clip(np.floor(source).astype(np.int64), 0, table.shape[0] - 1)
-  high = np.clip(low + 1, 0, table.shape[0] - 1)
-  frac = (source - low)[:, None]
+  _check_reach(old_reach, old_w, "old_reach")
+  _check_reach(new_reach, new_w, "new_reach")
   values = table.astype(np.float64)
-  return ((1.0 - frac) * values[low] + frac * values[high]).astype(table.dtype)
-
-
-def recentre_relative_table(table, new_rows: int) -> np.ndarray:
-  """Resizes a [2w-1, D] table to [new_rows, D] keeping every offset's row unchanged.
-
-  Offsets present in both tables keep their rows; a larger table repeats the outermost old row for
-  the new outer offsets. For masked (SASA) windows, whose reachable offsets |o| <= h do not
-  depend on the block size.
-  """
-  table = np.asarray(table)
-  old_w = _window(table.shape[0], "table")
-  new_w = _window(new_rows, "new_rows")
-  offsets = np.arange(-(new_w - 1), new_w)
-  rows = np.clip(offsets + old_w - 1, 0, table.shape[0] - 1)
-  return table[rows].copy()
+  rows = []
+  for offset in range(-(new_w - 1), new_w):
+    floor, fraction = _source_offset(offset, tuple(new_reach), tuple(old_reach), interpolate)
+    row = values[floor + old_w - 1]
+    if fraction:  # floor < the old reach's high end here, so floor + 1 was read as well
+      row = (1.0 - fraction) * row + fraction * values[floor + old_w]
+    rows.append(row)
+  return np.stack(rows).astype(table.dtype)
 
 
 @dataclasses.dataclass
@@ -112,8 +143,38 @@ def _table_layers(model) -> Dict[int, object]:
   return owners
 
 
+def _pretrained_geometry(model, block_size: Optional[int], halo_size: Optional[int]):
+  """(b, h) the checkpoint's unmasked halo layers were trained with; None: the backbone spec's
+  (the published pretraining setting), or each layer's own when the backbone has no spec."""
+  spec = getattr(getattr(model, "backbone", None), "spec", None)
+  if block_size is None and spec is not None:
+    block_size = spec.block_size
+  if halo_size is None and spec is not None:
+    halo_size = spec.halo_size
+  return block_size, halo_size
+
+
+def _table_reaches(entry, layer, stored_rows: int, block_size, halo_size):
+  """(old reach, new reach) of a table, or an error line when (b, h) cannot give its rows."""
+  name = entry.name.split(":")[0]
+  if layer.window == "centered":  # the mask keeps |o| <= h whatever b; h is the model's kernel
+    block_size, halo_size = (stored_rows + 1) // 2 - 2 * layer.halo_size, layer.halo_size
+  else:
+    block_size = layer.block_size if block_size is None else block_size
+    halo_size = layer.halo_size if halo_size is None else halo_size
+  if block_size < 1 or relative_position.table_rows(block_size + 2 * halo_size) != stored_rows:
+    return None, (
+        f"  {name}: the checkpoint's table has {stored_rows} rows, but the pretraining block "
+        f"{block_size} and halo {halo_size} give 2(b+2h)-1 = "
+        f"{relative_position.table_rows(block_size + 2 * halo_size)}; set "
+        f"experiment.init_block_size / init_halo_size (restore_pretrained's pretrained_block_size "
+        f"/ pretrained_halo_size) to the b and h the checkpoint was trained with")
+  return (layer.reachable_offsets(block_size, halo_size), layer.reachable_offsets()), None
+
+
 def restore_pretrained(model: tf.Module, checkpoint_path: str, modules: str = "backbone",
-                       use_ema: Optional[bool] = None) -> RestoreSummary:
+                       use_ema: Optional[bool] = None, pretrained_block_size: Optional[int] = None,
+                       pretrained_halo_size: Optional[int] = None) -> RestoreSummary:
   """Initialises a classification model from a pretrained classification checkpoint.
 
   Args:
@@ -122,6 +183,8 @@ def restore_pretrained(model: tf.Module, checkpoint_path: str, modules: str = "b
     modules: 'backbone': backbone from the checkpoint, classifier kernel and bias zeros (the
       paper's fine-tuning); 'all': the classifier is copied too and must have the same shape.
     use_ema: read the EMA averages the checkpoint holds (None: when it holds them).
+    pretrained_block_size, pretrained_halo_size: b and h of the checkpoint's unmasked halo layers
+      (None: the backbone model's published b / h). They fix which table rows were trained.
 
   Returns:
     A RestoreSummary. Nothing is assigned unless every variable can be.
@@ -137,7 +200,8 @@ def restore_pretrained(model: tf.Module, checkpoint_path: str, modules: str = "b
     raise checkpoints.CheckpointMismatchError(
         f"{found.path} holds no EMA averages (the run had no ema_decay); use_ema=True cannot be met")
   owners = _table_layers(model)
-  values, resized, zeroed, problems = [], {}, [], []
+  block_size, halo_size = _pretrained_geometry(model, pretrained_block_size, pretrained_halo_size)
+  values, resized, zeroed, problems, geometry_errors = [], {}, [], [], []
   for entry in found.entries:
     name = entry.name.split(":")[0]
     if not entry.in_backbone and modules == "backbone":
@@ -145,27 +209,36 @@ def restore_pretrained(model: tf.Module, checkpoint_path: str, modules: str = "b
                      np.zeros(entry.model_shape, entry.variable.dtype.as_numpy_dtype)))
       zeroed.append(name)
       continue
+    stored = entry.checkpoint_shape
+    layer = owners.get(id(entry.variable))
+    if (entry.in_backbone and layer is not None and stored is not None and len(stored) == 2
+        and stored[1] == entry.model_shape[1]):
+      reaches, error = _table_reaches(entry, layer, stored[0], block_size, halo_size)
+      if error:
+        geometry_errors.append(error)
+        continue
+      if not (entry.matches and reaches[0] == reaches[1]):
+        interpolate = layer.window != "centered"
+        values.append((entry.variable, resize_relative_table(
+            found.value(entry, use_ema), reaches[0], entry.model_shape[0], reaches[1],
+            interpolate)))
+        resized[name] = (f"{'interpolated' if interpolate else 'recentred'} {list(stored)} -> "
+                         f"{list(entry.model_shape)}, offsets {list(reaches[0])} -> "
+                         f"{list(reaches[1])}")
+        continue
     if entry.matches:
       values.append((entry.variable, found.value(entry, use_ema)))
       continue
-    stored = entry.checkpoint_shape
-    if (entry.in_backbone and entry.is_rel_pos_table and stored is not None and len(stored) == 2
-        and stored[1] == entry.model_shape[1]):
-      layer = owners.get(id(entry.variable))
-      masked = getattr(layer, "window", "block") == "centered"
-      resize = recentre_relative_table if masked else interpolate_relative_table
-      values.append((entry.variable, resize(found.value(entry, use_ema), entry.model_shape[0])))
-      resized[name] = (f"{'recentred' if masked else 'interpolated'} {list(stored)} -> "
-                       f"{list(entry.model_shape)}")
-      continue
     problems.append(entry)
-  if problems or found.unused_keys:
+  if problems or found.unused_keys or geometry_errors:
     hint = ("" if modules == "backbone" else
             "\n  (to fine-tune on other classes, set experiment.init_checkpoint_modules = "
             "'backbone': the classifier then starts from zeros)")
+    described = "\n".join(filter(None, [checkpoints.describe_mismatch(found, problems)]
+                                  + geometry_errors))
     raise checkpoints.CheckpointMismatchError(
         f"cannot initialise the model from {found.path} (init_checkpoint_modules={modules!r}):\n"
-        f"{checkpoints.describe_mismatch(found, problems)}{hint}")
+        f"{described}{hint}")
   for variable, value in values:
     variable.assign(value)
   summary = RestoreSummary(checkpoint=found.path, restored=len(values) - len(resized) - len(zeroed),

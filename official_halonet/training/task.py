@@ -40,6 +40,9 @@ class TaskConfig(mg_config.ImageClassificationTask):
       default_factory=lambda: data.DataConfig(is_training=True))
   validation_data: data.DataConfig = dataclasses.field(
       default_factory=lambda: data.DataConfig(is_training=False))
+  # b and h of init_checkpoint's halo layers (None: the backbone model's); see training.finetune.
+  init_block_size: Optional[int] = None
+  init_halo_size: Optional[int] = None
 
 
 @task_factory.register_task_cls(TaskConfig)
@@ -54,15 +57,17 @@ class HaloNetClassificationTask(mg_task.ImageClassificationTask):
     """Starts from `init_checkpoint` (fine-tuning); Model Garden calls it when model_dir is empty.
 
     Unlike Model Garden's, which restores what matches and fails on any shape difference, this
-    copies the backbone, linearly interpolates relative-position tables whose window (b + 2h)
-    changed, and for init_checkpoint_modules='backbone' sets the classifier to zeros; anything
-    else that differs is an error naming it (official_halonet.training.finetune).
+    copies the backbone, linearly interpolates relative-position tables whose readable offsets
+    changed with b and h, and for init_checkpoint_modules='backbone' sets the classifier to zeros;
+    anything else that differs is an error naming it (official_halonet.training.finetune).
     """
     if not self.task_config.init_checkpoint:
       return
     from official_halonet.training import finetune  # pylint: disable=g-import-not-at-top
     finetune.restore_pretrained(model, self.task_config.init_checkpoint,
-                                modules=self.task_config.init_checkpoint_modules)
+                                modules=self.task_config.init_checkpoint_modules,
+                                pretrained_block_size=self.task_config.init_block_size,
+                                pretrained_halo_size=self.task_config.init_halo_size)
 
   def build_metrics(self, training: bool = True):
     metrics = super().build_metrics(training)
