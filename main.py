@@ -9,8 +9,12 @@ Gin is the single configuration surface (see official_halonet/training/experimen
 setting); the run goes through Model Garden's train_lib / Orbit loop, checkpointing and
 distribution utilities. Started again with the same command, a killed run resumes.
 """
+import os
 import sys
 
+# TensorFlow's C++ INFO lines (CUDA stubs, CPU features, "Local rendezvous is aborting" once per
+# replica on an input error) hide what matters; its warnings and errors still show.
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "1")
 import official_halonet  # noqa: F401  (selects tf_keras before TensorFlow is imported)
 
 from absl import app
@@ -40,7 +44,9 @@ flags.DEFINE_bool("demo", False, "Run the built-in demo end to end (needs nothin
 
 def main(argv):
   del argv
-  from official_halonet.training import runner  # after flags: imports TensorFlow
+  import tensorflow as tf  # after flags
+  from official_halonet.data import errors as data_errors
+  from official_halonet.training import runner
   options = runner.RunOptions(
       gin_files=FLAGS.gin_file, gin_bindings=FLAGS.gin_bindings + FLAGS.gin_params,
       mode=FLAGS.mode, model_dir=FLAGS.model_dir, strategy=FLAGS.strategy, tpu=FLAGS.tpu,
@@ -66,6 +72,14 @@ def main(argv):
       runner.run(options)
   except (runner.RunError, runner.gin_config.GinError) as e:
     print(f"error: {e}", file=sys.stderr, flush=True)
+    return 2
+  except (data_errors.DataError, tf.errors.OpError) as e:
+    # A bad shard or record: one line here; the TensorFlow trace and every problem in the log.
+    problem = e if isinstance(e, data_errors.DataError) else data_errors.from_tf_error(e)
+    if problem is None:
+      raise
+    runner.log_exception(e)
+    print(f"error: {problem.summary()}", file=sys.stderr, flush=True)
     return 2
   return 0
 

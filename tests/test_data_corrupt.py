@@ -220,3 +220,45 @@ def test_validate_passes_clean_data_and_counts_for_eval_steps(tmp_path, capsys):
   assert validate.eval_num_batches(counts, 1, 4) == 2
   assert validate.eval_num_batches(counts, 3, 2) == 2   # File sharding: 3, 2, 2 records.
   assert validate.eval_num_batches(counts, 4, 1) == 2   # Record sharding: 2, 2, 2, 1 records.
+
+
+def test_eval_check_finds_labels_truncation_and_sampled_images_with_their_records(tmp_path):
+  from official_halonet.data import errors
+  good = fx.encode(fx.photos()[0][1])
+  pics = fx.photos()
+  truncated = fx.write_records(str(tmp_path / 'b'), 'validation', [(good, 2)] * 4, 1)[0]
+  # Record 4 of shard a: label 9; shard b loses its last bytes; shard c: record 0 undecodable.
+  items = [(fx.encode(pics[k % 3][1]), 1 + k % 3) for k in range(6)]
+  items[4] = (items[4][0], 9)
+  bad_label = fx.write_records(str(tmp_path / 'a'), 'validation', items, 1)[0]
+  with open(truncated, 'r+b') as f:
+    f.truncate(len(open(truncated, 'rb').read()) - 30)
+  undecodable = _shard_with(tmp_path, good[:200], position=0, count=3, name='c')
+  config = _config(f'{tmp_path}/a/*,{tmp_path}/b/*,{undecodable}', False)
+  with pytest.raises(errors.DataError) as error:
+    validate.check_eval_data(config)
+  found = {(p.shard, p.record): p.reason for p in error.value.problems}
+  assert set(found) == {(bad_label, 4), (truncated, 3), (undecodable, 0)}, found
+  assert found[(bad_label, 4)].startswith('label 9 outside [1, 9)')
+  assert 'truncated' in found[(truncated, 3)] and 'does not decode' in found[(undecodable, 0)]
+  assert error.value.summary().count('\n') == 0
+
+
+def test_eval_check_passes_clean_data_and_counts_it(tmp_path):
+  fx.write_records(str(tmp_path), 'validation', fx.photo_items(7, 1), 3)
+  summary = validate.check_eval_data(_config(f'{tmp_path}/validation-*', False, num_classes=7),
+                                     decode_sample=4)
+  assert (summary.num_shards, summary.num_records, summary.num_decoded) == (3, 7, 6)
+
+
+def test_tensorflow_error_from_the_pipeline_becomes_shard_record_and_reason(tmp_path):
+  from official_halonet.data import errors
+  items = [(fx.encode(fx.photos()[k][1]), 1) for k in range(4)]
+  items[2] = (items[2][0], 0)
+  path = fx.write_records(str(tmp_path), 'train', items, 1)[0]
+  with pytest.raises(tf.errors.InvalidArgumentError) as error:
+    _drain(pipeline.build_dataset(_config(path, False)))
+  problem, = errors.from_tf_error(error.value).problems
+  assert (problem.shard, problem.record) == (path, 2)
+  assert problem.reason.startswith('Label out of range') and '\n' not in problem.reason
+  assert errors.from_tf_error(tf.errors.InvalidArgumentError(None, None, 'x')) is None

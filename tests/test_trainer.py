@@ -5,6 +5,7 @@ import glob
 import json
 import os
 import re
+import shutil
 import signal
 import socket
 import subprocess
@@ -242,8 +243,15 @@ def test_killed_run_resumes_from_its_last_checkpoint(digits, tmp_path):
   process.wait()
   killed_at = runner.latest_checkpoint_step(model_dir)
   assert killed_at is not None and 8 <= killed_at < 120, killed_at
+  # What a kill at a worse moment leaves: a half-written sharded save and a truncated
+  # best_ckpt/info.json (Model Garden rewrites it in place).
+  os.makedirs(os.path.join(model_dir, f"ckpt-{killed_at + 4}_temp"))
+  os.makedirs(os.path.join(model_dir, "best_ckpt"), exist_ok=True)
+  open(os.path.join(model_dir, "best_ckpt", "info.json"), "w").close()
   result = _main(args)
   assert result.returncode == 0, result.stderr[-4000:]
+  assert not glob.glob(os.path.join(model_dir, "*_temp")), result.stdout
+  assert "Removed the unreadable" in result.stdout
   resumed = int(re.search(r"Resuming from the checkpoint at step (\d+)", result.stdout).group(1))
   assert resumed >= killed_at
   first_step = int(re.search(r"^step (\d+)/120", result.stdout, re.M).group(1))
@@ -269,6 +277,70 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(digits, tmp_path):
         value = reader.get_tensor(name)
         if np.issubdtype(np.asarray(value).dtype, np.floating):
           assert np.isfinite(value).all(), f"non-finite {name} in the kept checkpoint"
+
+
+def _copy_with_bad_label(source_dir, target_dir, split, records, label):
+  """Copies the digits shards; `records` (indices) of the first `split` shard get `label`."""
+  shutil.copytree(source_dir, target_dir)
+  path = sorted(glob.glob(os.path.join(target_dir, f"{split}-*")))[0]
+  serialized = [r.numpy() for r in tf.data.TFRecordDataset(path)]
+  for record in records:
+    example = tf.train.Example.FromString(serialized[record])
+    example.features.feature["image/class/label"].int64_list.value[:] = [label]
+    serialized[record] = example.SerializeToString()
+  with tf.io.TFRecordWriter(path) as writer:
+    for item in serialized:
+      writer.write(item)
+  return path
+
+
+def _short_error(result, *needles):
+  """main.py printed one `error:` line (plus at most two TensorFlow C++ lines) and exited 2."""
+  lines = result.stderr.strip().splitlines()
+  assert result.returncode == 2, result.stderr[-3000:]
+  assert len(lines) <= 3, result.stderr[-3000:]
+  error = [line for line in lines if line.startswith("error: bad data: ")]
+  assert len(error) == 1, result.stderr
+  for needle in needles:
+    assert re.search(needle, error[0]), (needle, error[0])
+
+
+def test_bad_eval_label_stops_before_the_first_training_step(digits, tmp_path):
+  data_dir = str(tmp_path / "data")
+  shard = _copy_with_bad_label(digits, data_dir, "validation", records=[3], label=11)
+  model_dir = tmp_path / "run"
+  result = _main(_gin_args(_data_bindings(data_dir) + SHORT_RUN) +
+                 [f"--model_dir={model_dir}", "--num_cpu_devices=2"], timeout=300)
+  _short_error(result, re.escape(f"{shard}: record 3: label 11 outside [0, 10)"))
+  assert not glob.glob(str(model_dir / "ckpt-*"))
+  assert "1 data problem(s)" in (model_dir / "main.log").read_text()
+
+
+def test_bad_training_record_is_one_line_and_the_trace_goes_to_the_log(digits, tmp_path):
+  data_dir = str(tmp_path / "data")
+  # Every record of one shard: a short run reads only part of the shuffled training data.
+  shard = _copy_with_bad_label(digits, data_dir, "train", records=range(300), label=-3)
+  model_dir = tmp_path / "run"
+  result = _main(_gin_args(_data_bindings(data_dir) + SHORT_RUN) +
+                 ["--mode=train", f"--model_dir={model_dir}", "--num_cpu_devices=2"])
+  _short_error(result, "Label out of range", re.escape(shard), r"record index \d+", "= -3 ")
+  assert "Graph execution error" in (model_dir / "main.log").read_text()
+
+
+def test_deterministic_mode_gives_identical_weights(digits, tmp_path):
+  args = _gin_args(_data_bindings(digits) + [
+      "experiment.deterministic = True", "experiment.train_steps = 4",
+      "experiment.steps_per_loop = 2", "experiment.checkpoint_interval = 4",
+      "experiment.warmup_epochs = 0"]) + ["--mode=train", "--num_cpu_devices=2"]
+  weights = []
+  for name in ("first", "second"):
+    result = _main(args + [f"--model_dir={tmp_path / name}"])
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "Deterministic: op determinism on, seed 1" in result.stdout
+    weights.append(_final_weights(str(tmp_path / name)))
+  assert weights[0].keys() == weights[1].keys() and len(weights[0]) > 20
+  for name in weights[0]:
+    np.testing.assert_array_equal(weights[0][name], weights[1][name], err_msg=name)
 
 
 def _free_ports(count):
@@ -353,3 +425,15 @@ def test_detection_gin_files_go_through_the_same_entry(path):
   assert config.trainer.train_steps == 67500
   with pytest.raises(runner.RunError, match=r"detection_experiment\.train_input_path"):
     runner.check_inputs(config, "train")
+
+
+def test_best_checkpoint_record_is_written_whole_and_an_empty_one_is_survived(tmp_path):
+  from official_halonet.training import checkpoints
+  exporter = checkpoints.BestCheckpointExporter(str(tmp_path), "accuracy", "higher")
+  exporter.export_best_eval_metric({"accuracy": tf.constant(0.5)}, 7)
+  with open(tmp_path / "info.json") as f:
+    assert json.load(f) == {"accuracy": 0.5, "best_ckpt_global_step": 7.0}
+  assert not glob.glob(str(tmp_path / "*.tmp"))
+  (tmp_path / "info.json").write_text("")  # what a kill during Model Garden's write leaves
+  restarted = checkpoints.BestCheckpointExporter(str(tmp_path), "accuracy", "higher")
+  assert restarted.best_ckpt_logs is None and not (tmp_path / "info.json").exists()

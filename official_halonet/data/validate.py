@@ -10,6 +10,9 @@ corrupt shard is reported with the index of the first record that cannot be read
 if anything is wrong. Labels are parsed in Python (protobuf) record by record, so a problem is
 always attributed to its shard and record index; label-only scans read at disk speed.
 
+`check_eval_data(config)` runs before the first training step of train_and_eval (runner.py):
+every eval shard read to the end and every label checked, plus a sample of images decoded.
+
 `eval_num_batches(counts, ...)` turns the per-shard counts into the `DataConfig.eval_num_batches`
 that lets every host of a multi-host eval run the same number of steps.
 """
@@ -18,15 +21,17 @@ import concurrent.futures
 import dataclasses
 import math
 import sys
+import time
 from typing import List, Optional, Sequence
 
 import tensorflow as tf
 
+from official_halonet.data import errors
 from official_halonet.data import records
 
 
-class DataValidationError(ValueError):
-  """A data problem, with the shard path and record index in the message."""
+# Raised with every (shard, record, reason) found; see errors.DataError.
+DataValidationError = errors.DataError
 
 
 @dataclasses.dataclass
@@ -64,16 +69,36 @@ def _labels_of(example: tf.train.Example, label_key: str) -> Optional[List[int]]
   return list(feature.int64_list.value)
 
 
+def _check_labels(report: ShardReport, index: int, count: int, low: int, high: int,
+                  label_offset: int, num_classes: int, label_key: str, is_multilabel: bool,
+                  max_problems: int) -> None:
+  """Record `index` has `count` labels, the smallest `low` and the largest `high`."""
+  if not count:
+    report.add_problem(index, f'no {label_key!r} label', max_problems)
+    return
+  if count > 1 and not is_multilabel:
+    report.add_problem(index, f'{count} labels but is_multilabel is off', max_problems)
+  report.label_min = low if report.label_min is None else min(low, report.label_min)
+  report.label_max = high if report.label_max is None else max(high, report.label_max)
+  end = label_offset + num_classes
+  if low < label_offset or high >= end:
+    report.add_problem(index, f'label {low if low < label_offset else high} outside '
+                       f'[{label_offset}, {end}) (label_offset={label_offset}, '
+                       f'num_classes={num_classes})', max_problems)
+
+
 def validate_shard(path: str, label_offset: int, num_classes: int,
                    image_key: str = records.IMAGE_KEY, label_key: str = records.LABEL_KEY,
                    is_multilabel: bool = False, decode_images: bool = False,
-                   max_problems: int = 20) -> ShardReport:
-  """Reads one shard record by record and reports every problem with its record index."""
+                   max_problems: int = 20, max_records: Optional[int] = None) -> ShardReport:
+  """Reads one shard record by record and reports every problem with its record index.
+
+  max_records: stop after this many records (None: read to the end).
+  """
   report = ShardReport(path=path)
-  low, high = label_offset, label_offset + num_classes
   iterator = iter(tf.data.TFRecordDataset(path))
   index = 0
-  while True:
+  while max_records is None or index < max_records:
     try:
       serialized = next(iterator).numpy()
     except StopIteration:
@@ -92,20 +117,9 @@ def validate_shard(path: str, label_offset: int, num_classes: int,
                          max_problems)
       index += 1
       continue
-    labels = _labels_of(example, label_key)
-    if not labels:
-      report.add_problem(index, f'no {label_key!r} label', max_problems)
-    else:
-      if len(labels) > 1 and not is_multilabel:
-        report.add_problem(index, f'{len(labels)} labels {labels[:5]} but is_multilabel is off',
-                           max_problems)
-      report.label_min = min(labels + ([report.label_min] if report.label_min is not None else []))
-      report.label_max = max(labels + ([report.label_max] if report.label_max is not None else []))
-      bad = [l for l in labels if not low <= l < high]
-      if bad:
-        report.add_problem(index, f'label {bad[0]} outside [{low}, {high}) '
-                           f'(label_offset={label_offset}, num_classes={num_classes})',
-                           max_problems)
+    labels = _labels_of(example, label_key) or []
+    _check_labels(report, index, len(labels), min(labels, default=0), max(labels, default=0),
+                  label_offset, num_classes, label_key, is_multilabel, max_problems)
     image_feature = example.features.feature.get(image_key)
     image_bytes = image_feature.bytes_list.value[0] if (
         image_feature is not None and image_feature.bytes_list.value) else b''
@@ -130,13 +144,116 @@ def validate_shards(paths: Sequence[str], label_offset: int, num_classes: int,
         lambda p: validate_shard(p, label_offset, num_classes, **kwargs), paths))
 
 
-def raise_for_problems(reports: Sequence[ShardReport], limit: int = 20) -> None:
+# Records parsed per batch by the label-only scan.
+_SCAN_BATCH = 1024
+# Eval images decoded by `check_eval_data` before training (the first records of every shard).
+EVAL_DECODE_SAMPLE = 1024
+
+
+def scan_labels(paths: Sequence[str], label_offset: int, num_classes: int,
+                label_key: str = records.LABEL_KEY, is_multilabel: bool = False,
+                num_workers: int = 8, max_problems: int = 20) -> List[ShardReport]:
+  """Reads every shard to the end and checks every label; a fast pass that decodes no image.
+
+  One tf.data pipeline reads `num_workers` shards at a time and parses only the label feature,
+  _SCAN_BATCH records at a time, so the cost is reading the bytes. If a shard cannot be read to
+  the end or holds a record that is not a tf.Example, all shards are scanned again record by
+  record (`validate_shards`) for the exact shard and record index. Reports in `paths` order.
+  """
+  paths = list(paths)
+
+  def labels_of(shard, serialized):
+    sparse = tf.io.parse_example(serialized, {label_key: tf.io.VarLenFeature(tf.int64)})
+    labels = tf.RaggedTensor.from_sparse(sparse[label_key])
+    return (shard, labels.row_lengths(), tf.reduce_min(labels, axis=1),
+            tf.reduce_max(labels, axis=1))
+
+  def read(shard):
+    return tf.data.TFRecordDataset(tf.gather(paths, shard), buffer_size=8 * 1024 * 1024).batch(
+        _SCAN_BATCH).map(lambda serialized: labels_of(shard, serialized))
+
+  dataset = tf.data.Dataset.range(len(paths)).interleave(
+      read, cycle_length=max(1, num_workers), num_parallel_calls=max(1, num_workers),
+      deterministic=True).prefetch(2)
+  reports = [ShardReport(path=p) for p in paths]
+  try:
+    for shard, counts, lows, highs in dataset.as_numpy_iterator():
+      report = reports[shard]
+      for i, (count, low, high) in enumerate(zip(counts, lows, highs)):
+        if count != 1 or not label_offset <= low < label_offset + num_classes:
+          _check_labels(report, report.num_records + i, int(count), int(low), int(high),
+                        label_offset, num_classes, label_key, is_multilabel, max_problems)
+      present = counts > 0
+      if present.any():
+        low, high = int(lows[present].min()), int(highs[present].max())
+        report.label_min = low if report.label_min is None else min(low, report.label_min)
+        report.label_max = high if report.label_max is None else max(high, report.label_max)
+      report.num_records += len(counts)
+  except (tf.errors.DataLossError, tf.errors.InvalidArgumentError):
+    return validate_shards(paths, label_offset, num_classes, num_workers=num_workers,
+                           label_key=label_key, is_multilabel=is_multilabel,
+                           max_problems=max_problems)
+  return reports
+
+
+@dataclasses.dataclass
+class EvalDataSummary:
+  """What `check_eval_data` read: shards, records, images decoded, seconds it took."""
+  num_shards: int
+  num_records: int
+  num_decoded: int
+  seconds: float
+
+  def __str__(self) -> str:
+    return (f'eval data checked before training: {self.num_shards} shard(s) read to the end, '
+            f'{self.num_records} labels in range, {self.num_decoded} images decoded '
+            f'({self.seconds:.1f} s)')
+
+
+def check_eval_data(config, decode_sample: int = EVAL_DECODE_SAMPLE,
+                    num_workers: int = 8) -> EvalDataSummary:
+  """Checks the eval data of a `DataConfig` before any training step; raises DataError.
+
+  Every eval shard is read to the end (record framing and CRCs: a truncated or corrupt shard is
+  found) and every label is checked against [label_offset, label_offset + num_classes)
+  (`scan_labels`); the first ceil(decode_sample / shards) records of each shard are also decoded
+  (`validate_shard`), `num_workers` shards at a time.
+  """
+  from official_halonet.data import pipeline  # pylint: disable=g-import-not-at-top
+  start = time.time()
+  paths = pipeline.resolve_input_files(config)
+  image_key, label_key = pipeline.field_keys(config)
+  per_shard = math.ceil(decode_sample / len(paths)) if decode_sample > 0 else 0
+  common = dict(label_offset=config.label_offset, num_classes=config.num_classes,
+                label_key=label_key, is_multilabel=config.is_multilabel)
+
+  reports = scan_labels(paths, num_workers=num_workers, **common)
+
+  def decode_sample(report):
+    if per_shard and not report.truncated:
+      sample = validate_shard(report.path, image_key=image_key, decode_images=True,
+                              max_records=per_shard, **common)
+      for index, description in sample.problems:
+        if (index, description) not in report.problems:
+          report.add_problem(index, description, max_problems=20)
+
+  with concurrent.futures.ThreadPoolExecutor(max_workers=max(1, num_workers)) as pool:
+    list(pool.map(decode_sample, reports))
+  raise_for_problems(reports, hint=f'found in the eval data before training; `python -m '
+                     f'official_halonet.data.validate --decode_images` checks every image')
+  num_records = sum(r.num_records for r in reports)
+  return EvalDataSummary(len(paths), num_records,
+                         sum(min(per_shard, r.num_records) for r in reports),
+                         time.time() - start)
+
+
+def raise_for_problems(reports: Sequence[ShardReport], limit: int = 20, hint: str = '') -> None:
   """Raises DataValidationError listing (shard, record, problem) if any report has problems."""
-  lines = [line for r in reports for line in r.describe()]
+  problems = [errors.DataProblem(r.path, index, reason)
+              for r in reports for index, reason in r.problems]
   total = sum(r.num_problems for r in reports)
   if total:
-    raise DataValidationError(f'{total} data problem(s):\n' + '\n'.join(lines[:limit]) + (
-        f'\n... and {total - limit} more' if total > limit else ''))
+    raise DataValidationError(problems[:limit], total, hint=hint)
 
 
 def eval_num_batches(counts: Sequence[int], num_input_pipelines: int,

@@ -108,6 +108,7 @@ def experiment(
     max_checkpoints: int = 5,
     loss_upper_bound: float = 1e6,
     seed: Optional[int] = 1,
+    deterministic: bool = False,
 ) -> cfg.ExperimentConfig:
   """Builds the Model Garden experiment for one HaloNet / SASA classification run.
 
@@ -136,6 +137,9 @@ def experiment(
     steps_per_loop, checkpoint_interval, summary_interval, validation_interval: in steps
       (None: one epoch, at most 1000 for logging), max_checkpoints, loss_upper_bound (a larger or
       NaN loss stops the run), seed (file shuffling on every host and the initial weights).
+    deterministic: the same command gives the same weights: TensorFlow's op determinism
+      (tf.config.experimental.enable_op_determinism; tf.data maps with random ops then run
+      in order, slower) and a seeded, ordered input. Needs a seed.
   """
   spec = specs.get_spec(model_id) if model_id in specs.MODELS else None
   _require(spec is not None, "model_id",
@@ -164,6 +168,8 @@ def experiment(
            f"{init_checkpoint_modules!r}")
   _require(0 <= stochastic_depth_rate < 1, "stochastic_depth_rate",
            f"stochastic_depth_rate must be in [0, 1), got {stochastic_depth_rate}")
+  _require(seed is not None or not deterministic, "deterministic",
+           "deterministic = True needs a seed (experiment.seed), got None")
   _require(train_examples > 0 and eval_examples > 0, "train_examples",
            "train_examples and eval_examples must be > 0")
 
@@ -192,7 +198,8 @@ def experiment(
         crop_area_range=tuple(crop_area_range), aug_crop=random_crop, aug_rand_hflip=random_flip,
         sharding=shard_input,
         shuffle_buffer_size=shuffle_buffer_size, cache=cache_eval and not is_training,
-        eval_num_batches=None if is_training else eval_batches, seed=seed)
+        eval_num_batches=None if is_training else eval_batches, seed=seed,
+        deterministic=True if deterministic else None)
 
   _require(bool(eval_input_path) or bool(tfds_name), "eval_input_path",
            "set eval_input_path (TFRecord patterns) for evaluation")

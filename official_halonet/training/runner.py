@@ -3,7 +3,9 @@
 Order of work, so that a bad setting costs seconds, not a TPU reservation:
   1. gin files and bindings parsed (missing file, unknown configurable / parameter, typo: file+line)
   2. `experiment()` builds the Model Garden config (unknown model, impossible image size: file+line)
-  3. the input files are matched (a pattern that matches nothing names the pattern)
+  3. the input files are matched (a pattern that matches nothing names the pattern); for
+     train_and_eval the eval data are read and checked (data.validate.check_eval_data: every
+     label, record framing, a sample of images), so bad eval data stop the run before step 1
   4. the distribution strategy is created (Model Garden's distribute_utils) and the batch sizes
      are checked against its replica count
   5. only then: the task, model, checkpoint restore and the Orbit loop (train_lib).
@@ -12,8 +14,11 @@ A killed run started again with the same command resumes from the last checkpoin
 """
 import dataclasses
 import os
+import tempfile
+import traceback
 from typing import Any, Dict, Optional, Sequence
 
+from absl import flags
 from absl import logging
 import tensorflow as tf
 import tf_keras
@@ -23,6 +28,9 @@ from official.core import task_factory
 from official.core import train_lib
 from official.core import train_utils
 from official.modeling import performance
+from official_halonet import data
+from official_halonet.data import validate
+from official_halonet.training import checkpoints
 from official_halonet.training import experiment as experiment_lib
 from official_halonet.training import gin_config
 from official_halonet.training import progress
@@ -134,6 +142,12 @@ def check_inputs(config, mode: str) -> None:
                      f"no files match {empty[0]!r}")
 
 
+def check_eval_data(config) -> None:
+  """Step 3, train_and_eval: eval labels, shards and sample images; raises data.errors.DataError."""
+  if isinstance(config.task.validation_data, data.DataConfig):  # detection: Model Garden's own
+    print(validate.check_eval_data(config.task.validation_data), flush=True)
+
+
 def latest_checkpoint_step(model_dir: str) -> Optional[int]:
   path = tf.train.latest_checkpoint(model_dir) if model_dir else None
   return int(path.rsplit("-", 1)[-1]) if path else None
@@ -148,6 +162,8 @@ def run(options: RunOptions) -> Dict[str, Any]:
   name = _strategy_name(options)
   config = build_config(options, _mixed_precision_default(name, _num_gpus(options)))
   check_inputs(config, options.mode)
+  if "train" in options.mode and "eval" in options.mode:
+    check_eval_data(config)
   strategy = create_strategy(options)
   print(f"{type(strategy).__name__} with {strategy.num_replicas_in_sync} replica(s); "
         f"{config.runtime.mixed_precision_dtype or 'float32'} compute", flush=True)
@@ -160,6 +176,7 @@ def run(options: RunOptions) -> Dict[str, Any]:
   if _is_chief(strategy):
     train_utils.serialize_config(config, model_dir)
     gin_config.write_operative_config(model_dir)
+    checkpoints.remove_partial_saves(model_dir)
   performance.set_mixed_precision_policy(config.runtime.mixed_precision_dtype)
   resumed = latest_checkpoint_step(model_dir)
   if resumed is not None and "train" in options.mode:
@@ -168,11 +185,14 @@ def run(options: RunOptions) -> Dict[str, Any]:
   seed = getattr(config.task.train_data, "seed", None)
   if seed is not None:  # the same initial weights on every run with this seed
     tf_keras.utils.set_random_seed(seed)
+  if getattr(config.task.train_data, "deterministic", None):  # experiment.deterministic
+    tf.config.experimental.enable_op_determinism()
+    print(f"Deterministic: op determinism on, seed {seed}", flush=True)
   with strategy.scope():
     task = task_factory.get_task(config.task, logging_dir=model_dir)
     trainer = train_utils.create_trainer(
         config, task, train="train" in options.mode, evaluate="eval" in options.mode,
-        checkpoint_exporter=train_utils.maybe_create_best_ckpt_exporter(config, model_dir))
+        checkpoint_exporter=checkpoints.maybe_create_best_ckpt_exporter(config, model_dir))
   train_actions = [progress.ProgressLogger(trainer.global_step, config.trainer.train_steps,
                                            config.task.train_data.global_batch_size)]
   try:
@@ -205,7 +225,33 @@ def _is_chief(strategy: tf.distribute.Strategy) -> bool:
       resolver.task_type == "worker" and resolver.task_id == 0)
 
 
-def configure_logging(model_dir: str) -> None:
+LOG_FILENAME = "main.log"
+
+
+def configure_logging(model_dir: str) -> str:
+  """Sends absl / TensorFlow / Model Garden logs to a file, errors also to stderr.
+
+  The file is <model_dir>/main.log, appended to by every run; for a remote model_dir (gs://) a
+  local file under the temp directory. Returns its path.
+  """
   logging.set_verbosity(logging.INFO)
-  if model_dir and not model_dir.startswith("gs://"):
+  if model_dir and "://" not in model_dir:
     os.makedirs(model_dir, exist_ok=True)
+    path = os.path.join(model_dir, LOG_FILENAME)
+  else:
+    local = os.path.join(tempfile.gettempdir(), "official_halonet")
+    os.makedirs(local, exist_ok=True)
+    path = os.path.join(local, (model_dir or "run").replace("://", "_").replace("/", "_") +
+                        ".log")
+  logging.get_absl_handler().python_handler.stream = open(path, "a", encoding="utf-8")
+  if flags.FLAGS.is_parsed() and not flags.FLAGS["stderrthreshold"].present:
+    flags.FLAGS.stderrthreshold = "error"
+  print(f"Logging to {path}", flush=True)
+  return path
+
+
+def log_exception(error: BaseException) -> None:
+  """Writes the full traceback of `error` to the log file (see configure_logging)."""
+  stream = logging.get_absl_handler().python_handler.stream
+  stream.write("".join(traceback.format_exception(error)))
+  stream.flush()
