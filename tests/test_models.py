@@ -88,6 +88,21 @@ def test_attention_stem_model_forward():
   assert any(isinstance(l, SpatiallyAwareAttention) for l in backbone.layers)
 
 
+def test_attention_stem_pools_over_its_attention_windows():
+  """On sizes that are not multiples of 4, each 4×4 max-pool window is one attention block."""
+  backbone = models.HaloNet("sasa_resnet26_attention_stem")
+  layer = backbone.get_layer("stem_sasa")
+  assert (layer.block_size, layer.halo_size, layer.rel_pos, layer.num_heads) == (4, 0, "none", 4)
+  stem = tf_keras.Model(backbone.input, [backbone.get_layer("stem_act").output,
+                                         backbone.get_layer("stem_pool").output])
+  activations, pooled = stem(tf.random.stateless_uniform([1, 9, 10, 3], seed=[0, 5]),
+                             training=False)
+  activations = activations.numpy()
+  want = np.array([[activations[0, 4 * i:4 * i + 4, 4 * j:4 * j + 4].max(axis=(0, 1))
+                    for j in range(3)] for i in range(3)])
+  np.testing.assert_array_equal(pooled.numpy()[0], want)
+
+
 def test_unknown_spatial_size_and_xla():
   backbone = models.HaloNet("tiny")
   fn = tf.function(lambda x: backbone(x, training=False)["5"], jit_compile=True)
