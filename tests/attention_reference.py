@@ -1,7 +1,7 @@
 """Plain, obviously-correct references for the attention layers, written without the layer's code.
 
-* `halo_loops` / `sasa_loops`: NumPy, one output pixel and one head at a time, the neighbourhood
-  listed pixel by pixel from the definition (float64).
+* `halo_loops` / `sasa_loops` / `attention_stem_loops`: NumPy, one output pixel and one head at a
+  time, the neighbourhood listed pixel by pixel from the definition (float64).
 * `halo_dense`: TensorFlow, every query against every pixel of a zero-extended map with a boolean
   neighbourhood mask and relative offsets gathered by absolute position; differentiable, so it gives
   the reference gradients. It shares no blocking, windowing or reshaping logic with the layer.
@@ -97,13 +97,11 @@ def halo_loops(x, wq, wk, wv, rel_h, rel_w, *, heads, block, halo, stride=1, poo
 
 
 def sasa_loops(x, wq, wk, wv, rel_h, rel_w, *, heads, kernel_size, stride=1,
-               mask_out_of_image=False, value_mixture=None):
+               mask_out_of_image=False):
   """SASA from its own definition: each pixel attends to the k×k window centred on it.
 
   No blocks at all; rel tables are indexed as the layer stores them (row offset + w - 1), with the
-  layer's window w = b + 2h, passed in through the table length. `value_mixture` = (wv_list,
-  e_row, e_col, nu) gives the attention stem's position-dependent values:
-  v_ac(i, j) = sum_m softmax_m((e_row[a-i] + e_col[c-j]) · nu)[m] · x_ac W_V^m.
+  layer's window w = b + 2h, passed in through the table length.
   """
   x = np.asarray(x, np.float64)
   batch, height, width, _ = x.shape
@@ -125,18 +123,45 @@ def sasa_loops(x, wq, wk, wv, rel_h, rel_w, *, heads, kernel_size, stride=1,
                 continue
               positions.append((a, c))
               keys.append(k_all[bi, a, c, n * d:(n + 1) * d] if inside else np.zeros(d))
-              if value_mixture is None:
-                value = v_all[bi, a, c] if inside else np.zeros(heads * dv)
-              else:
-                wv_list, e_row, e_col, nu = value_mixture
-                mix = (e_row[a - i + window - 1] + e_col[c - j + window - 1]) @ nu
-                mix = np.exp(mix - mix.max()) / np.exp(mix - mix.max()).sum()
-                value = sum(p * (x[bi, a, c] @ w) for p, w in zip(mix, wv_list)) if inside \
-                    else np.zeros(heads * dv)
-              values.append(value[n * dv:(n + 1) * dv])
+              values.append(v_all[bi, a, c, n * dv:(n + 1) * dv] if inside else np.zeros(dv))
           out[bi, i, j, n * dv:(n + 1) * dv] = _attend(q, keys, values, positions, i, j, rel_h,
                                                         rel_w, window, "split", False)
   return avg_pool_same(out, stride) if stride > 1 else out
+
+
+def attention_stem_loops(x, wq, wk, wv_list, e_row, e_col, nu, *, heads, pool):
+  """SASA's attention stem (appendix A.1) from its definition, one pixel and one head at a time.
+
+  Pixel (i, j) attends to the in-image pixels of its p×p pooling window (rows p·floor(i/p) ...),
+  with content-only logits q·k / sqrt(D). The value of key (a, c) is
+  sum_m softmax_m((e_row[a mod p] + e_col[c mod p]) · nu)[m] · x_ac W_V^m.
+  wv_list holds the M value kernels [C, N·Dv]; e_row, e_col [p, E]; nu [E, M].
+  """
+  x = np.asarray(x, np.float64)
+  batch, height, width, _ = x.shape
+  q_all, k_all = x @ wq, x @ wk
+  d, dv = wq.shape[1] // heads, wv_list[0].shape[1] // heads
+  out = np.zeros((batch, height, width, heads * dv))
+  for bi in range(batch):
+    for i in range(height):
+      for j in range(width):
+        top, left = (i // pool) * pool, (j // pool) * pool
+        for n in range(heads):
+          q = q_all[bi, i, j, n * d:(n + 1) * d]
+          logits, values = [], []
+          for a in range(top, min(top + pool, height)):
+            for c in range(left, min(left + pool, width)):
+              logits.append(q @ k_all[bi, a, c, n * d:(n + 1) * d] / math.sqrt(d))
+              mix = (e_row[a - top] + e_col[c - left]) @ nu
+              mix = np.exp(mix - mix.max())
+              mix /= mix.sum()
+              value = sum(p * (x[bi, a, c] @ w) for p, w in zip(mix, wv_list))
+              values.append(value[n * dv:(n + 1) * dv])
+          logits = np.array(logits)
+          weights = np.exp(logits - logits.max())
+          weights /= weights.sum()
+          out[bi, i, j, n * dv:(n + 1) * dv] = weights @ np.array(values)
+  return out
 
 
 def halo_dense(x, wq, wk, wv, rel_h: Optional[tf.Tensor], rel_w: Optional[tf.Tensor], *, heads,

@@ -165,26 +165,120 @@ def test_sasa_matches_centred_window_loops(kernel_size, strides, block_size, mas
   assert layer.rel_pos_h.shape == (2 * (block_size + 2 * (kernel_size // 2)) - 1, 4)
 
 
-@pytest.mark.parametrize("strides,block_size", [(1, 4), (2, 3)])
-def test_spatially_aware_stem_attention_matches_loops(strides, block_size):
-  layer = SpatiallyAwareAttention(key_dim=8, value_dim=6, num_heads=2, kernel_size=3,
-                                  value_mixtures=3, mixture_embedding_dim=4, strides=strides,
-                                  block_size=block_size)
-  x = _build(layer, [2, 9, 10, 3], seed=13)
+def _stem_weights(layer):
+  """The stem layer's weights as the loop reference takes them (M value kernels split out)."""
+  wq = layer.query.kernel.numpy()
+  wkv = layer.key_value.kernel.numpy()
+  wk, wv = wkv[:, :layer.key_dim], wkv[:, layer.key_dim:]
+  dv = layer.value_dim
+  wv_list = [wv[:, m * dv:(m + 1) * dv] for m in range(layer.value_mixtures)]
+  return (wq, wk, wv_list, layer.mixture_row.numpy(), layer.mixture_col.numpy(),
+          layer.mixture_nu.numpy())
+
+
+def _build_stem(layer, shape, seed):
+  x = tf.random.stateless_normal(shape, seed=[seed, 1], dtype=layer.dtype)
+  layer(x)
+  # Unit-scale mixture tables so the mixture is far from uniform and position matters.
   for i, table in enumerate((layer.mixture_row, layer.mixture_col, layer.mixture_nu)):
-    table.assign(tf.random.stateless_normal(table.shape, seed=[13, 20 + i]))
-  wq, wk, wv, rel_h, rel_w = ref.layer_weights(layer)
-  wv_list = [wv[:, m * 6:(m + 1) * 6] for m in range(3)]
-  mixture = (wv_list, layer.mixture_row.numpy(), layer.mixture_col.numpy(),
-             layer.mixture_nu.numpy())
-  want = ref.sasa_loops(x.numpy(), wq, wk, wv_list[0], rel_h, rel_w, heads=2, kernel_size=3,
-                        stride=strides, value_mixture=mixture)
-  np.testing.assert_allclose(layer(x).numpy(), want, atol=FLOAT32_TOL, rtol=FLOAT32_TOL)
-  np.testing.assert_allclose(tf.reduce_sum(layer.mixture_weights(), -1).numpy(), 1.0, atol=1e-6)
-  clone = SpatiallyAwareAttention.from_config(layer.get_config())
+    table.assign(tf.random.stateless_normal(table.shape, seed=[seed, 20 + i], dtype=table.dtype))
+  return x
+
+
+STEM_CASES = [
+    dict(pool_size=4, num_heads=4, value_mixtures=4, size=(8, 12)),  # whole windows
+    dict(pool_size=4, num_heads=2, value_mixtures=3, size=(9, 10)),  # partial windows, masked
+    dict(pool_size=3, num_heads=1, value_mixtures=2, size=(7, 5)),
+]
+
+
+@pytest.mark.parametrize("case", STEM_CASES, ids=_grid_id)
+def test_attention_stem_matches_loops(case):
+  case = dict(case)
+  height, width = case.pop("size")
+  channels, key_dim, value_dim = 3, 8 * case["num_heads"], 6 * case["num_heads"]
+  layer = SpatiallyAwareAttention(key_dim=key_dim, value_dim=value_dim, **case)
+  x = _build_stem(layer, [2, height, width, channels], seed=13)
+  got = layer(x).numpy()
+  want = ref.attention_stem_loops(x.numpy(), *_stem_weights(layer), heads=layer.num_heads,
+                                  pool=layer.pool_size)
+  assert got.shape == want.shape == (2, height, width, value_dim)
+  # Float32 rounding: each output is a chain of sums of lengths C (projections), D (logits), p²
+  # (softmax and weighted sum) and M (mixture); their relative errors add up to about
+  # (C + D + 2p² + M)·eps, and O(1) logits at most amplify it a few times through exp.
+  reductions = channels + key_dim // layer.num_heads + 2 * layer.pool_size**2 + layer.value_mixtures
+  tol = 4 * reductions * np.finfo(np.float32).eps
+  np.testing.assert_allclose(got, want, rtol=tol, atol=tol * max(1.0, np.abs(want).max()))
+  # Different positions in the window really get different mixtures, each summing to 1.
+  mixture = layer.mixture_weights().numpy()
+  np.testing.assert_allclose(mixture.sum(-1), 1.0, rtol=0, atol=layer.value_mixtures * 1e-7)
+  assert mixture.shape == (layer.pool_size**2, layer.value_mixtures)
+  assert np.ptp(mixture, axis=0).max() > 0.1
+
+
+def test_attention_stem_gradients_match_finite_differences_of_loops():
+  """Tape gradients (float64 layer) against central differences of the float64 loop reference."""
+  tf_keras.backend.set_floatx("float64")
+  try:
+    layer = SpatiallyAwareAttention(key_dim=8, value_dim=4, num_heads=2, pool_size=3,
+                                    value_mixtures=3, mixture_embedding_dim=4, dtype="float64")
+    x = _build_stem(layer, [1, 5, 4, 3], seed=17)
+    cotangent = np.random.default_rng(3).normal(size=(1, 5, 4, 4))
+    variables = [layer.query.kernel, layer.key_value.kernel, layer.mixture_row,
+                 layer.mixture_col, layer.mixture_nu]
+    with tf.GradientTape() as tape:
+      tape.watch(x)
+      loss = tf.reduce_sum(layer(x) * cotangent)
+    grads = [g.numpy() for g in tape.gradient(loss, [x] + variables)]
+
+    def reference_loss(x_value, weights):
+      return float(np.sum(ref.attention_stem_loops(x_value, *weights, heads=2, pool=3) *
+                          cotangent))
+
+    # Central differences: truncation O(step²) and rounding ~eps·|loss|/step; the bound below
+    # allows 100 times the rounding term and a 1e-6 relative truncation error.
+    step = 1e-6
+    atol = 100 * np.finfo(np.float64).eps * max(1.0, abs(float(loss))) / step
+    base_x, base_w = x.numpy(), _stem_weights(layer)
+    for flat in range(base_x.size):  # every input entry
+      delta = np.zeros(base_x.size)
+      delta[flat] = step
+      delta = delta.reshape(base_x.shape)
+      numeric = (reference_loss(base_x + delta, base_w) -
+                 reference_loss(base_x - delta, base_w)) / (2 * step)
+      np.testing.assert_allclose(grads[0].reshape(-1)[flat], numeric, rtol=1e-6, atol=atol)
+    rng = np.random.default_rng(0)
+    for variable, grad in zip(variables, grads[1:]):
+      base = variable.numpy()
+      for flat in rng.choice(base.size, size=min(10, base.size), replace=False):
+        delta = np.zeros(base.size)
+        delta[flat] = step
+        delta = delta.reshape(base.shape)
+        values = []
+        for sign in (1.0, -1.0):
+          variable.assign(base + sign * delta)
+          values.append(reference_loss(base_x, _stem_weights(layer)))
+        variable.assign(base)
+        np.testing.assert_allclose(grad.reshape(-1)[flat], (values[0] - values[1]) / (2 * step),
+                                   rtol=1e-6, atol=atol, err_msg=variable.name)
+  finally:
+    tf_keras.backend.set_floatx("float32")
+
+
+def test_attention_stem_config_round_trip_and_bad_arguments():
+  layer = SpatiallyAwareAttention(key_dim=8, num_heads=2, pool_size=3, value_mixtures=2,
+                                  kernel_regularizer=tf_keras.regularizers.L2(1e-4))
+  x = _build_stem(layer, [1, 7, 8, 3], seed=5)
+  clone = tf_keras.layers.deserialize(tf_keras.layers.serialize(layer))
+  assert type(clone) is SpatiallyAwareAttention and clone.get_config() == layer.get_config()
   clone(x)
   clone.set_weights(layer.get_weights())
   np.testing.assert_array_equal(clone(x).numpy(), layer(x).numpy())
+  for kwargs, needle in ((dict(pool_size=0), "pool_size"), (dict(value_mixtures=1.5),
+                                                             "value_mixtures"),
+                         (dict(halo_size=1), "halo_size"), (dict(rel_pos="split"), "rel_pos")):
+    with pytest.raises(ValueError, match=needle):
+      SpatiallyAwareAttention(key_dim=8, **kwargs)
 
 
 def test_sasa_result_does_not_depend_on_block_size():

@@ -33,7 +33,7 @@ def _count(model_id, num_classes=1000, **kwargs):
                                       "sasa_resnet50", "sasa_resnet26_attention_stem",
                                       "sasa_resnet50_attention_stem", "h4_i21k",
                                       "h4_i21k_patch_stem",
-                                      "h4_i21k_c12"])
+                                      "h4_i21k_c12", "h7_c1", "h7_c12"])
 def test_parameter_count_matches_paper(model_id):
   paper = models.get_spec(model_id).paper_params
   built = _count(model_id)
@@ -50,6 +50,22 @@ def test_h3_parameter_count_and_the_reading_that_explains_the_paper():
   assert abs(reading - 12.3) / 12.3 < 0.001, reading
   # One more stage-3 block is the next-closest single change and does not reach 12.3M.
   assert abs(_count("h3") + 0.397 - 12.3) / 12.3 > 0.004
+
+
+def test_h7_c123_parameter_count_and_where_the_paper_gap_comes_from():
+  """C123 builds 54.32M against the paper's "about 67M" (C1, C12 match; specs.py has the readings).
+
+  Making stage 3 convolutional replaces, per block, q, k (2d²), v (4d²), the BN on r_v·d channels,
+  the two 31-row relative tables and the r_v·d-wide input of the last 1×1 (14d² instead of 3.5d²)
+  by a 3×3 conv (9d²), a BN on d channels and SE (d²/8 weights, 17d/16 biases).
+  """
+  c12, c123 = _count("h7_c12"), _count("h7_c123")
+  assert abs(c123 - 54.322) < 0.005, c123
+  assert abs(c123 - 67.0) / 67.0 > 0.15
+  d, blocks = 256, 26
+  attention = 2 * d * d + 4 * d * d + 2 * 4 * d + 4 * d * 3.5 * d + 2 * 31 * (d // 8)
+  conv = 9 * d * d + 2 * d + (d * d // 16 + d // 16 + d * d // 16 + d) + d * 3.5 * d
+  assert abs((c12 - c123) - blocks * (attention - conv) / 1e6) < 1e-6  # exact up to rounding
 
 
 def _level_sizes(size):
@@ -87,6 +103,21 @@ def test_attention_stem_model_forward():
   outputs = backbone(tf.random.stateless_uniform([1, 70, 52, 3], seed=[0, 4]), training=False)
   assert [outputs[level].shape[1:3] for level in "2345"] == [(18, 13), (9, 7), (5, 4), (3, 2)]
   assert any(isinstance(l, SpatiallyAwareAttention) for l in backbone.layers)
+
+
+def test_attention_stem_pools_over_its_attention_windows():
+  """On sizes that are not multiples of 4, each 4×4 max-pool window is one attention block."""
+  backbone = models.HaloNet("sasa_resnet26_attention_stem")
+  layer = backbone.get_layer("stem_sasa")
+  assert (layer.block_size, layer.halo_size, layer.rel_pos, layer.num_heads) == (4, 0, "none", 4)
+  stem = tf_keras.Model(backbone.input, [backbone.get_layer("stem_act").output,
+                                         backbone.get_layer("stem_pool").output])
+  activations, pooled = stem(tf.random.stateless_uniform([1, 9, 10, 3], seed=[0, 5]),
+                             training=False)
+  activations = activations.numpy()
+  want = np.array([[activations[0, 4 * i:4 * i + 4, 4 * j:4 * j + 4].max(axis=(0, 1))
+                    for j in range(3)] for i in range(3)])
+  np.testing.assert_array_equal(pooled.numpy()[0], want)
 
 
 def test_unknown_spatial_size_and_xla():

@@ -1,91 +1,102 @@
-"""SASA's attention stem: k×k attention whose values depend on where the key sits (SASA §3.3).
+"""SASA's attention stem: attention inside each pooling window, with position-mixed values.
 
-At the stem, pixels are single RGB values, so content-only values carry no spatial structure; SASA
-makes the value of key (a, c), as seen from query (i, j), a position-dependent mixture of M value
-projections:
+SASA (Ramachandran et al., 2019, §3.2 and appendix A.1) replaces the 7×7 conv stem with attention
+followed by batch normalization and a p×p max pool (p = 4). The attention's receptive field is the
+pooling window itself: the image is cut into non-overlapping p×p blocks aligned with the pooling
+grid, and every pixel attends to the pixels of its own block. Logits are content-only (no relative
+position term). Since single RGB pixels carry little content, the values are made spatially aware:
+key (a, c) sits at row α = a mod p and column γ = c mod p of its pooling window, and its value is a
+convex mixture of M value projections weighted by that position,
 
-    v_ac(i, j) = sum_m p_m(a-i, c-j) · W_V^m x_ac
-    p_m(δa, δc) = softmax_m( (e_row[δa] + e_col[δc]) · ν_m )
+    v_ac = sum_m p_m(α, γ) · W_V^m x_ac,     p_m(α, γ) = softmax_m( (e_row[α] + e_col[γ]) · ν_m )
+    y_ij = sum_{(a,c) in block(i,j)} softmax_ac( D^-1/2 · q_ij · k_ac ) v_ac
 
-and then attends exactly as SASAAttention does (centred k×k window, split relative logits):
+with e_row, e_col [p, E] embeddings of the row and column inside the window, ν [E, M], and p shared
+by all heads. Pixels outside the image (when H or W is not a multiple of p) are masked out of the
+softmax. This is HaloAttention with b = p, h = 0, no relative logits, and the M value maps mixed
+per key before the attention-weighted sum.
 
-    y_ij = sum_{(a,c)} softmax_ac(...) · v_ac(i, j)
-         = sum_m sum_{(a,c)} [softmax_ac(...) · p_m(a-i, c-j)] · W_V^m x_ac
-
-which is how it is computed: the attention weights of each block are multiplied by the constant-
-shaped [bq², w², M] mixture table and contracted with the M value maps.
-
-Shapes: [B, H, W, C] -> [B, ceil(H/s), ceil(W/s), value_dim]. Windows here are centred, so k is
-odd; the paper's stem used a 4×4 extent, the default here is the nearest centred one, 5×5.
+Shapes: [B, H, W, C] -> [B, H, W, value_dim] (stride 1; the stem's max pool downsamples).
 """
-from typing import Any, Dict
+from typing import Any, Dict, Optional
 
 import tensorflow as tf
 import tf_keras
 
 from official_halonet.layers import blocking
-from official_halonet.layers import relative_position
-from official_halonet.layers.sasa_attention import SASAAttention
+from official_halonet.layers.halo_attention import HaloAttention
+
+_FIXED = ("block_size", "halo_size", "strides", "downsample", "window", "rel_pos",
+          "mask_out_of_image", "scale_rel_logits", "rel_pos_initializer")
 
 
 @tf_keras.utils.register_keras_serializable(package="HaloNet")
-class SpatiallyAwareAttention(SASAAttention):
-  """SASAAttention with M position-mixed value projections (the SASA attention stem).
+class SpatiallyAwareAttention(HaloAttention):
+  """The SASA attention stem's attention: p×p block attention with position-mixed values.
 
   Args:
-    value_mixtures: M, value projections mixed per relative position (SASA used 4).
-    mixture_embedding_dim: width of the row / column offset embeddings and of each ν_m.
-    kernel_size: k (odd, default 5). Other arguments as SASAAttention.
+    key_dim: total query/key width N·D.
+    value_dim: total value (= output) width; defaults to `key_dim`.
+    pool_size: p, side of the pooling window the attention is aligned with (SASA: 4).
+    num_heads: N (SASA's stem: 4 heads sharing one mixture).
+    value_mixtures: M, value projections mixed per position in the window.
+    mixture_embedding_dim: E, width of the row / column embeddings and of each ν_m.
+    **kwargs: `kernel_initializer`, `kernel_regularizer` and the Keras layer arguments.
   """
 
-  def __init__(self, key_dim: int, value_mixtures: int = 4, mixture_embedding_dim: int = 16,
-               kernel_size: int = 5, **kwargs):
-    if isinstance(value_mixtures, bool) or not isinstance(value_mixtures, int) or (
-        value_mixtures < 1):
-      raise ValueError(f"value_mixtures must be an integer >= 1, got {value_mixtures!r}.")
-    if not isinstance(mixture_embedding_dim, int) or mixture_embedding_dim < 1:
-      raise ValueError(f"mixture_embedding_dim must be an integer >= 1, got "
-                       f"{mixture_embedding_dim!r}.")
+  def __init__(self,
+               key_dim: int,
+               value_dim: Optional[int] = None,
+               pool_size: int = 4,
+               num_heads: int = 4,
+               value_mixtures: int = 4,
+               mixture_embedding_dim: int = 16,
+               **kwargs):
+    for fixed in _FIXED:
+      if fixed in kwargs:
+        raise ValueError(f"SpatiallyAwareAttention sets {fixed} itself (the window is the "
+                         f"pool_size×pool_size pooling window); got {fixed}={kwargs[fixed]!r}.")
+    for name, value in (("pool_size", pool_size), ("value_mixtures", value_mixtures),
+                        ("mixture_embedding_dim", mixture_embedding_dim)):
+      if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{name} must be an integer >= 1, got {value!r}.")
+    self.pool_size = pool_size
     self.value_mixtures = value_mixtures
     self.mixture_embedding_dim = mixture_embedding_dim
-    super().__init__(key_dim=key_dim, kernel_size=kernel_size, **kwargs)
+    super().__init__(num_heads=num_heads, key_dim=key_dim, value_dim=value_dim,
+                     block_size=pool_size, halo_size=0, strides=1, rel_pos="none",
+                     mask_out_of_image=True, **kwargs)
 
   def build(self, input_shape):
-    rows = relative_position.table_rows(self.window_size)
-    init = lambda: tf_keras.initializers.RandomNormal(stddev=self.mixture_embedding_dim**-0.5)
-    self.mixture_row = self.add_weight("mixture_row", [rows, self.mixture_embedding_dim],
-                                       initializer=init())
-    self.mixture_col = self.add_weight("mixture_col", [rows, self.mixture_embedding_dim],
-                                       initializer=init())
-    self.mixture_nu = self.add_weight("mixture_nu", [self.mixture_embedding_dim,
-                                                     self.value_mixtures], initializer=init())
+    def table(name, shape):
+      init = tf_keras.initializers.RandomNormal(stddev=self.mixture_embedding_dim**-0.5)
+      return self.add_weight(name, shape, initializer=init)
+
+    self.mixture_row = table("mixture_row", [self.pool_size, self.mixture_embedding_dim])
+    self.mixture_col = table("mixture_col", [self.pool_size, self.mixture_embedding_dim])
+    self.mixture_nu = table("mixture_nu", [self.mixture_embedding_dim, self.value_mixtures])
     super().build(input_shape)
 
   def _value_projection_width(self) -> int:
     return self.value_mixtures * self.value_dim
 
   def mixture_weights(self) -> tf.Tensor:
-    """[bq², w², M]: p_m for every (query in block, key in window) pair; sums to 1 over M."""
-    index = relative_position.window_index(self.block_size, self.halo_size, self.query_stride)
-    rows = tf.gather(self.mixture_row, index)  # [bq, w, E]: query row i', key row k
-    cols = tf.gather(self.mixture_col, index)
-    embedding = rows[:, None, :, None, :] + cols[None, :, None, :, :]  # [bq, bq, w, w, E]
-    p = tf.nn.softmax(tf.einsum("ijkle,em->ijklm", embedding, self.mixture_nu), axis=-1)
-    bq, window = index.shape
-    return tf.reshape(p, [bq * bq, window * window, self.value_mixtures])
+    """[p², M]: p_m for each position α·p + γ of the pooling window; each row sums to 1."""
+    embedding = self.mixture_row[:, None, :] + self.mixture_col[None, :, :]  # [p, p, E]
+    logits = tf.einsum("rce,em->rcm", embedding, self.mixture_nu)
+    return tf.reshape(tf.nn.softmax(logits, axis=-1), [self.pool_size**2, self.value_mixtures])
 
   def _aggregate(self, weights: tf.Tensor, v: tf.Tensor) -> tf.Tensor:
+    """Mixes the M value maps of each key by its window position, then attends as usual."""
     batch, blocks, keys, _ = blocking.dims(v)
-    n = self.num_heads
-    v = tf.reshape(v, [batch, blocks, keys, self.value_mixtures, n, self.value_dim // n])
-    mixed = weights[..., None] * tf.cast(self.mixture_weights(), weights.dtype)  # [B,Z,N,Q,K,M]
-    shape = blocking.dims(mixed)
-    mixed = tf.reshape(mixed, shape[:4] + [keys * self.value_mixtures])  # rank 5 for oneDNN
-    v = tf.reshape(tf.transpose(v, [0, 1, 4, 2, 3, 5]), [batch, blocks, n, -1, v.shape[-1]])
-    return tf.einsum("bznqj,bznjd->bzqnd", mixed, v)
+    v = tf.reshape(v, [batch, blocks, keys, self.value_mixtures, self.value_dim])
+    mixed = tf.einsum("bzkmd,km->bzkd", v, tf.cast(self.mixture_weights(), v.dtype))
+    return super()._aggregate(weights, mixed)
 
   def get_config(self) -> Dict[str, Any]:
     config = super().get_config()
-    config.update(value_mixtures=self.value_mixtures,
+    for fixed in _FIXED:
+      config.pop(fixed, None)
+    config.update(pool_size=self.pool_size, value_mixtures=self.value_mixtures,
                   mixture_embedding_dim=self.mixture_embedding_dim)
     return config

@@ -6,7 +6,8 @@ norm-activation settings, an L2 kernel regularizer, stochastic depth growing lin
 depth, and zero-initialised gamma in the last BN of every residual branch.
 
   stem   7×7/2 conv, BN, act, 3×3/2 max-pool   (or a 4×4/4 linear patch embedding + BN, or SASA's
-         attention stem: 5×5 spatially-aware attention at full resolution, BN, act, 4×4/4 max-pool)
+         attention stem: attention within each 4×4 pooling window with position-mixed values, BN,
+         act, 4×4/4 max-pool over the same windows)
   stage  blocks of: 1×1 conv d, BN, act -> spatial op (halo / SASA attention or 3×3 conv), BN, act
          [-> SE] -> 1×1 conv r_b·d, BN(γ=0) -> stochastic depth -> + shortcut -> act
          The shortcut is a 1×1 conv + BN (strided like the block) where the shape changes; the first
@@ -140,13 +141,16 @@ class HaloNet(tf_keras.Model):
     spec = self._spec
     if spec.stem == "patch":  # 4×4 patches, linearly embedded
       return self._conv_bn_act(x, spec.stem_width, 4, 4, name="stem", act=False)
-    if spec.stem == "sasa":  # SASA §3.3: position-mixed values, then pooling to stride 4
-      x = SpatiallyAwareAttention(key_dim=spec.stem_width, num_heads=spec.num_heads[0],
+    if spec.stem == "sasa":  # SASA §3.2: attention inside each 4×4 pooling window, BN, max pool
+      x = SpatiallyAwareAttention(key_dim=spec.stem_width, pool_size=4,
                                   kernel_initializer=self._kernel_initializer,
                                   kernel_regularizer=self._kernel_regularizer, name="stem_sasa")(x)
       x = layers.BatchNormalization(name="stem_bn", **self._norm_kwargs)(x)
       x = self._act("stem_act")(x)
-      return layers.MaxPool2D(4, 4, padding="same", name="stem_pool")(x)
+      # Pad bottom / right with the dtype's minimum and pool 'valid', so every pooling window is
+      # exactly one attention block ('same' pooling would centre its windows on odd sizes).
+      x = tf.pad(x, [[0, 0], [0, 3], [0, 3], [0, 0]], constant_values=x.dtype.min)
+      return layers.MaxPool2D(4, 4, padding="valid", name="stem_pool")(x)
     x = self._conv_bn_act(x, spec.stem_width, 7, 2, name="stem")
     return layers.MaxPool2D(3, 2, padding="same", name="stem_pool")(x)
 
