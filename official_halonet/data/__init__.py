@@ -1,7 +1,7 @@
 """Input pipelines for HaloNet / SASA: ImageNet (converter and TFDS), ImageNet-21k, and any
 folder of images converted to TFRecords.
 
-  config.DataConfig, validate_config, imagenet_config, tfds_imagenet_config, imagenet21k_config
+  config.DataConfig, validate_config, tfds_imagenet_config, imagenet21k_config
   pipeline.build_dataset(config, input_context=None) -> tf.data.Dataset
   records: the ImageNet TFRecord format (keys, shard names, make_example, LabelMap)
   convert: `python -m official_halonet.data.convert` folder / NumPy -> sharded TFRecords
@@ -9,7 +9,6 @@ folder of images converted to TFRecords.
 """
 from official_halonet.data.config import DataConfig
 from official_halonet.data.config import imagenet21k_config
-from official_halonet.data.config import imagenet_config
 from official_halonet.data.config import tfds_imagenet_config
 from official_halonet.data.config import validate_config
 from official_halonet.data.pipeline import build_dataset

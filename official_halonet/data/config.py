@@ -103,14 +103,6 @@ def validate_config(config: DataConfig) -> None:
     raise ValueError(f'DataConfig.eval_num_batches must be > 0, got {config.eval_num_batches}.')
 
 
-def imagenet_config(input_path: str, is_training: bool, global_batch_size: int,
-                    image_size: int = 224, **overrides) -> DataConfig:
-  """ImageNet TFRecords from the standard converter: labels 1..1000 (label_offset=1)."""
-  return DataConfig(input_path=input_path, is_training=is_training,
-                    global_batch_size=global_batch_size, image_size=image_size,
-                    num_classes=1000, label_offset=1, **overrides)
-
-
 def tfds_imagenet_config(split: str, is_training: bool, global_batch_size: int,
                          image_size: int = 224, data_dir: str = '',
                          **overrides) -> DataConfig:

@@ -145,31 +145,29 @@ def _write(encoded_items: Iterable[Tuple[Optional[_Encoded], int, str, str]],
            split: str, num_shards: int, progress: bool) -> Tuple[List[str], int,
                                                                  List[Tuple[str, str]]]:
   """Writes (encoded or None, class index, name, skip reason) items into contiguous shards."""
-  tf.io.gfile.makedirs(output_dir)
-  paths = [os.path.join(output_dir, records.shard_name(split, i, num_shards))
-           for i in range(num_shards)]
-  writers = [tf.io.TFRecordWriter(p) for p in paths]
   bar = ProgressBar(total) if progress else None
-  skipped, written = [], 0
-  try:
-    for position, (encoded, k, name, reason) in enumerate(encoded_items):
+  skipped, written = [], []
+
+  def examples():
+    for encoded, k, name, reason in encoded_items:
       if bar:
         bar.update()
       if encoded is None:
         skipped.append((name, reason))
+        yield None
         continue
-      example = records.make_example(
+      written.append(name)
+      yield records.make_example(
           encoded.image_bytes, k + label_offset, height=encoded.height, width=encoded.width,
           image_format=encoded.image_format, synset=classes[k],
           filename=os.path.basename(name))
-      writers[position * num_shards // max(total, 1)].write(example.SerializeToString())
-      written += 1
+
+  try:
+    paths = records.write_shards(examples(), output_dir, split, num_shards, total)
   finally:
-    for w in writers:
-      w.close()
     if bar:
       bar.close()
-  return paths, written, skipped
+  return paths, len(written), skipped
 
 
 def _encode_all(sources: Sequence[Tuple[str, int]], load, on_error: str, reencode: str,

@@ -23,7 +23,7 @@ sum(len(record) + 16) is truncated or corrupt (`RECORD_FRAMING_BYTES`).
 import dataclasses
 import json
 import os
-from typing import Dict, List, Optional, Sequence, Union
+from typing import Dict, Iterable, List, Optional, Sequence, Union
 
 import tensorflow as tf
 
@@ -114,25 +114,30 @@ def make_example(image_bytes: bytes,
   return tf.train.Example(features=tf.train.Features(feature=feature))
 
 
-def write_shards(examples: Sequence[tf.train.Example],
+def write_shards(examples: Iterable[Optional[tf.train.Example]],
                  output_dir: str,
                  split: str,
-                 num_shards: int) -> List[str]:
+                 num_shards: int,
+                 total: Optional[int] = None) -> List[str]:
   """Writes `examples` in contiguous blocks into `num_shards` TFRecord shards.
 
-  Example k goes to shard floor(k * num_shards / len(examples)), so shards keep the input
-  order and differ in size by at most one. Returns the shard paths in order.
+  Example k goes to shard floor(k * num_shards / total) (total: len(examples) unless given, for a
+  stream), so shards keep the input order and differ in size by at most one. A None keeps its
+  position but writes nothing (an input the converter skipped). Returns the shard paths in order.
   """
   if num_shards < 1:
     raise ValueError(f'num_shards must be >= 1, got {num_shards}.')
+  if total is None:
+    examples = list(examples)
+    total = len(examples)
   tf.io.gfile.makedirs(output_dir)
   paths = [os.path.join(output_dir, shard_name(split, i, num_shards))
            for i in range(num_shards)]
   writers = [tf.io.TFRecordWriter(p) for p in paths]
   try:
-    n = len(examples)
     for k, example in enumerate(examples):
-      writers[k * num_shards // max(n, 1)].write(example.SerializeToString())
+      if example is not None:
+        writers[k * num_shards // max(total, 1)].write(example.SerializeToString())
   finally:
     for w in writers:
       w.close()

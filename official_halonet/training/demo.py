@@ -6,7 +6,7 @@
   2. gin/demo.gin: a tiny HaloNet (conv, halo, SASA and halo stages) trained with the paper's
      recipe shape (Nesterov SGD, warm-up + cosine, label smoothing) through the same main.py path
      a TPU pod runs, evaluated on the held-out 300;
-  3. exported as a SavedModel with serving signatures (when the export package is present).
+  3. exported as a SavedModel with serving signatures.
 """
 import dataclasses
 import os
@@ -57,10 +57,7 @@ def run(options) -> dict:
   accuracy = logs.get("accuracy")
   print(f"demo | validation accuracy {accuracy:.4f} on {int(logs.get('eval_examples', 0))} "
         f"held-out digits | {time.time() - start:.0f} s", flush=True)
-  try:
-    from official_halonet.export import saved_model
-  except ImportError:
-    return logs
+  from official_halonet.export import saved_model
   export_dir = saved_model.export_from_run(options, export_dir=os.path.join(model_dir, "export"))
   print(f"demo | SavedModel written to {export_dir}", flush=True)
   return logs

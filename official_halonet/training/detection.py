@@ -58,10 +58,6 @@ BASE_EXPERIMENTS = {
     "retinanet": "retinanet_resnetfpn_coco",
 }
 
-# The backbones the papers train detectors with (SPEC §3); any name in specs.MODELS is accepted.
-DETECTION_BACKBONES = ("resnet50_se_halo_b8", "resnet50_se_halo_b32", "resnet101_se_halo_b8",
-                       "sasa_resnet50", "sasa_resnet50_attention_stem")
-
 COCO_VAL_EXAMPLES = 5000
 MIXED_PRECISION = ("bfloat16", "float16", "float32")
 
@@ -111,7 +107,7 @@ def build_detection_experiment(
 
   Args:
     kind: 'maskrcnn' (Mask R-CNN with FPN, levels 2-6) or 'retinanet' (RetinaNet, levels 3-7).
-    backbone: a model name from official_halonet.models.MODELS, e.g. one of DETECTION_BACKBONES.
+    backbone: a model name from official_halonet.models.MODELS, e.g. 'resnet50_se_halo_b8'.
     block_size, halo_size, se_ratio, final_width, stochastic_depth_drop_rate: HaloNetConfig
       overrides of the named spec (None keeps the spec's value).
     num_classes: detector classes including background (COCO: 91).

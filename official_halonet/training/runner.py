@@ -156,7 +156,7 @@ def latest_checkpoint_step(model_dir: str) -> Optional[int]:
 def run(options: RunOptions) -> Dict[str, Any]:
   """Runs train / eval / train_and_eval; returns the final eval logs (may be empty)."""
   if options.mode not in MODES:
-    raise RunError(f"--mode must be one of {MODES + ('export',)}, got {options.mode!r}")
+    raise RunError(f"--mode must be one of {MODES}, got {options.mode!r}")
   if not options.model_dir:
     raise RunError("--model_dir is required")
   name = _strategy_name(options)
