@@ -251,7 +251,7 @@ def _expected_backbone(model, checkpoint):
 def test_task_initialize_loads_the_backbone_interpolates_tables_and_zeroes_the_head(pretrained):
   config = runner.build_config(runner.RunOptions(
       gin_files=["demo.gin"], gin_bindings=_bindings(pretrained["data_dir"]) + FINETUNE + [
-          f"experiment.init_checkpoint = '{pretrained['model_dir']}'"]))
+          f"experiment.init_checkpoint = '{pretrained['model_dir']}'"])).config
   task = task_factory.get_task(config.task)
   model = task.build_model()
   task.initialize(model)  # what Model Garden's trainer calls for a fresh model_dir
@@ -276,7 +276,7 @@ def test_a_finetune_run_starts_from_the_pretrained_backbone_with_a_zero_head(pre
           f"experiment.init_checkpoint = '{pretrained['model_dir']}'",
           "experiment.train_steps = 1", "experiment.base_learning_rate = 0.0"]))
   config = runner.build_config(runner.RunOptions(
-      gin_files=[os.path.join(model_dir, "operative_config.gin")]))
+      gin_files=[os.path.join(model_dir, "operative_config.gin")])).config
   model = task_factory.get_task(config.task).build_model()
   started = checkpoints.match(model, model_dir)
   assert started.path.endswith("ckpt-1") and not started.mismatched()
@@ -296,7 +296,7 @@ def test_all_modules_with_another_class_count_is_refused_with_a_hint(pretrained)
   config = runner.build_config(runner.RunOptions(
       gin_files=["demo.gin"], gin_bindings=_bindings(pretrained["data_dir"]) + [
           "experiment.num_classes = 7", "experiment.init_checkpoint_modules = 'all'",
-          f"experiment.init_checkpoint = '{pretrained['checkpoint']}'"]))
+          f"experiment.init_checkpoint = '{pretrained['checkpoint']}'"])).config
   task = task_factory.get_task(config.task)
   model = task.build_model()
   before = [v.numpy().copy() for v in model.variables]
@@ -311,7 +311,7 @@ def test_all_modules_with_another_class_count_is_refused_with_a_hint(pretrained)
 def test_another_backbone_shape_is_refused(pretrained):
   model = task_factory.get_task(runner.build_config(runner.RunOptions(
       gin_files=["demo.gin"], gin_bindings=_bindings(pretrained["data_dir"]) + [
-          "experiment.final_width = 16"])).task).build_model()
+          "experiment.final_width = 16"])).config.task).build_model()
   with pytest.raises(checkpoints.CheckpointMismatchError, match=r"final.*model \[1, 1, \d+, 16\], checkpoint \[1, 1, \d+, 32\]"):
     finetune.restore_pretrained(model, pretrained["model_dir"])
 
@@ -319,7 +319,7 @@ def test_another_backbone_shape_is_refused(pretrained):
 def test_all_modules_with_the_same_classes_copies_the_classifier(pretrained):
   config = runner.build_config(runner.RunOptions(
       gin_files=["demo.gin"], gin_bindings=_bindings(pretrained["data_dir"]) + [
-          "experiment.block_size = 8"]))
+          "experiment.block_size = 8"])).config
   model = task_factory.get_task(config.task).build_model()
   summary = finetune.restore_pretrained(model, pretrained["model_dir"], modules="all")
   assert not summary.zeroed and len(summary.resized) == 4 and not summary.used_ema

@@ -64,7 +64,7 @@ def test_published_configurations_exist():
 def test_every_gin_file_parses_and_builds_its_experiment(name):
   bindings = _data_bindings("/tmp/digits") if name == "demo" else []
   config = runner.build_config(runner.RunOptions(gin_files=[f"{name}.gin"],
-                                                 gin_bindings=bindings))
+                                                 gin_bindings=bindings)).config
   spec_model = config.task.model.backbone.halonet.model_id
   assert config.task.model.input_size[0] >= 32
   assert config.trainer.train_steps > 0 and config.trainer.validation_steps > 0
@@ -86,7 +86,7 @@ def test_every_gin_file_parses_and_builds_its_experiment(name):
 
 
 def test_i21k_finetune_changes_window_and_starts_from_pretraining():
-  config = runner.build_config(runner.RunOptions(gin_files=["h4_i21k_finetune_384.gin"]))
+  config = runner.build_config(runner.RunOptions(gin_files=["h4_i21k_finetune_384.gin"])).config
   backbone = config.task.model.backbone.halonet
   assert (backbone.block_size, backbone.halo_size) == (12, 2)
   assert config.task.init_checkpoint_modules == "backbone"
@@ -420,10 +420,12 @@ DETECTION = sorted(p for p in glob.glob(os.path.join(GIN_DIR, "detection", "*.gi
 @pytest.mark.parametrize("path", DETECTION, ids=os.path.basename)
 def test_detection_gin_files_go_through_the_same_entry(path):
   """main.py's runner builds Model Garden's Mask R-CNN / RetinaNet experiment from them."""
-  config = runner.build_config(runner.RunOptions(gin_files=[path]))
+  built = runner.build_config(runner.RunOptions(gin_files=[path]))
+  config = built.config
   assert config.task.model.backbone.type == "halonet"
   assert config.trainer.train_steps == 67500
   with pytest.raises(runner.RunError, match=r"detection_experiment\.train_input_path"):
+<<<<<<< HEAD
     runner.check_inputs(config, "train")
 
 
@@ -437,3 +439,6 @@ def test_best_checkpoint_record_is_written_whole_and_an_empty_one_is_survived(tm
   (tmp_path / "info.json").write_text("")  # what a kill during Model Garden's write leaves
   restarted = checkpoints.BestCheckpointExporter(str(tmp_path), "accuracy", "higher")
   assert restarted.best_ckpt_logs is None and not (tmp_path / "info.json").exists()
+=======
+    runner.check_inputs(built, "train")
+>>>>>>> 65fefa7 (Shared precision / optimizer / backbone helpers for classification and detection; experiment registry: build_config returns the config and the configurable that built it (gin's bindings, not a regex over the files); ConfigError carries parameter and configurable; experiment() in validate / schedule / data / task steps)

@@ -84,14 +84,14 @@ def load_config(options: runner.RunOptions) -> Tuple[cfg.ExperimentConfig, str]:
     gin_files = [operative]
   options = dataclasses.replace(options, gin_files=gin_files)
   try:
-    config = runner.build_config(options)
-  except runner.RunError as e:
-    if "train_input_path" not in str(e) and "eval_input_path" not in str(e):
+    config = runner.build_config(options).config
+  except runner.ConfigurationError as e:
+    if e.parameter not in ("train_input_path", "eval_input_path"):
       raise
     options = dataclasses.replace(options, gin_bindings=list(options.gin_bindings) + [
-        f"experiment.train_input_path = '{_UNUSED_INPUT}'",
-        f"experiment.eval_input_path = '{_UNUSED_INPUT}'"])
-    config = runner.build_config(options)
+        f"{e.configurable}.train_input_path = '{_UNUSED_INPUT}'",
+        f"{e.configurable}.eval_input_path = '{_UNUSED_INPUT}'"])
+    config = runner.build_config(options).config
   return config, gin.config_str()
 
 

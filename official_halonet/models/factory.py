@@ -26,7 +26,10 @@ from official_halonet.models.halonet import HaloNet
 
 @dataclasses.dataclass
 class HaloNetConfig(hyperparams.Config):
-  """The `halonet` backbone config. None / 0 keeps the named spec's value."""
+  """The `halonet` backbone config: a named spec and its overrides.
+
+  None keeps the spec's value; se_ratio = 0 or final_width = 0 removes that layer.
+  """
   model_id: str = "h0"
   block_size: Optional[int] = None
   halo_size: Optional[int] = None
@@ -44,6 +47,21 @@ class Backbone(mg_backbones.Backbone):
 def model_garden_activation(name: str) -> str:
   """The activation name Model Garden's norm-activation config uses (it spells SiLU 'swish')."""
   return "swish" if name == "silu" else name
+
+
+def halonet_backbone(model_id: str, block_size: Optional[int] = None,
+                     halo_size: Optional[int] = None, se_ratio: Optional[float] = None,
+                     final_width: Optional[int] = None,
+                     stochastic_depth_drop_rate: float = 0.0) -> Backbone:
+  """`Backbone(type='halonet')` for a named model and its overrides (see HaloNetConfig)."""
+  return Backbone(type="halonet", halonet=HaloNetConfig(
+      model_id=model_id, block_size=block_size, halo_size=halo_size, se_ratio=se_ratio,
+      final_width=final_width, stochastic_depth_drop_rate=stochastic_depth_drop_rate))
+
+
+def activation_of(model_id: str, activation: Optional[str] = None) -> str:
+  """Model Garden's spelling of `activation`, or of the named model's own when None."""
+  return model_garden_activation(activation or specs.get_spec(model_id).activation)
 
 
 @mg_factory.register_backbone_builder("halonet")

@@ -48,9 +48,14 @@ import gin
 from official.core import config_definitions as cfg
 from official.core import exp_factory
 from official.modeling import hyperparams
-from official.modeling import optimization
 from official_halonet.models import factory
 from official_halonet.models import specs
+from official_halonet.training import optimizer as optimizer_lib
+from official_halonet.training import precision
+from official_halonet.training.config_error import ConfigError
+from official_halonet.training.config_error import require
+
+CONFIGURABLE = "detection_experiment"
 
 # Model Garden's COCO experiments each kind starts from.
 BASE_EXPERIMENTS = {
@@ -59,7 +64,6 @@ BASE_EXPERIMENTS = {
 }
 
 COCO_VAL_EXAMPLES = 5000
-MIXED_PRECISION = ("bfloat16", "float16", "float32")
 
 ParamsOverride = Optional[Union[Dict[str, Any], str]]
 
@@ -143,43 +147,42 @@ def build_detection_experiment(
   Returns:
     A validated ExperimentConfig whose task is Model Garden's MaskRCNNTask or RetinaNetTask.
   """
-  if kind not in BASE_EXPERIMENTS:
-    raise ValueError(f"kind must be one of {sorted(BASE_EXPERIMENTS)}, got {kind!r}.")
-  specs.get_spec(backbone)  # an unknown name fails here, listing the known ones
-  if image_size <= 0:
-    raise ValueError(f"image_size must be positive, got {image_size}.")
+  _require(kind in BASE_EXPERIMENTS, "kind",
+           f"kind must be one of {sorted(BASE_EXPERIMENTS)}, got {kind!r}.")
+  try:
+    specs.get_spec(backbone)
+  except ValueError as e:  # an unknown name, listing the known ones
+    raise ConfigError("backbone", str(e), CONFIGURABLE) from None
+  _require(image_size > 0, "image_size", f"image_size must be positive, got {image_size}.")
   boundaries = [int(b) for b in decay_boundaries]
   increasing = all(a < b for a, b in zip(boundaries, boundaries[1:]))
-  if not boundaries or boundaries[0] <= 0 or not increasing:
-    raise ValueError(f"decay_boundaries must be a non-empty, strictly increasing list of positive "
-                     f"steps, got {list(decay_boundaries)}.")
-  dtype = mixed_precision_default if mixed_precision == "auto" else mixed_precision
-  if dtype not in MIXED_PRECISION:
-    raise ValueError(f"mixed_precision must be 'auto' or one of {MIXED_PRECISION}, got "
-                     f"{mixed_precision!r} (default {mixed_precision_default!r}).")
+  _require(bool(boundaries) and boundaries[0] > 0 and increasing, "decay_boundaries",
+           f"decay_boundaries must be a non-empty, strictly increasing list of positive "
+           f"steps, got {list(decay_boundaries)}.")
+  try:
+    dtype, loss_scale = precision.resolve(mixed_precision, mixed_precision_default)
+  except ValueError as e:
+    raise ConfigError("mixed_precision", str(e), CONFIGURABLE) from None
   if isinstance(init_checkpoint_modules, (list, tuple)):
     init_checkpoint_modules = list(init_checkpoint_modules)
-  if kind == "retinanet" and not annotation_file:
-    # Model Garden 2.20's RetinaNet parser gives a shape-[1] `num_detections` per image, which its
-    # ground-truth-from-records conversion (coco_utils) cannot turn into an int under NumPy 2.
-    raise ValueError("RetinaNet evaluation needs annotation_file (a COCO instances JSON); "
-                     "Model Garden's ground truth built from the records fails for RetinaNet.")
+  # Model Garden 2.20's RetinaNet parser gives a shape-[1] `num_detections` per image, which its
+  # ground-truth-from-records conversion (coco_utils) cannot turn into an int under NumPy 2.
+  _require(kind != "retinanet" or bool(annotation_file), "annotation_file",
+           "RetinaNet evaluation needs annotation_file (a COCO instances JSON); "
+           "Model Garden's ground truth built from the records fails for RetinaNet.")
   if validation_steps is None:
     validation_steps = -(-num_eval_examples // eval_batch_size)
 
   config = exp_factory.get_exp_config(BASE_EXPERIMENTS[kind])
   task = config.task
   model = task.model
-  model.backbone = factory.Backbone(
-      type="halonet",
-      halonet=factory.HaloNetConfig(
-          model_id=backbone, block_size=block_size, halo_size=halo_size, se_ratio=se_ratio,
-          final_width=final_width, stochastic_depth_drop_rate=stochastic_depth_drop_rate))
+  model.backbone = factory.halonet_backbone(
+      backbone, block_size=block_size, halo_size=halo_size, se_ratio=se_ratio,
+      final_width=final_width, stochastic_depth_drop_rate=stochastic_depth_drop_rate)
   model.num_classes = num_classes
   model.input_size = [image_size, image_size, 3]
   model.norm_activation.use_sync_bn = use_sync_bn
-  model.norm_activation.activation = factory.model_garden_activation(
-      specs.get_spec(backbone).activation)
+  model.norm_activation.activation = factory.activation_of(backbone)
   task.losses.l2_weight_decay = weight_decay
   task.init_checkpoint = init_checkpoint
   task.init_checkpoint_modules = init_checkpoint_modules
@@ -198,7 +201,7 @@ def build_detection_experiment(
     task.validation_data.num_examples = num_eval_examples
 
   config.runtime.mixed_precision_dtype = dtype
-  config.runtime.loss_scale = "dynamic" if dtype == "float16" else None
+  config.runtime.loss_scale = loss_scale
   trainer = config.trainer
   trainer.train_steps = train_steps
   trainer.validation_steps = validation_steps
@@ -206,20 +209,11 @@ def build_detection_experiment(
   trainer.steps_per_loop = steps_per_loop
   trainer.summary_interval = summary_interval
   trainer.checkpoint_interval = checkpoint_interval
-  trainer.optimizer_config = optimization.OptimizationConfig({
-      "optimizer": {"type": "sgd", "sgd": {"momentum": momentum}},
-      "learning_rate": {
-          "type": "stepwise",
-          "stepwise": {
-              "boundaries": boundaries,
-              "values": [learning_rate * decay_factor**i for i in range(len(boundaries) + 1)],
-          },
-      },
-      "warmup": {
-          "type": "linear",
-          "linear": {"warmup_steps": warmup_steps, "warmup_learning_rate": warmup_learning_rate},
-      },
-  })
+  trainer.optimizer_config = optimizer_lib.sgd_with_warmup(
+      learning_rate={"type": "stepwise", "stepwise": {
+          "boundaries": boundaries,
+          "values": [learning_rate * decay_factor**i for i in range(len(boundaries) + 1)]}},
+      warmup_steps=warmup_steps, warmup_learning_rate=warmup_learning_rate, momentum=momentum)
 
   if params_override:
     config = hyperparams.override_params_dict(config, params_override, is_strict=True)
@@ -227,9 +221,13 @@ def build_detection_experiment(
   return config
 
 
+def _require(condition: bool, parameter: str, message: str) -> None:
+  require(condition, parameter, message, CONFIGURABLE)
+
+
 # The gin-configurable builder: gin/detection/*.gin bind `detection_experiment.<argument>`.
 detection_experiment = gin.configurable(
-    "detection_experiment", denylist=["mixed_precision_default"])(build_detection_experiment)
+    CONFIGURABLE, denylist=["mixed_precision_default"])(build_detection_experiment)
 
 
 def _register(name: str, kind: str, doc: str):

@@ -7,7 +7,10 @@ Every gin file in gin/ binds parameters of `experiment` (and nothing else), e.g.
     experiment.randaug_magnitude = 6
 
 `experiment()` returns Model Garden's `ExperimentConfig` (task, trainer, runtime), which
-main.py hands to `official.core.train_lib.run_experiment`; nothing else reads gin.
+main.py hands to `official.core.train_lib.run_experiment`; nothing else reads gin. It works in
+steps: `validate` the settings, the `schedule` in steps, the training data config (and from it
+`evaluation_data`), then the task, trainer (optimizer.sgd_with_warmup) and runtime
+(precision.resolve) configs.
 
 The recipe (HaloNet paper, section 4): SGD with Nesterov momentum 0.9, learning rate
 base_learning_rate · global_batch_size / 256 with linear warm-up, then cosine decay to
@@ -16,35 +19,25 @@ lr · final_learning_rate_fraction (1/128, not 0); L2 weight decay (Model Garden
 RandAugment at the model's magnitude, stochastic depth, dropout before the classifier, SiLU, and
 optionally EMA of the weights. Logits and the loss are float32 under mixed precision.
 """
+import dataclasses
 import math
 from typing import Optional, Sequence
 
 import gin
 
 from official.core import config_definitions as cfg
-from official.modeling import optimization
 from official.vision.configs import common
 from official_halonet import data
 from official_halonet.models import factory as model_factory
 from official_halonet.models import specs
+from official_halonet.training import optimizer as optimizer_lib
+from official_halonet.training import precision
 from official_halonet.training import task as task_lib
+from official_halonet.training.config_error import ConfigError  # noqa: F401  (re-exported)
+from official_halonet.training.config_error import require as _require
 
-MIXED_PRECISION = ("auto", "float32", "bfloat16", "float16")
 IMAGENET_TRAIN_EXAMPLES = 1281167
 IMAGENET_EVAL_EXAMPLES = 50000
-
-
-class ConfigError(ValueError):
-  """A setting that cannot work; `parameter` names the `experiment.<parameter>` binding."""
-
-  def __init__(self, parameter: str, message: str):
-    super().__init__(message)
-    self.parameter = parameter
-
-
-def _require(condition: bool, parameter: str, message: str):
-  if not condition:
-    raise ConfigError(parameter, message)
 
 
 @gin.configurable(denylist=["mixed_precision_default"])
@@ -141,6 +134,89 @@ def experiment(
       (tf.config.experimental.enable_op_determinism; tf.data maps with random ops then run
       in order, slower) and a seeded, ordered input. Needs a seed.
   """
+  spec = validate(
+      model_id=model_id, num_classes=num_classes, image_size=image_size, block_size=block_size,
+      halo_size=halo_size, final_width=final_width, init_block_size=init_block_size,
+      init_halo_size=init_halo_size, global_batch_size=global_batch_size,
+      train_input_path=train_input_path, eval_input_path=eval_input_path, tfds_name=tfds_name,
+      label_offset=label_offset, mixed_precision=mixed_precision,
+      init_checkpoint_modules=init_checkpoint_modules,
+      stochastic_depth_rate=stochastic_depth_rate, seed=seed, deterministic=deterministic,
+      train_examples=train_examples, eval_examples=eval_examples)
+  image_size = spec.image_size if image_size is None else image_size
+  eval_batch_size = eval_batch_size or global_batch_size
+  steps = schedule(train_examples=train_examples, eval_examples=eval_examples,
+                   global_batch_size=global_batch_size, eval_batch_size=eval_batch_size,
+                   epochs=epochs, train_steps=train_steps, warmup_epochs=warmup_epochs,
+                   steps_per_loop=steps_per_loop)
+  mixing = bool(mixup_alpha or cutmix_alpha)
+  train_data = data.DataConfig(
+      input_path=train_input_path, tfds_name=tfds_name, tfds_data_dir=tfds_data_dir,
+      tfds_split=train_split if tfds_name else "", is_training=True,
+      global_batch_size=global_batch_size, image_size=image_size, num_classes=num_classes,
+      label_offset=label_offset, is_multilabel=multilabel,
+      randaug_magnitude=spec.randaug_magnitude if randaug_magnitude is None else randaug_magnitude,
+      mixup_alpha=mixup_alpha, cutmix_alpha=cutmix_alpha,
+      mixup_label_smoothing=label_smoothing if mixing else 0.0,
+      crop_area_range=tuple(crop_area_range), aug_crop=random_crop, aug_rand_hflip=random_flip,
+      sharding=shard_input, shuffle_buffer_size=shuffle_buffer_size, cache=False,
+      eval_num_batches=None, seed=seed, deterministic=True if deterministic else None)
+  eval_data = evaluation_data(train_data, eval_input_path=eval_input_path,
+                              eval_split=eval_split, eval_batch_size=eval_batch_size,
+                              eval_batches=steps.eval_batches, cache_eval=cache_eval)
+  task = task_lib.TaskConfig(
+      model=task_lib.ModelConfig(
+          num_classes=num_classes,
+          input_size=[image_size, image_size, 3],
+          backbone=model_factory.halonet_backbone(
+              model_id, block_size=block_size, halo_size=halo_size, se_ratio=se_ratio,
+              final_width=final_width, stochastic_depth_drop_rate=stochastic_depth_rate),
+          dropout_rate=dropout_rate,
+          norm_activation=common.NormActivation(
+              activation=model_factory.activation_of(model_id, activation),
+              use_sync_bn=True, norm_momentum=0.9, norm_epsilon=1e-5)),
+      train_data=train_data,
+      validation_data=eval_data,
+      losses=task_lib.mg_config.Losses(
+          label_smoothing=0.0 if mixing else label_smoothing, l2_weight_decay=weight_decay,
+          one_hot=not mixing, soft_labels=mixing),
+      init_checkpoint=init_checkpoint,
+      init_checkpoint_modules=init_checkpoint_modules,
+      init_block_size=init_block_size, init_halo_size=init_halo_size)
+
+  optimizer = optimizer_lib.sgd_with_warmup(
+      learning_rate={"type": "cosine", "cosine": {
+          "initial_learning_rate": base_learning_rate * global_batch_size / 256,
+          "decay_steps": max(1, steps.total_steps - steps.warmup_steps),
+          "alpha": final_learning_rate_fraction,
+          "offset": steps.warmup_steps}},
+      warmup_steps=steps.warmup_steps, momentum=momentum, nesterov=nesterov,
+      ema_decay=ema_decay)
+  interval = checkpoint_interval or steps.steps_per_epoch
+  trainer = cfg.TrainerConfig(
+      train_steps=steps.total_steps,
+      validation_steps=steps.eval_batches,
+      validation_interval=validation_interval or interval,
+      steps_per_loop=steps.steps_per_loop,
+      summary_interval=summary_interval or steps.steps_per_loop,
+      checkpoint_interval=interval,
+      max_to_keep=max_checkpoints,
+      loss_upper_bound=loss_upper_bound,
+      recovery_max_trials=0,  # a NaN / too-large loss stops the run; the last checkpoint stays
+      best_checkpoint_eval_metric="accuracy" if not multilabel else "",
+      best_checkpoint_export_subdir="best_ckpt" if not multilabel else "",
+      optimizer_config=optimizer)
+  dtype, loss_scale = precision.resolve(mixed_precision, mixed_precision_default)
+  runtime = cfg.RuntimeConfig(mixed_precision_dtype=dtype, loss_scale=loss_scale)
+  return cfg.ExperimentConfig(task=task, trainer=trainer, runtime=runtime)
+
+
+def validate(*, model_id, num_classes, image_size, block_size, halo_size, final_width,
+             init_block_size, init_halo_size, global_batch_size, train_input_path,
+             eval_input_path, tfds_name, label_offset, mixed_precision, init_checkpoint_modules,
+             stochastic_depth_rate, seed, deterministic, train_examples,
+             eval_examples) -> specs.ModelSpec:
+  """Step 1: every setting that cannot work is a ConfigError naming it; returns the model's spec."""
   spec = specs.get_spec(model_id) if model_id in specs.MODELS else None
   _require(spec is not None, "model_id",
            f"unknown model {model_id!r}; known models: {', '.join(sorted(specs.MODELS))}")
@@ -157,12 +233,13 @@ def experiment(
              f"{name} must be None or an integer >= {minimum}, got {value!r}")
   _require(global_batch_size > 0, "global_batch_size",
            f"global_batch_size must be > 0, got {global_batch_size}")
-  eval_batch_size = eval_batch_size or global_batch_size
   _require(bool(train_input_path) != bool(tfds_name), "train_input_path",
            "set exactly one of train_input_path (TFRecord patterns) and tfds_name")
+  _require(bool(eval_input_path) or bool(tfds_name), "eval_input_path",
+           "set eval_input_path (TFRecord patterns) for evaluation")
   _require(label_offset >= 0, "label_offset", f"label_offset must be >= 0, got {label_offset}")
-  _require(mixed_precision in MIXED_PRECISION, "mixed_precision",
-           f"mixed_precision must be one of {MIXED_PRECISION}, got {mixed_precision!r}")
+  _require(mixed_precision in precision.SETTINGS, "mixed_precision",
+           f"mixed_precision must be one of {precision.SETTINGS}, got {mixed_precision!r}")
   _require(init_checkpoint_modules in ("all", "backbone"), "init_checkpoint_modules",
            f"init_checkpoint_modules must be 'all' or 'backbone', got "
            f"{init_checkpoint_modules!r}")
@@ -172,100 +249,37 @@ def experiment(
            "deterministic = True needs a seed (experiment.seed), got None")
   _require(train_examples > 0 and eval_examples > 0, "train_examples",
            "train_examples and eval_examples must be > 0")
+  return spec
 
+
+@dataclasses.dataclass(frozen=True)
+class Schedule:
+  """A run's length in steps (every count is in optimizer steps of one global batch)."""
+  steps_per_epoch: int
+  total_steps: int
+  warmup_steps: int
+  eval_batches: int  # batches of one evaluation pass, padded to the same count on every host
+  steps_per_loop: int
+
+
+def schedule(*, train_examples, eval_examples, global_batch_size, eval_batch_size, epochs,
+             train_steps, warmup_epochs, steps_per_loop) -> Schedule:
+  """Step 2: epochs -> steps; warm-up shorter than the run; one loop at most an epoch / 1000."""
   steps_per_epoch = max(1, train_examples // global_batch_size)
   total_steps = train_steps or int(round(epochs * steps_per_epoch))
   _require(total_steps > 0, "epochs", f"the run has no steps (epochs={epochs}, "
            f"train_steps={train_steps})")
-  warmup_steps = min(int(round(warmup_epochs * steps_per_epoch)), total_steps - 1)
-  learning_rate = base_learning_rate * global_batch_size / 256
-  eval_batches = math.ceil(eval_examples / eval_batch_size)
-  steps_per_loop = steps_per_loop or min(steps_per_epoch, 1000, total_steps)
-  randaug = spec.randaug_magnitude if randaug_magnitude is None else randaug_magnitude
-
-  def data_config(is_training: bool) -> data.DataConfig:
-    path = train_input_path if is_training else eval_input_path
-    return data.DataConfig(
-        input_path=path, tfds_name=tfds_name, tfds_data_dir=tfds_data_dir,
-        tfds_split=(train_split if is_training else eval_split) if tfds_name else "",
-        is_training=is_training,
-        global_batch_size=global_batch_size if is_training else eval_batch_size,
-        image_size=image_size, num_classes=num_classes, label_offset=label_offset,
-        is_multilabel=multilabel, randaug_magnitude=randaug if is_training else 0,
-        mixup_alpha=mixup_alpha if is_training else 0.0,
-        cutmix_alpha=cutmix_alpha if is_training else 0.0,
-        mixup_label_smoothing=label_smoothing if (mixup_alpha or cutmix_alpha) else 0.0,
-        crop_area_range=tuple(crop_area_range), aug_crop=random_crop, aug_rand_hflip=random_flip,
-        sharding=shard_input,
-        shuffle_buffer_size=shuffle_buffer_size, cache=cache_eval and not is_training,
-        eval_num_batches=None if is_training else eval_batches, seed=seed,
-        deterministic=True if deterministic else None)
-
-  _require(bool(eval_input_path) or bool(tfds_name), "eval_input_path",
-           "set eval_input_path (TFRecord patterns) for evaluation")
-  mixing = bool(mixup_alpha or cutmix_alpha)
-  task = task_lib.TaskConfig(
-      model=task_lib.ModelConfig(
-          num_classes=num_classes,
-          input_size=[image_size, image_size, 3],
-          backbone=model_factory.Backbone(
-              type="halonet",
-              halonet=model_factory.HaloNetConfig(
-                  model_id=model_id, block_size=block_size, halo_size=halo_size,
-                  se_ratio=se_ratio, final_width=final_width,
-                  stochastic_depth_drop_rate=stochastic_depth_rate)),
-          dropout_rate=dropout_rate,
-          norm_activation=common.NormActivation(
-              activation=model_factory.model_garden_activation(activation or spec.activation),
-              use_sync_bn=True, norm_momentum=0.9, norm_epsilon=1e-5)),
-      train_data=data_config(True),
-      validation_data=data_config(False),
-      losses=task_lib.mg_config.Losses(
-          label_smoothing=0.0 if mixing else label_smoothing, l2_weight_decay=weight_decay,
-          one_hot=not mixing, soft_labels=mixing),
-      init_checkpoint=init_checkpoint,
-      init_checkpoint_modules=init_checkpoint_modules,
-      init_block_size=init_block_size, init_halo_size=init_halo_size)
-
-  optimizer = {
-      "optimizer": {"type": "sgd", "sgd": {"momentum": momentum, "nesterov": nesterov}},
-      "learning_rate": {"type": "cosine", "cosine": {
-          "initial_learning_rate": learning_rate,
-          "decay_steps": max(1, total_steps - warmup_steps),
-          "alpha": final_learning_rate_fraction,
-          "offset": warmup_steps}},
-      "warmup": {"type": "linear", "linear": {"warmup_steps": warmup_steps,
-                                              "warmup_learning_rate": 0.0}},
-  }
-  if ema_decay:
-    optimizer["ema"] = {"average_decay": ema_decay, "trainable_weights_only": False}
-
-  interval = checkpoint_interval or steps_per_epoch
-  trainer = cfg.TrainerConfig(
-      train_steps=total_steps,
-      validation_steps=eval_batches,
-      validation_interval=validation_interval or interval,
-      steps_per_loop=steps_per_loop,
-      summary_interval=summary_interval or steps_per_loop,
-      checkpoint_interval=interval,
-      max_to_keep=max_checkpoints,
-      loss_upper_bound=loss_upper_bound,
-      recovery_max_trials=0,  # a NaN / too-large loss stops the run; the last checkpoint stays
-      best_checkpoint_eval_metric="accuracy" if not multilabel else "",
-      best_checkpoint_export_subdir="best_ckpt" if not multilabel else "",
-      optimizer_config=optimization.OptimizationConfig(optimizer))
-  runtime = cfg.RuntimeConfig(
-      mixed_precision_dtype=mixed_precision_default if mixed_precision == "auto"
-      else mixed_precision,
-      loss_scale="dynamic" if mixed_precision == "float16" or (
-          mixed_precision == "auto" and mixed_precision_default == "float16") else None)
-  return cfg.ExperimentConfig(task=task, trainer=trainer, runtime=runtime)
+  return Schedule(
+      steps_per_epoch=steps_per_epoch, total_steps=total_steps,
+      warmup_steps=min(int(round(warmup_epochs * steps_per_epoch)), total_steps - 1),
+      eval_batches=math.ceil(eval_examples / eval_batch_size),
+      steps_per_loop=steps_per_loop or min(steps_per_epoch, 1000, total_steps))
 
 
-def check_against_strategy(config: cfg.ExperimentConfig, num_replicas: int) -> None:
-  """Batch sizes must split evenly over the replicas (static per-replica shapes on TPU)."""
-  for parameter, batch in (("global_batch_size", config.task.train_data.global_batch_size),
-                           ("eval_batch_size", config.task.validation_data.global_batch_size)):
-    _require(batch % num_replicas == 0, parameter,
-             f"{parameter}={batch} is not divisible by the {num_replicas} replicas of this "
-             f"strategy")
+def evaluation_data(train: data.DataConfig, *, eval_input_path, eval_split, eval_batch_size,
+                    eval_batches, cache_eval) -> data.DataConfig:
+  """Step 3: the evaluation DataConfig: the training one without augmentation, on eval files."""
+  return dataclasses.replace(
+      train, input_path=eval_input_path, tfds_split=eval_split if train.tfds_name else "",
+      is_training=False, global_batch_size=eval_batch_size, randaug_magnitude=0,
+      mixup_alpha=0.0, cutmix_alpha=0.0, cache=cache_eval, eval_num_batches=eval_batches)

@@ -90,12 +90,6 @@ def _one_line(error: Exception) -> str:
   return " ".join(str(error).split())
 
 
-def binds(configurable: str) -> bool:
-  """Whether the parsed files / bindings bind any parameter of `configurable`."""
-  pattern = re.compile(rf"^\s*(?:[\w.]*/)?(?:[\w.]*\.)?{configurable}\.\w+\s*=")
-  return any(pattern.match(line) for _, lines in _sources for line in lines)
-
-
 def locate(parameter: str, configurable: str = CONFIGURABLE) -> str:
   """'file:line' (or '--gin_bindings[i]') of the binding of <configurable>.<parameter> in force."""
   pattern = re.compile(rf"^\s*(?:[\w.]*/)?(?:[\w.]*\.)?{configurable}\.{parameter}\s*=")

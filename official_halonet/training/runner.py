@@ -31,9 +31,11 @@ from official.modeling import performance
 from official_halonet import data
 from official_halonet.data import validate
 from official_halonet.training import checkpoints
-from official_halonet.training import experiment as experiment_lib
 from official_halonet.training import gin_config
+from official_halonet.training import precision
 from official_halonet.training import progress
+from official_halonet.training import registry
+from official_halonet.training.config_error import ConfigError
 from official_halonet.training import task as task_lib  # noqa: F401  (registers the task)
 
 MODES = ("train", "eval", "train_and_eval")
@@ -42,6 +44,16 @@ STRATEGIES = ("tpu", "mirrored", "multi_worker_mirrored", "one_device")
 
 class RunError(RuntimeError):
   """A run that cannot start or had to stop; the message says why and where."""
+
+
+class ConfigurationError(RunError):
+  """A gin setting that cannot work: `configurable`.`parameter`, located at its file and line."""
+
+  def __init__(self, error: ConfigError):
+    super().__init__(f"{gin_config.locate(error.parameter, error.configurable)}: "
+                     f"{error.configurable}.{error.parameter}: {error}")
+    self.parameter = error.parameter
+    self.configurable = error.configurable
 
 
 @dataclasses.dataclass
@@ -56,23 +68,18 @@ class RunOptions:
   num_cpu_devices: int = 0  # >1: split the host CPU into this many logical devices
 
 
-def build_config(options: RunOptions, mixed_precision_default: str = "float32"):
-  """Steps 1-2: gin -> Model Garden ExperimentConfig; errors name the file and line.
+def build_config(options: RunOptions, mixed_precision_default: str = "float32") -> registry.Built:
+  """Steps 1-2: gin -> Model Garden ExperimentConfig + the configurable that built it.
 
   Classification files bind `experiment`; the detection files in gin/detection/ bind
-  `detection_experiment` (Model Garden's Mask R-CNN / RetinaNet with a halonet backbone).
+  `detection_experiment` (Model Garden's Mask R-CNN / RetinaNet with a halonet backbone); see
+  training/registry.py. A bad setting is a ConfigurationError naming its file and line.
   """
   gin_config.parse(options.gin_files, options.gin_bindings)
-  if gin_config.binds("detection_experiment"):
-    from official_halonet.training import detection
-    try:
-      return detection.detection_experiment(mixed_precision_default=mixed_precision_default)
-    except (ValueError, TypeError) as e:
-      raise RunError(f"gin configuration (detection_experiment): {e}") from None
   try:
-    return experiment_lib.experiment(mixed_precision_default=mixed_precision_default)
-  except experiment_lib.ConfigError as e:
-    raise RunError(f"{gin_config.locate(e.parameter)}: experiment.{e.parameter}: {e}") from None
+    return registry.build(mixed_precision_default)
+  except ConfigError as e:
+    raise ConfigurationError(e) from None
   except TypeError as e:  # e.g. a required parameter was never bound
     raise RunError(f"gin configuration: {e}") from None
 
@@ -89,12 +96,6 @@ def _strategy_name(options: RunOptions) -> str:
 def _num_gpus(options: RunOptions) -> int:
   return (len(tf.config.list_physical_devices("GPU")) if options.num_gpus is None
           else options.num_gpus)
-
-
-def _mixed_precision_default(strategy_name: str, num_gpus: int) -> str:
-  if strategy_name == "tpu":
-    return "bfloat16"
-  return "float16" if num_gpus > 0 else "float32"
 
 
 def create_strategy(options: RunOptions) -> tf.distribute.Strategy:
@@ -125,10 +126,9 @@ def configure_cpu_devices(count: int) -> None:
                    f"they could be split") from None
 
 
-def check_inputs(config, mode: str) -> None:
+def check_inputs(built: registry.Built, mode: str) -> None:
   """Step 3: every input pattern the mode reads matches files (names the pattern and binding)."""
-  configurable = ("detection_experiment" if gin_config.binds("detection_experiment")
-                  else gin_config.CONFIGURABLE)
+  config, configurable = built.config, built.configurable
   needed = [("train_input_path", config.task.train_data)] if "train" in mode else []
   needed += [("eval_input_path", config.task.validation_data)] if "eval" in mode else []
   for parameter, data_config in needed:
@@ -148,6 +148,17 @@ def check_eval_data(config) -> None:
     print(validate.check_eval_data(config.task.validation_data), flush=True)
 
 
+def check_against_strategy(built: registry.Built, num_replicas: int) -> None:
+  """Step 4: batch sizes split evenly over the replicas (static per-replica shapes on TPU)."""
+  task = built.config.task
+  for parameter, batch in (("global_batch_size", task.train_data.global_batch_size),
+                           ("eval_batch_size", task.validation_data.global_batch_size)):
+    if batch % num_replicas:
+      raise ConfigurationError(ConfigError(
+          parameter, f"{parameter}={batch} is not divisible by the {num_replicas} replicas of "
+          f"this strategy", built.configurable))
+
+
 def latest_checkpoint_step(model_dir: str) -> Optional[int]:
   path = tf.train.latest_checkpoint(model_dir) if model_dir else None
   return int(path.rsplit("-", 1)[-1]) if path else None
@@ -160,17 +171,15 @@ def run(options: RunOptions) -> Dict[str, Any]:
   if not options.model_dir:
     raise RunError("--model_dir is required")
   name = _strategy_name(options)
-  config = build_config(options, _mixed_precision_default(name, _num_gpus(options)))
-  check_inputs(config, options.mode)
+  built = build_config(options, precision.default_dtype(name, _num_gpus(options)))
+  config = built.config
+  check_inputs(built, options.mode)
   if "train" in options.mode and "eval" in options.mode:
     check_eval_data(config)
   strategy = create_strategy(options)
   print(f"{type(strategy).__name__} with {strategy.num_replicas_in_sync} replica(s); "
         f"{config.runtime.mixed_precision_dtype or 'float32'} compute", flush=True)
-  try:
-    experiment_lib.check_against_strategy(config, strategy.num_replicas_in_sync)
-  except experiment_lib.ConfigError as e:
-    raise RunError(f"{gin_config.locate(e.parameter)}: experiment.{e.parameter}: {e}") from None
+  check_against_strategy(built, strategy.num_replicas_in_sync)
 
   model_dir = options.model_dir
   if _is_chief(strategy):
