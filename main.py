@@ -55,7 +55,7 @@ def main(argv):
     if FLAGS.demo or FLAGS.num_cpu_devices > 1:
       runner.configure_cpu_devices(FLAGS.num_cpu_devices or 2)
     if FLAGS.demo:
-      from official_halonet.training import demo
+      import demo
       demo.run(options)
     elif FLAGS.mode == "export":
       from official_halonet.export import saved_model

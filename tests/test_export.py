@@ -17,7 +17,7 @@ import tensorflow as tf
 from official_halonet.export import checkpoints
 from official_halonet.export import hub as hub_export
 from official_halonet.export import saved_model
-from official_halonet.training import demo
+import demo
 from official_halonet.training import runner
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

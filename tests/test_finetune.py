@@ -15,7 +15,7 @@ from official_halonet.export import checkpoints
 from official_halonet.layers import HaloAttention
 from official_halonet.layers import SASAAttention
 from official_halonet.layers import relative_position
-from official_halonet.training import demo
+import demo
 from official_halonet.training import finetune
 from official_halonet.training import runner
 

@@ -24,7 +24,7 @@ import tolerance
 from official.core import task_factory
 from official.modeling import optimization
 from official_halonet.export import saved_model
-from official_halonet.training import demo
+import demo
 from official_halonet.training import experiment as experiment_lib
 from official_halonet.training import gin_config
 from official_halonet.training import runner

@@ -1,6 +1,6 @@
 """TF Hub modules of a trained run: an image classifier and an image feature vector.
 
-    python -m official_halonet.export.hub --model_dir=/runs/h0 --output_dir=/publish/h0
+    python main.py --mode=publish --model_dir=/runs/h0 --export_dir=/publish/h0
     layer = hub.KerasLayer('/publish/h0/feature_vector', trainable=True)   # fine-tune
 
 Both follow the TF Hub image-module conventions (TF2 "reusable SavedModel"):
@@ -26,7 +26,6 @@ evaluated at the exported step, or passed in).
 """
 import json
 import os
-import sys
 from typing import Any, Dict, Optional
 
 import tensorflow as tf
@@ -220,26 +219,3 @@ def publish_from_run(options: runner.RunOptions, output_dir: str = "",
   written = publish(run, output_dir, options.model_dir, top1)
   print(f"publish | {run.checkpoint} -> TF Hub modules {', '.join(written.values())}", flush=True)
   return written
-
-
-def main(argv) -> int:
-  from absl import flags  # pylint: disable=g-import-not-at-top
-  flags.DEFINE_multi_string("gin_file", [], "The run's gin files (default: its operative config).")
-  flags.DEFINE_multi_string("gin_bindings", [], "Gin bindings, as for training.")
-  flags.DEFINE_string("model_dir", "", "The run's model_dir (checkpoints).")
-  flags.DEFINE_string("output_dir", "", "Where the modules go (default: <model_dir>/hub).")
-  flags.DEFINE_float("top1", None, "Top-1 accuracy (0..1) to record, if not in best_ckpt/info.json.")
-  flags.FLAGS(argv)
-  options = runner.RunOptions(gin_files=flags.FLAGS.gin_file,
-                              gin_bindings=flags.FLAGS.gin_bindings,
-                              model_dir=flags.FLAGS.model_dir, mode="train")
-  try:
-    publish_from_run(options, flags.FLAGS.output_dir, flags.FLAGS.top1)
-  except (runner.RunError, runner.gin_config.GinError) as e:
-    print(f"error: {e}", file=sys.stderr, flush=True)
-    return 2
-  return 0
-
-
-if __name__ == "__main__":
-  sys.exit(main(sys.argv))

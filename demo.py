@@ -1,4 +1,5 @@
-"""The demo behind `make demo`: real images that ship with scikit-learn, end to end on a CPU.
+"""The demo behind `make demo` (`python main.py --demo`): real images that ship with scikit-learn,
+end to end on a CPU. It sits beside main.py because it uses every layer: data, training, export.
 
   1. scikit-learn's handwritten digits (1,797 real 8×8 scans, 10 classes) upsampled to 32×32 RGB
      and written as ImageNet-format TFRecords (official_halonet.data.convert), 1,497 for training
