@@ -425,8 +425,7 @@ def test_detection_gin_files_go_through_the_same_entry(path):
   assert config.task.model.backbone.type == "halonet"
   assert config.trainer.train_steps == 67500
   with pytest.raises(runner.RunError, match=r"detection_experiment\.train_input_path"):
-<<<<<<< HEAD
-    runner.check_inputs(config, "train")
+    runner.check_inputs(built, "train")
 
 
 def test_best_checkpoint_record_is_written_whole_and_an_empty_one_is_survived(tmp_path):
@@ -439,6 +438,3 @@ def test_best_checkpoint_record_is_written_whole_and_an_empty_one_is_survived(tm
   (tmp_path / "info.json").write_text("")  # what a kill during Model Garden's write leaves
   restarted = checkpoints.BestCheckpointExporter(str(tmp_path), "accuracy", "higher")
   assert restarted.best_ckpt_logs is None and not (tmp_path / "info.json").exists()
-=======
-    runner.check_inputs(built, "train")
->>>>>>> 65fefa7 (Shared precision / optimizer / backbone helpers for classification and detection; experiment registry: build_config returns the config and the configurable that built it (gin's bindings, not a regex over the files); ConfigError carries parameter and configurable; experiment() in validate / schedule / data / task steps)
