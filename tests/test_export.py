@@ -14,7 +14,7 @@ import tolerance
 import official_halonet  # noqa: F401
 import tensorflow as tf
 
-from official_halonet.export import checkpoints
+from official_halonet.checkpoints import match as checkpoints
 from official_halonet.export import hub as hub_export
 from official_halonet.export import saved_model
 import demo

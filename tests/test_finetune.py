@@ -11,12 +11,13 @@ import official_halonet  # noqa: F401
 import tensorflow as tf
 
 from official.core import task_factory
-from official_halonet.export import checkpoints
+from official_halonet.checkpoints import match as checkpoints
+from official_halonet.checkpoints import restore
 from official_halonet.layers import HaloAttention
 from official_halonet.layers import SASAAttention
 from official_halonet.layers import relative_position
 import demo
-from official_halonet.training import finetune
+from official_halonet.layers import relative_position
 from official_halonet.training import runner
 
 GIN_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "gin")
@@ -39,7 +40,7 @@ def _layer(block, halo, strides=1, window="block", dtype="float32"):
 def _resize(table, old, new, strides=1, window="block"):
   """Resizes `table` of a layer with (b, h) = old to the same layer with (b', h') = new."""
   layer = _layer(*new, strides=strides, window=window)
-  return finetune.resize_relative_table(
+  return relative_position.resize_relative_table(
       table, layer.reachable_offsets(*old), 2 * layer.window_size - 1, layer.reachable_offsets(),
       interpolate=window == "block")
 
@@ -190,9 +191,9 @@ def test_recentring_keeps_every_readable_offset_row():
 
 def test_resizing_rejects_an_even_row_count_and_a_reach_outside_the_table():
   with pytest.raises(ValueError, match="odd"):
-    finetune.resize_relative_table(_offset_table(4), (-2, 2), 8, (-3, 3))
+    relative_position.resize_relative_table(_offset_table(4), (-2, 2), 8, (-3, 3))
   with pytest.raises(ValueError, match=r"old_reach: reachable offsets \[-5, 5\]"):
-    finetune.resize_relative_table(_offset_table(4), (-5, 5), 9, (-3, 3))
+    relative_position.resize_relative_table(_offset_table(4), (-5, 5), 9, (-3, 3))
 
 
 @pytest.fixture(scope="module")
@@ -242,7 +243,7 @@ def _expected_backbone(model, checkpoint):
     value = found.value(entry)
     if entry.is_rel_pos_table and value.shape != entry.model_shape:
       layer = owners[id(entry.variable)]
-      value = finetune.resize_relative_table(value, layer.reachable_offsets(*PRETRAINED),
+      value = relative_position.resize_relative_table(value, layer.reachable_offsets(*PRETRAINED),
                                              entry.model_shape[0], layer.reachable_offsets())
     expected.append((entry, value))
   return expected
@@ -313,7 +314,7 @@ def test_another_backbone_shape_is_refused(pretrained):
       gin_files=["demo.gin"], gin_bindings=_bindings(pretrained["data_dir"]) + [
           "experiment.final_width = 16"])).config.task).build_model()
   with pytest.raises(checkpoints.CheckpointMismatchError, match=r"final.*model \[1, 1, \d+, 16\], checkpoint \[1, 1, \d+, 32\]"):
-    finetune.restore_pretrained(model, pretrained["model_dir"])
+    restore.restore(model, pretrained["model_dir"], modules="backbone", resize_tables=True)
 
 
 def test_all_modules_with_the_same_classes_copies_the_classifier(pretrained):
@@ -321,7 +322,7 @@ def test_all_modules_with_the_same_classes_copies_the_classifier(pretrained):
       gin_files=["demo.gin"], gin_bindings=_bindings(pretrained["data_dir"]) + [
           "experiment.block_size = 8"])).config
   model = task_factory.get_task(config.task).build_model()
-  summary = finetune.restore_pretrained(model, pretrained["model_dir"], modules="all")
+  summary = restore.restore(model, pretrained["model_dir"], modules="all", resize_tables=True)
   assert not summary.zeroed and len(summary.resized) == 4 and not summary.used_ema
   reader = tf.train.load_checkpoint(pretrained["checkpoint"])
   np.testing.assert_array_equal(
@@ -350,7 +351,7 @@ def test_restore_never_copies_untrained_rows_of_any_layer(pretrained, tmp_path):
     table.assign(value)
   prefix = tf.train.Checkpoint(model=source).write(str(tmp_path / "sentinel"))
   model = build(FINETUNE)
-  summary = finetune.restore_pretrained(model, prefix)
+  summary = restore.restore(model, prefix, modules="backbone", resize_tables=True)
   assert len(summary.resized) == 4, summary.resized
   owners = _table_owners(model)
   for variable in model.backbone.variables:
@@ -371,4 +372,5 @@ def test_pretraining_b_and_h_that_cannot_give_the_stored_table_are_refused(pretr
                      match=r"rel_pos_h: the checkpoint's table has 11 rows, but the pretraining "
                            r"block 6 and halo 1 give 2\(b\+2h\)-1 = 15; set "
                            r"experiment.init_block_size"):
-    finetune.restore_pretrained(model, pretrained["model_dir"], pretrained_block_size=6)
+    restore.restore(model, pretrained["model_dir"], modules="backbone", resize_tables=True,
+                    pretrained_block_size=6)

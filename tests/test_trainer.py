@@ -429,12 +429,12 @@ def test_detection_gin_files_go_through_the_same_entry(path):
 
 
 def test_best_checkpoint_record_is_written_whole_and_an_empty_one_is_survived(tmp_path):
-  from official_halonet.training import checkpoints
-  exporter = checkpoints.BestCheckpointExporter(str(tmp_path), "accuracy", "higher")
+  from official_halonet.checkpoints import run_files
+  exporter = run_files.BestCheckpointExporter(str(tmp_path), "accuracy", "higher")
   exporter.export_best_eval_metric({"accuracy": tf.constant(0.5)}, 7)
   with open(tmp_path / "info.json") as f:
     assert json.load(f) == {"accuracy": 0.5, "best_ckpt_global_step": 7.0}
   assert not glob.glob(str(tmp_path / "*.tmp"))
   (tmp_path / "info.json").write_text("")  # what a kill during Model Garden's write leaves
-  restarted = checkpoints.BestCheckpointExporter(str(tmp_path), "accuracy", "higher")
+  restarted = run_files.BestCheckpointExporter(str(tmp_path), "accuracy", "higher")
   assert restarted.best_ckpt_logs is None and not (tmp_path / "info.json").exists()

@@ -8,7 +8,7 @@ and gin_bindings, or, with no gin files, from model_dir/operative_config.gin tha
 builds the model through the task, restores the latest checkpoint in model_dir strictly (every
 variable present with its shape, or an error that names the class count / block and halo size /
 model that differ; nothing is half-restored), and writes a SavedModel. The exported weights are the
-EMA averages when the run used EMA (`experiment.ema_decay`; see export/checkpoints.py for where
+EMA averages when the run used EMA (`experiment.ema_decay`; see checkpoints/match.py for where
 they are read from), the raw weights otherwise. The model is exported in float32 whatever the
 run's mixed-precision policy (variables are float32 under every policy, so the checkpoint fits).
 
@@ -44,7 +44,8 @@ from official.core import export_base
 from official.core import task_factory
 from official.core import train_utils
 from official_halonet.data import pipeline
-from official_halonet.export import checkpoints
+from official_halonet.checkpoints import match
+from official_halonet.checkpoints import restore
 from official_halonet.training import gin_config
 from official_halonet.training import runner
 from official_halonet.training import task as task_lib  # noqa: F401  (registers the task)
@@ -109,28 +110,12 @@ def uses_ema(config: cfg.ExperimentConfig) -> bool:
   return config.trainer.optimizer_config.ema is not None
 
 
-def restore(model: tf_keras.Model, checkpoint_path: str, use_ema: bool,
-            config: Optional[cfg.ExperimentConfig] = None) -> checkpoints.CheckpointMatch:
-  """Assigns every variable of `model` from the checkpoint; refuses any mismatch, naming it."""
-  found = checkpoints.match(model, checkpoint_path)
-  bad = found.mismatched()
-  if bad or found.unused_keys:
-    setting = ""
-    if config is not None:
-      halonet = config.task.model.backbone.halonet
-      setting = (f" (model_id {halonet.model_id!r}, num_classes {config.task.model.num_classes}, "
-                 f"block_size {halonet.block_size}, halo_size {halonet.halo_size}; None: the "
-                 f"model's own)")
-    raise checkpoints.CheckpointMismatchError(
-        f"checkpoint {found.path} does not match the model built from the configuration"
-        f"{setting}; nothing was restored:\n{checkpoints.describe_mismatch(found, bad)}")
-  if use_ema and not found.has_ema:
-    raise checkpoints.CheckpointMismatchError(
-        f"the configuration trains with EMA (experiment.ema_decay) but checkpoint {found.path} "
-        f"holds no EMA averages; export the raw weights by binding experiment.ema_decay = 0")
-  for entry in found.entries:
-    entry.variable.assign(found.value(entry, use_ema))
-  return found
+def _mismatch_context(config: cfg.ExperimentConfig, path: str) -> str:
+  halonet = config.task.model.backbone.halonet
+  return (f"checkpoint {path} does not match the model built from the configuration (model_id "
+          f"{halonet.model_id!r}, num_classes {config.task.model.num_classes}, block_size "
+          f"{halonet.block_size}, halo_size {halonet.halo_size}; None: the model's own); nothing "
+          f"was restored")
 
 
 def restore_run(options: runner.RunOptions, checkpoint_path: str = "") -> RestoredRun:
@@ -141,11 +126,12 @@ def restore_run(options: runner.RunOptions, checkpoint_path: str = "") -> Restor
     raise runner.RunError("export needs --model_dir (the run's checkpoints)")
   model = build_model(config)
   try:
-    found = restore(model, path, uses_ema(config), config)
-  except (checkpoints.CheckpointMismatchError, FileNotFoundError) as e:
+    restored = restore.restore(model, path, use_ema=uses_ema(config),
+                               context=_mismatch_context(config, path))
+  except (match.CheckpointMismatchError, FileNotFoundError) as e:
     raise runner.RunError(str(e)) from None
-  step = found.path.rsplit("-", 1)[-1]
-  return RestoredRun(config=config, model=model, checkpoint=found.path,
+  step = restored.checkpoint.rsplit("-", 1)[-1]
+  return RestoredRun(config=config, model=model, checkpoint=restored.checkpoint,
                      step=int(step) if step.isdigit() else None,
                      used_ema=uses_ema(config), gin_text=gin_text)
 

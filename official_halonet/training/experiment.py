@@ -125,7 +125,7 @@ def experiment(
       momentum, nesterov, weight_decay, label_smoothing, ema_decay (0: no EMA).
     init_checkpoint / init_checkpoint_modules ('all' or 'backbone'): start from a checkpoint;
       init_block_size / init_halo_size: the b and h it was trained with (None: the model's), which
-      fix the relative-position rows it trained (official_halonet.training.finetune).
+      fix the relative-position rows it trained (official_halonet.checkpoints.restore).
     mixed_precision: 'auto' (bfloat16 on TPU, float16 on GPU, float32 on CPU), or a dtype.
     steps_per_loop, checkpoint_interval, summary_interval, validation_interval: in steps
       (None: one epoch, at most 1000 for logging), max_checkpoints, loss_upper_bound (a larger or

@@ -30,7 +30,7 @@ from official.core import train_utils
 from official.modeling import performance
 from official_halonet import data
 from official_halonet.data import validate
-from official_halonet.training import checkpoints
+from official_halonet.checkpoints import run_files
 from official_halonet.training import gin_config
 from official_halonet.training import precision
 from official_halonet.training import progress
@@ -185,7 +185,7 @@ def run(options: RunOptions) -> Dict[str, Any]:
   if _is_chief(strategy):
     train_utils.serialize_config(config, model_dir)
     gin_config.write_operative_config(model_dir)
-    checkpoints.remove_partial_saves(model_dir)
+    run_files.remove_partial_saves(model_dir)
   performance.set_mixed_precision_policy(config.runtime.mixed_precision_dtype)
   resumed = latest_checkpoint_step(model_dir)
   if resumed is not None and "train" in options.mode:
@@ -201,7 +201,7 @@ def run(options: RunOptions) -> Dict[str, Any]:
     task = task_factory.get_task(config.task, logging_dir=model_dir)
     trainer = train_utils.create_trainer(
         config, task, train="train" in options.mode, evaluate="eval" in options.mode,
-        checkpoint_exporter=checkpoints.maybe_create_best_ckpt_exporter(config, model_dir))
+        checkpoint_exporter=run_files.maybe_create_best_ckpt_exporter(config, model_dir))
   train_actions = [progress.ProgressLogger(trainer.global_step, config.trainer.train_steps,
                                            config.task.train_data.global_batch_size)]
   try:

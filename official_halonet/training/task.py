@@ -40,7 +40,7 @@ class TaskConfig(mg_config.ImageClassificationTask):
       default_factory=lambda: data.DataConfig(is_training=True))
   validation_data: data.DataConfig = dataclasses.field(
       default_factory=lambda: data.DataConfig(is_training=False))
-  # b and h of init_checkpoint's halo layers (None: the backbone model's); see training.finetune.
+  # b and h of init_checkpoint's halo layers (None: the backbone model's); see checkpoints.restore.
   init_block_size: Optional[int] = None
   init_halo_size: Optional[int] = None
 
@@ -59,15 +59,15 @@ class HaloNetClassificationTask(mg_task.ImageClassificationTask):
     Unlike Model Garden's, which restores what matches and fails on any shape difference, this
     copies the backbone, linearly interpolates relative-position tables whose readable offsets
     changed with b and h, and for init_checkpoint_modules='backbone' sets the classifier to zeros;
-    anything else that differs is an error naming it (official_halonet.training.finetune).
+    anything else that differs is an error naming it (official_halonet.checkpoints.restore).
     """
     if not self.task_config.init_checkpoint:
       return
-    from official_halonet.training import finetune  # pylint: disable=g-import-not-at-top
-    finetune.restore_pretrained(model, self.task_config.init_checkpoint,
-                                modules=self.task_config.init_checkpoint_modules,
-                                pretrained_block_size=self.task_config.init_block_size,
-                                pretrained_halo_size=self.task_config.init_halo_size)
+    from official_halonet.checkpoints import restore  # pylint: disable=g-import-not-at-top
+    restore.restore(model, self.task_config.init_checkpoint,
+                    modules=self.task_config.init_checkpoint_modules, resize_tables=True,
+                    pretrained_block_size=self.task_config.init_block_size,
+                    pretrained_halo_size=self.task_config.init_halo_size)
 
   def build_metrics(self, training: bool = True):
     metrics = super().build_metrics(training)

@@ -27,9 +27,10 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import numpy as np
 import tensorflow as tf
 
+from official_halonet.layers import relative_position
+
 VALUE_SUFFIX = "/.ATTRIBUTES/VARIABLE_VALUE"
 EMA_SLOT_SUFFIX = "/.OPTIMIZER_SLOT/optimizer/average/.ATTRIBUTES/VARIABLE_VALUE"
-REL_POS_TABLES = ("rel_pos_h", "rel_pos_w")
 _MODEL_PREFIXES = ("model/", "backbone/")
 
 
@@ -96,7 +97,7 @@ class Entry:
 
   @property
   def is_rel_pos_table(self) -> bool:
-    return self.name.split(":")[0].split("/")[-1] in REL_POS_TABLES
+    return self.name.split(":")[0].split("/")[-1] in relative_position.TABLE_NAMES
 
 
 @dataclasses.dataclass

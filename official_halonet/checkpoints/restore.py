@@ -1,12 +1,14 @@
-"""Fine-tuning from a pretrained checkpoint (the paper's ImageNet-21k -> ImageNet recipe).
+"""The one strict restore of a checkpoint into a model, for export and for fine-tuning.
 
-    restore_pretrained(model, '/ckpt/h4_i21k', modules='backbone')
+    restore(model, path, use_ema=None, modules='all', resize_tables=False)
 
-reads a checkpoint written by a classification run (Model Garden's trainer checkpoint), copies
-every backbone variable into `model`, resizes the relative-position tables whose window changed,
-and sets the classifier's kernel and bias to zeros (the paper re-initialises the classifier to
-zeros). `HaloNetClassificationTask.initialize` calls it when `experiment.init_checkpoint` is set,
-so a fine-tuning run is
+pairs every variable of `model` with the checkpoint (checkpoints/match.py), and assigns nothing
+unless every variable can be assigned; otherwise a CheckpointMismatchError names each variable,
+both shapes and the setting that differs. Export (export/saved_model.py) restores a run's own
+checkpoint as it is: modules='all', no resizing, EMA averages when the run used EMA. Fine-tuning
+(the paper's ImageNet-21k -> ImageNet recipe; `HaloNetClassificationTask.initialize` when
+`experiment.init_checkpoint` is set) restores with modules='backbone' (the classifier's kernel and
+bias set to zeros, as the paper re-initialises it) and resize_tables=True, so a fine-tuning run is
 
     experiment.init_checkpoint = '/ckpt/h4_i21k'          # directory (latest) or checkpoint prefix
     experiment.init_checkpoint_modules = 'backbone'       # zero classifier ('all': copy it too)
@@ -46,85 +48,15 @@ from absl import logging
 import numpy as np
 import tensorflow as tf
 
-from official_halonet.export import checkpoints
+from official_halonet.checkpoints import match as checkpoints
 from official_halonet.layers import relative_position
 
 MODULES = ("all", "backbone")
 
 
-Reach = Tuple[int, int]  # (lowest, highest) offset a layer reads from its table
-
-
-def _window(rows: int, what: str) -> int:
-  if rows < 1 or rows % 2 != 1:
-    raise ValueError(f"{what}: a relative-position table has 2w-1 (odd) rows, got {rows}")
-  return (rows + 1) // 2
-
-
-def _check_reach(reach: Reach, window: int, what: str):
-  low, high = reach
-  if not -(window - 1) <= low <= 0 <= high <= window - 1:
-    raise ValueError(f"{what}: reachable offsets {list(reach)} must hold 0 and lie within "
-                     f"[-{window - 1}, {window - 1}] of a {2 * window - 1}-row table")
-
-
-def _source_offset(offset: int, new_reach: Reach, old_reach: Reach, interpolate: bool):
-  """Old offset (floor, fraction in [0, 1)) that new offset `offset` takes its row from."""
-  offset = min(max(offset, new_reach[0]), new_reach[1])  # unreadable rows: the nearest readable
-  if not interpolate:
-    return min(max(offset, old_reach[0]), old_reach[1]), 0.0
-  side = 1 if offset >= 0 else 0  # each side of offset 0 maps linearly onto the old one's
-  if new_reach[side] == 0:  # this side holds offset 0 alone
-    return 0, 0.0
-  numerator, denominator = offset * old_reach[side], new_reach[side]
-  if denominator < 0:
-    numerator, denominator = -numerator, -denominator
-  floor = numerator // denominator  # exact integer arithmetic: matching offsets land exactly
-  return floor, (numerator - floor * denominator) / denominator
-
-
-def resize_relative_table(table, old_reach: Reach, new_rows: int, new_reach: Reach,
-                          interpolate: bool = True) -> np.ndarray:
-  """Resizes a [2w-1, D] table to [new_rows, D] using only the rows the old layer could read.
-
-  Args:
-    table: [2w-1, D], row o + w - 1 for offset o.
-    old_reach: (lowest, highest) offset the layer that trained `table` read (HaloAttention.
-      reachable_offsets with the pretraining's b and h); rows outside hold initial values.
-    new_rows: 2w'-1 rows of the new table.
-    new_reach: (lowest, highest) offset the new layer reads.
-    interpolate: True (unmasked halo attention): the new readable range maps linearly onto the
-      old one, each side of offset 0 on its own (the two sides differ for strided layers), and
-      the old table is linearly interpolated there: offset 0 and the outermost readable offsets
-      keep their rows, and so does every old offset o at k·o when the new reach is k times the
-      old. False (masked windows): every offset keeps its own row.
-      Either way an offset beyond what the old layer read takes its nearest readable row, and a
-      row the new layer cannot read copies the row of its nearest readable offset.
-
-  Returns:
-    [new_rows, D] in the table's dtype (float64 arithmetic).
-  """
-  table = np.asarray(table)
-  if table.ndim != 2:
-    raise ValueError(f"expected a [rows, width] table, got shape {list(table.shape)}")
-  old_w = _window(table.shape[0], "table")
-  new_w = _window(new_rows, "new_rows")
-  _check_reach(old_reach, old_w, "old_reach")
-  _check_reach(new_reach, new_w, "new_reach")
-  values = table.astype(np.float64)
-  rows = []
-  for offset in range(-(new_w - 1), new_w):
-    floor, fraction = _source_offset(offset, tuple(new_reach), tuple(old_reach), interpolate)
-    row = values[floor + old_w - 1]
-    if fraction:  # floor < the old reach's high end here, so floor + 1 was read as well
-      row = (1.0 - fraction) * row + fraction * values[floor + old_w]
-    rows.append(row)
-  return np.stack(rows).astype(table.dtype)
-
-
 @dataclasses.dataclass
 class RestoreSummary:
-  """What `restore_pretrained` did."""
+  """What `restore` did."""
   checkpoint: str
   restored: int  # variables copied unchanged
   resized: Dict[str, str]  # variable name -> 'interpolated [23, 8] -> [31, 8]' / 'recentred ...'
@@ -136,7 +68,7 @@ def _table_layers(model) -> Dict[int, object]:
   """id(table variable) -> the attention layer that owns it."""
   owners = {}
   for module in model.submodules:
-    for name in checkpoints.REL_POS_TABLES:
+    for name in relative_position.TABLE_NAMES:
       table = getattr(module, name, None)
       if isinstance(table, tf.Variable):
         owners[id(table)] = module
@@ -172,19 +104,26 @@ def _table_reaches(entry, layer, stored_rows: int, block_size, halo_size):
   return (layer.reachable_offsets(block_size, halo_size), layer.reachable_offsets()), None
 
 
-def restore_pretrained(model: tf.Module, checkpoint_path: str, modules: str = "backbone",
-                       use_ema: Optional[bool] = None, pretrained_block_size: Optional[int] = None,
-                       pretrained_halo_size: Optional[int] = None) -> RestoreSummary:
-  """Initialises a classification model from a pretrained classification checkpoint.
+def restore(model: tf.Module, checkpoint_path: str, use_ema: Optional[bool] = None,
+            modules: str = "all", resize_tables: bool = False,
+            pretrained_block_size: Optional[int] = None,
+            pretrained_halo_size: Optional[int] = None,
+            context: str = "") -> RestoreSummary:
+  """Assigns every variable of `model` from a checkpoint, or nothing.
 
   Args:
     model: a Model Garden ClassificationModel (with a HaloNet backbone), already built.
     checkpoint_path: a checkpoint prefix, or a directory (its latest checkpoint).
-    modules: 'backbone': backbone from the checkpoint, classifier kernel and bias zeros (the
-      paper's fine-tuning); 'all': the classifier is copied too and must have the same shape.
-    use_ema: read the EMA averages the checkpoint holds (None: when it holds them).
-    pretrained_block_size, pretrained_halo_size: b and h of the checkpoint's unmasked halo layers
-      (None: the backbone model's published b / h). They fix which table rows were trained.
+    use_ema: read the EMA averages the checkpoint holds (None: when it holds them; True when it
+      holds none is an error).
+    modules: 'all': every variable from the checkpoint, same shapes; 'backbone': backbone from
+      the checkpoint, classifier kernel and bias zeros (the paper's fine-tuning).
+    resize_tables: relative-position tables whose readable offsets changed are resized
+      (relative_position.resize_relative_table); False: they must match like any variable.
+    pretrained_block_size, pretrained_halo_size: with resize_tables, b and h of the checkpoint's
+      unmasked halo layers (None: the backbone model's published b / h). They fix which table
+      rows were trained.
+    context: the first line of a mismatch error (default: which checkpoint and modules).
 
   Returns:
     A RestoreSummary. Nothing is assigned unless every variable can be.
@@ -198,7 +137,8 @@ def restore_pretrained(model: tf.Module, checkpoint_path: str, modules: str = "b
   use_ema = found.has_ema if use_ema is None else use_ema
   if use_ema and not found.has_ema:
     raise checkpoints.CheckpointMismatchError(
-        f"{found.path} holds no EMA averages (the run had no ema_decay); use_ema=True cannot be met")
+        f"{found.path} holds no EMA averages (the run had no ema_decay); use_ema=True cannot be "
+        f"met (to export the raw weights, bind experiment.ema_decay = 0)")
   owners = _table_layers(model)
   block_size, halo_size = _pretrained_geometry(model, pretrained_block_size, pretrained_halo_size)
   values, resized, zeroed, problems, geometry_errors = [], {}, [], [], []
@@ -211,7 +151,8 @@ def restore_pretrained(model: tf.Module, checkpoint_path: str, modules: str = "b
       continue
     stored = entry.checkpoint_shape
     layer = owners.get(id(entry.variable))
-    if (entry.in_backbone and layer is not None and stored is not None and len(stored) == 2
+    if (resize_tables and entry.in_backbone and layer is not None and stored is not None
+        and len(stored) == 2
         and stored[1] == entry.model_shape[1]):
       reaches, error = _table_reaches(entry, layer, stored[0], block_size, halo_size)
       if error:
@@ -219,7 +160,7 @@ def restore_pretrained(model: tf.Module, checkpoint_path: str, modules: str = "b
         continue
       if not (entry.matches and reaches[0] == reaches[1]):
         interpolate = layer.window != "centered"
-        values.append((entry.variable, resize_relative_table(
+        values.append((entry.variable, relative_position.resize_relative_table(
             found.value(entry, use_ema), reaches[0], entry.model_shape[0], reaches[1],
             interpolate)))
         resized[name] = (f"{'interpolated' if interpolate else 'recentred'} {list(stored)} -> "
@@ -231,14 +172,14 @@ def restore_pretrained(model: tf.Module, checkpoint_path: str, modules: str = "b
       continue
     problems.append(entry)
   if problems or found.unused_keys or geometry_errors:
-    hint = ("" if modules == "backbone" else
+    hint = ("" if modules == "backbone" or not resize_tables else
             "\n  (to fine-tune on other classes, set experiment.init_checkpoint_modules = "
             "'backbone': the classifier then starts from zeros)")
     described = "\n".join(filter(None, [checkpoints.describe_mismatch(found, problems)]
                                   + geometry_errors))
-    raise checkpoints.CheckpointMismatchError(
-        f"cannot initialise the model from {found.path} (init_checkpoint_modules={modules!r}):\n"
-        f"{described}{hint}")
+    context = context or (f"cannot initialise the model from {found.path} "
+                          f"(init_checkpoint_modules={modules!r})")
+    raise checkpoints.CheckpointMismatchError(f"{context}:\n{described}{hint}")
   for variable, value in values:
     variable.assign(value)
   summary = RestoreSummary(checkpoint=found.path, restored=len(values) - len(resized) - len(zeroed),
