@@ -99,7 +99,7 @@ def _table_reaches(entry, layer, stored_rows: int, block_size, halo_size):
         f"  {name}: the checkpoint's table has {stored_rows} rows, but the pretraining block "
         f"{block_size} and halo {halo_size} give 2(b+2h)-1 = "
         f"{relative_position.table_rows(block_size + 2 * halo_size)}; set "
-        f"experiment.init_block_size / init_halo_size (restore_pretrained's pretrained_block_size "
+        f"experiment.init_block_size / init_halo_size (restore's pretrained_block_size "
         f"/ pretrained_halo_size) to the b and h the checkpoint was trained with")
   return (layer.reachable_offsets(block_size, halo_size), layer.reachable_offsets()), None
 
