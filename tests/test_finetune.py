@@ -84,7 +84,7 @@ def _gin_finetune_pairs():
     config = runner.build_config(runner.RunOptions(
         gin_files=[os.path.basename(path)], gin_bindings=[  # demo.gin binds no data
             "experiment.train_input_path = '/tmp/unused'",
-            "experiment.eval_input_path = '/tmp/unused'"]))
+            "experiment.eval_input_path = '/tmp/unused'"])).config
     if not config.task.init_checkpoint:
       continue
     backbone = config.task.model.backbone.halonet
@@ -338,7 +338,7 @@ def test_restore_never_copies_untrained_rows_of_any_layer(pretrained, tmp_path):
   def build(bindings):
     return task_factory.get_task(runner.build_config(runner.RunOptions(
         gin_files=["demo.gin"], gin_bindings=_bindings(pretrained["data_dir"]) + bindings)
-                                                     ).task).build_model()
+                                                     ).config.task).build_model()
 
   source = build([])
   tf.train.Checkpoint(model=source).read(pretrained["checkpoint"]).expect_partial()
@@ -367,7 +367,7 @@ def test_restore_never_copies_untrained_rows_of_any_layer(pretrained, tmp_path):
 def test_pretraining_b_and_h_that_cannot_give_the_stored_table_are_refused(pretrained):
   model = task_factory.get_task(runner.build_config(runner.RunOptions(
       gin_files=["demo.gin"], gin_bindings=_bindings(pretrained["data_dir"]) + FINETUNE)
-                                                    ).task).build_model()
+                                                    ).config.task).build_model()
   with pytest.raises(checkpoints.CheckpointMismatchError,
                      match=r"rel_pos_h: the checkpoint's table has 11 rows, but the pretraining "
                            r"block 6 and halo 1 give 2\(b\+2h\)-1 = 15; set "

@@ -97,7 +97,7 @@ def test_i21k_finetune_changes_window_and_starts_from_pretraining():
 @pytest.mark.parametrize("name", ["h4_i21k_finetune_384", "h4_i21k_finetune_512"])
 def test_i21k_finetune_peaks_at_the_papers_learning_rate(name):
   """The paper's fine-tuning rate 0.016 is the rate of the batch-512 run, not a rate per 256."""
-  config = runner.build_config(runner.RunOptions(gin_files=[f"{name}.gin"]))
+  config = runner.build_config(runner.RunOptions(gin_files=[f"{name}.gin"])).config
   assert config.task.train_data.global_batch_size == 512
   optimizer = config.trainer.optimizer_config
   assert optimizer.learning_rate.cosine.initial_learning_rate == pytest.approx(0.016, rel=1e-12)
