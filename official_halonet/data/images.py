@@ -123,8 +123,10 @@ def parse_or_flag(parse_fn: Callable[[tf.Tensor], tf.Tensor], inputs: tf.Tensor,
 
 
 def _first_failure(ok: tf.Tensor) -> tf.Tensor:
-  """Position of the first False in `ok` [N] (0 when there is none)."""
-  return tf.cast(tf.argmin(tf.cast(ok, tf.int32)), tf.int32)
+  """Index of the first False in `ok` [N], N >= 0 (some valid index, or 0, when none is)."""
+  count = tf.shape(ok)[0]
+  first = tf.reduce_min(tf.where(ok, count, tf.range(count)))  # the int32 maximum when N = 0
+  return tf.minimum(first, tf.maximum(count - 1, 0))
 
 
 def parse_batch(parse_fn: Callable[[tf.Tensor], tf.Tensor], image_bytes: tf.Tensor,

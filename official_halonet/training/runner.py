@@ -11,6 +11,7 @@ A killed run started again with the same command resumes from the last checkpoin
 (Model Garden's checkpoint manager); a NaN / too-large loss stops it before a checkpoint is written.
 """
 import dataclasses
+import json
 import os
 from typing import Any, Dict, Optional, Sequence
 
@@ -139,6 +140,16 @@ def latest_checkpoint_step(model_dir: str) -> Optional[int]:
   return int(path.rsplit("-", 1)[-1]) if path else None
 
 
+def best_checkpoint_record(model_dir: str, best_subdir: str) -> Optional[Dict[str, Any]]:
+  """Model Garden's record of the best checkpoint, model_dir/<best_subdir>/info.json: its eval
+  metrics and 'best_ckpt_global_step'; None when the run kept none."""
+  path = os.path.join(model_dir, best_subdir, "info.json")
+  if not model_dir or not best_subdir or not tf.io.gfile.exists(path):
+    return None
+  with tf.io.gfile.GFile(path) as f:
+    return json.load(f)
+
+
 def run(options: RunOptions) -> Dict[str, Any]:
   """Runs train / eval / train_and_eval; returns the final eval logs (may be empty)."""
   if options.mode not in MODES:
@@ -192,8 +203,19 @@ def run(options: RunOptions) -> Dict[str, Any]:
   eval_logs = {k: float(v) for k, v in (eval_logs or {}).items()
                if tf.size(v) == 1}
   if eval_logs:
-    summary = " | ".join(f"{k} {v:.4f}" for k, v in sorted(eval_logs.items()))
-    print(f"eval | {summary}", flush=True)
+    # The latest checkpoint's numbers, then the best one's: --mode=export takes the latest
+    # unless told --checkpoint=best.
+    summary = " | ".join(f"{k} {v:.4f}" for k, v in sorted(eval_logs.items())
+                         if not k.startswith("best_"))
+    print(f"eval | latest checkpoint, step {latest_checkpoint_step(model_dir)} | {summary}",
+          flush=True)
+    best_subdir = config.trainer.best_checkpoint_export_subdir
+    best = best_checkpoint_record(model_dir, best_subdir)
+    metric = config.trainer.best_checkpoint_eval_metric
+    if best is not None and metric in best:
+      print(f"best | {metric} {best[metric]:.4f} at step {int(best['best_ckpt_global_step'])}, "
+            f"kept in {os.path.join(model_dir, best_subdir)}: export it with --checkpoint=best",
+            flush=True)
   return eval_logs
 
 
