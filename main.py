@@ -37,8 +37,9 @@ flags.DEFINE_integer("num_cpu_devices", 0,
                      "Split the CPU into this many logical devices (mirrored on a CPU host).")
 flags.DEFINE_string("export_dir", "", "--mode=export / publish: where the SavedModel or the "
                     "TF Hub modules go (default: under <model_dir>).")
-flags.DEFINE_string("checkpoint", "", "--mode=export / publish: a checkpoint to export "
-                    "(default: the latest in --model_dir).")
+flags.DEFINE_string("checkpoint", "latest", "--mode=export / publish: which checkpoint: "
+                    "'latest' (the newest in --model_dir), 'best' (the best-evaluated one, "
+                    "<model_dir>/best_ckpt) or a checkpoint path.")
 flags.DEFINE_bool("demo", False, "Run the built-in demo end to end (needs nothing else).")
 
 

@@ -55,6 +55,8 @@ def encode(array: np.ndarray, fmt: str = 'JPEG', mode: Optional[str] = None,
   buffer = io.BytesIO()
   if fmt == 'JPEG':
     image.save(buffer, fmt, quality=quality)
+  elif fmt == 'WEBP':  # lossless: decodes to exactly `array`
+    image.save(buffer, fmt, lossless=True)
   else:
     image.save(buffer, fmt)
   return buffer.getvalue()
@@ -90,3 +92,16 @@ def eval_labels_seen(batches) -> List[int]:
   for _, target in batches:
     seen.extend(int(l) for l, m in zip(target['labels'], target['mask']) if m == 1.0)
   return seen
+
+
+def animation(frames: Sequence[np.ndarray], fmt: str, **kwargs) -> bytes:
+  """A multi-frame GIF or WebP of `frames` (uint8 RGB [h, w, 3] each), written by Pillow."""
+  images = [Image.fromarray(frame) for frame in frames]
+  buffer = io.BytesIO()
+  images[0].save(buffer, fmt, save_all=True, append_images=images[1:], **kwargs)
+  return buffer.getvalue()
+
+
+def first_frame_pixels(encoded: bytes) -> np.ndarray:
+  """uint8 RGB [h, w, 3]: the first frame of an encoded image as Pillow decodes it."""
+  return np.asarray(Image.open(io.BytesIO(encoded)).convert('RGB'))

@@ -262,3 +262,56 @@ def test_tensorflow_error_from_the_pipeline_becomes_shard_record_and_reason(tmp_
   assert (problem.shard, problem.record) == (path, 2)
   assert problem.reason.startswith('Label out of range') and '\n' not in problem.reason
   assert errors.from_tf_error(tf.errors.InvalidArgumentError(None, None, 'x')) is None
+
+
+def _still_and_reference(variant):
+  """(encoded bytes of `variant`, PNG bytes of the pixels it must decode to)."""
+  photo = fx.photos()[3][1]
+  if variant == 'gif':  # Two frames: only the first is read.
+    encoded = fx.animation([photo, 255 - photo], 'GIF')
+    return encoded, fx.encode(fx.first_frame_pixels(encoded), 'PNG')
+  if variant == 'webp':
+    return fx.encode(photo, 'WEBP'), fx.encode(photo, 'PNG')
+  if variant == 'webp_alpha':  # The alpha channel is dropped, as for PNG.
+    alpha = np.full(photo.shape[:2] + (1,), 200, np.uint8)
+    return fx.encode(np.concatenate([photo, alpha], -1), 'WEBP'), fx.encode(photo, 'PNG')
+  tiny = fx.encode(photo[20:21, 30:31], 'JPEG')  # 1x1: Model Garden's crop of it was empty.
+  return tiny, fx.encode(fx.first_frame_pixels(tiny), 'PNG')
+
+
+@pytest.mark.parametrize('variant', ['gif', 'webp', 'webp_alpha', 'tiny_jpeg'])
+def test_gif_webp_and_1x1_jpeg_decode_alike_in_eval_training_and_validate(tmp_path, variant):
+  encoded, reference_png = _still_and_reference(variant)
+  reference, _ = _eval_images(tmp_path, reference_png, 'reference')
+  image, target = _eval_images(tmp_path, encoded, variant)
+  assert target['mask'][0] == 1.0
+  # Both decode to the same uint8 pixels and then run the same float ops.
+  np.testing.assert_array_equal(image, reference)
+  if variant == 'tiny_jpeg':  # A 1x1 image becomes an image of its one colour.
+    pixel = fx.first_frame_pixels(encoded)[0, 0].astype(np.float32)
+    mean, stddev = np.array([123.675, 116.28, 103.53]), np.array([58.395, 57.12, 57.375])
+    # Bilinear resizing a constant image: sums of 4 weights x 255 in float32, then normalised.
+    tolerance = 4 * 255 * np.finfo(np.float32).eps / stddev.min()
+    np.testing.assert_allclose(image, np.broadcast_to((pixel - mean) / stddev, image.shape),
+                               atol=tolerance, rtol=0)
+
+  path = _shard_with(tmp_path, encoded, position=1, count=3, name=f'train_{variant}')
+  (images, _), = fx.collect(pipeline.build_dataset(_config(path, True)), max_batches=1)
+  assert images.shape == (3, SIZE, SIZE, 3) and np.isfinite(images).all()
+  report, = validate.validate_shards([path], label_offset=1, num_classes=8, decode_images=True)
+  assert report.ok and report.num_records == 3, report.describe()
+
+
+@pytest.mark.parametrize('is_training', [False, True])
+def test_animated_webp_is_refused_with_its_reason_in_training_eval_and_validate(tmp_path,
+                                                                               is_training):
+  # TensorFlow's WebP decoder aborts the process on this file; it must never be handed it.
+  photo = fx.photos()[0][1]
+  path = _shard_with(tmp_path, fx.animation([photo, 255 - photo], 'WEBP'), position=2)
+  with pytest.raises(tf.errors.InvalidArgumentError, match='Could not decode the image') as e:
+    _drain(pipeline.build_dataset(_config(path, is_training)))
+  assert _names_record(e.value.message, path, 2), e.value.message
+  assert 'an animated WebP, which is not supported' in e.value.message
+  report, = validate.validate_shards([path], label_offset=1, num_classes=8, decode_images=True)
+  assert [index for index, _ in report.problems] == [2]
+  assert 'animated WebP' in report.problems[0][1]

@@ -2,6 +2,8 @@
 then checked in a fresh Python process (every signature agrees, with each other and with the
 Keras model on the eval pipeline's images; hub.KerasLayer matches the Keras model, exposes the
 weight decay and fine-tunes), through `saved_model_cli run`, and refusing mismatched checkpoints."""
+import contextlib
+import io
 import json
 import os
 import subprocess
@@ -9,8 +11,9 @@ import sys
 
 import numpy as np
 import pytest
-import tolerance
 
+import data_fixtures as fx
+import tolerance
 import official_halonet  # noqa: F401
 import tensorflow as tf
 
@@ -49,13 +52,15 @@ def run(tmp_path_factory):
                     "experiment.ema_decay = 0.5",
                     # The same weights every run, so every comparison below sees the same numbers.
                     "experiment.deterministic = True"])
-  runner.run(options)
-  # Export from the run's operative config alone, as `main.py --mode=export --model_dir=...` does.
-  export_options = runner.RunOptions(gin_files=[], model_dir=model_dir)
-  export_dir = saved_model.export_from_run(export_options)
-  modules = hub_export.publish_from_run(export_options, str(root / "publish"))
+  printed = io.StringIO()
+  with contextlib.redirect_stdout(printed):
+    runner.run(options)
+    # Export from the run's operative config alone, as `main.py --mode=export --model_dir=...`.
+    export_options = runner.RunOptions(gin_files=[], model_dir=model_dir)
+    export_dir = saved_model.export_from_run(export_options)
+    modules = hub_export.publish_from_run(export_options, str(root / "publish"))
   return dict(root=str(root), data_dir=data_dir, model_dir=model_dir, export_dir=export_dir,
-              modules=modules, options=options)
+              modules=modules, options=options, printed=printed.getvalue())
 
 
 FRESH_PROCESS_CHECK = r'''
@@ -303,3 +308,152 @@ def test_main_export_refuses_a_mismatch_on_the_command_line(run, tmp_path):
   assert result.returncode == 2, result.stderr[-3000:]
   assert "error: checkpoint" in result.stderr and "[32, 7]" in result.stderr
   assert not (tmp_path / "x").exists()
+
+
+def _best_record(run):
+  with open(os.path.join(run["model_dir"], "best_ckpt", "info.json")) as f:
+    return json.load(f)
+
+
+def _eval_records(run, count):
+  return [r.numpy() for r in tf.data.TFRecordDataset(
+      os.path.join(run["data_dir"], EVAL_SHARD)).take(count)]
+
+
+def test_run_summary_and_export_say_which_checkpoint_and_its_accuracy(run):
+  best = _best_record(run)
+  assert best["best_ckpt_global_step"] == 4  # the run's only evaluation
+  lines = run["printed"].splitlines()
+  eval_line, = [l for l in lines if l.startswith("eval |")]
+  assert eval_line.startswith("eval | latest checkpoint, step 4 | accuracy ")
+  assert "best_accuracy" not in eval_line
+  best_line, = [l for l in lines if l.startswith("best |")]
+  assert best_line.startswith(f"best | accuracy {best['accuracy']:.4f} at step 4, kept in ")
+  assert "--checkpoint=best" in best_line
+  export_line, = [l for l in lines if l.startswith("export |")]
+  assert f"(latest, step 4, eval accuracy {best['accuracy']:.4f}, EMA weights)" in export_line
+  with open(os.path.join(run["export_dir"], saved_model.METADATA)) as f:
+    meta = json.load(f)
+  assert meta["checkpoint"] == tf.train.latest_checkpoint(run["model_dir"])
+  assert (meta["checkpoint_choice"], meta["checkpoint_step"]) == ("latest", 4)
+  assert meta["eval_accuracy"] == best["accuracy"] and meta["ema_weights"] is True
+  # Without info.json for the step, the accuracy comes from the run's eval summaries.
+  assert checkpoints.evaluated_metric(run["model_dir"], 4, "accuracy", "no_best_ckpt",
+                                      "validation") == best["accuracy"]
+  assert checkpoints.evaluated_metric(run["model_dir"], 3, "accuracy", "no_best_ckpt",
+                                      "validation") is None
+
+
+def test_export_of_the_best_checkpoint_serves_the_accuracy_it_was_kept_for(run, capsys):
+  best = _best_record(run)
+  export_dir = saved_model.export_from_run(
+      runner.RunOptions(gin_files=[], model_dir=run["model_dir"]),
+      export_dir=os.path.join(run["root"], "best_export"), checkpoint_path="best")
+  printed = capsys.readouterr().out
+  assert f"(best, step 4, eval accuracy {best['accuracy']:.4f}, EMA weights)" in printed
+  with open(os.path.join(export_dir, saved_model.METADATA)) as f:
+    meta = json.load(f)
+  assert meta["checkpoint_choice"] == "best" and meta["checkpoint_step"] == 4
+  assert os.path.dirname(meta["checkpoint"]) == os.path.join(run["model_dir"], "best_ckpt")
+  assert meta["eval_accuracy"] == best["accuracy"]
+
+  # Model Garden wrote best_ckpt while the EMA averages were swapped into the model: exported
+  # right, it equals the latest export (same step 4, EMA weights), not the raw weights.
+  records = _eval_records(run, 150)  # the run evaluated these 150 (eval_examples)
+  served = tf.saved_model.load(export_dir).signatures["tf_example"]
+  logits = np.concatenate([served(inputs=tf.constant(records[i:i + 50]))["logits"].numpy()
+                           for i in range(0, 150, 50)])
+  latest = tf.saved_model.load(run["export_dir"]).signatures["tf_example"]
+  np.testing.assert_allclose(logits[:50], latest(inputs=tf.constant(records[:50]))["logits"],
+                             rtol=1e-5, atol=1e-5)
+  labels = np.array([tf.io.parse_single_example(r, {
+      "image/class/label": tf.io.FixedLenFeature((), tf.int64)})["image/class/label"].numpy()
+                     for r in records])
+  correct = int((logits.argmax(-1) == labels).sum())
+  # Serving and the Keras eval agree to 1e-4 (test above): only a closer top-2 may flip.
+  top2 = np.sort(logits, -1)[:, -2:]
+  near_ties = int((top2[:, 1] - top2[:, 0] < 2e-4).sum())
+  assert abs(correct - round(best["accuracy"] * 150)) <= near_ties
+
+
+def test_export_refuses_best_when_the_run_kept_none(run, tmp_path):
+  operative = os.path.join(run["model_dir"], "operative_config.gin")
+  options = runner.RunOptions(gin_files=[operative], model_dir=str(tmp_path))
+  with pytest.raises(runner.RunError, match="--checkpoint=best: no best checkpoint in") as error:
+    saved_model.export_from_run(options, export_dir=str(tmp_path / "x"), checkpoint_path="best")
+  assert os.path.join(str(tmp_path), "best_ckpt") in str(error.value)
+  assert not (tmp_path / "x").exists()
+  with pytest.raises(FileNotFoundError, match="keeps no best checkpoint"):
+    checkpoints.choose(str(tmp_path), "best", "")
+
+
+def _serving_images():
+  """(name, encoded) pairs and which pairs must serve the same: real photos as GIF, WebP, 1x1."""
+  photo = fx.photos(size=(40, 36))[5][1]
+  gif = fx.animation([photo, 255 - photo], "GIF")  # two frames: the first is served
+  tiny = fx.encode(photo[18:19, 20:21], "JPEG")
+  alpha = np.concatenate([photo, np.full(photo.shape[:2] + (1,), 200, np.uint8)], -1)
+  named = [("png", fx.encode(photo, "PNG")), ("webp", fx.encode(photo, "WEBP")),
+           ("webp_alpha", fx.encode(alpha, "WEBP")), ("gif", gif),
+           ("gif_frame_png", fx.encode(fx.first_frame_pixels(gif), "PNG")), ("tiny_jpeg", tiny),
+           ("tiny_png", fx.encode(fx.first_frame_pixels(tiny), "PNG"))]
+  same = [("webp", "png"), ("webp_alpha", "png"), ("gif", "gif_frame_png"),
+          ("tiny_jpeg", "tiny_png")]
+  return named, same
+
+
+def test_serving_decodes_gif_webp_and_1x1_images_as_the_same_pixels(run):
+  named, same = _serving_images()
+  names = [n for n, _ in named]
+  outputs = tf.saved_model.load(run["export_dir"]).signatures["image_bytes"](
+      inputs=tf.constant([e for _, e in named]))
+  logits = outputs["logits"].numpy()
+  assert logits.shape == (len(named), 10) and np.isfinite(logits).all()
+  for a, b in same:
+    np.testing.assert_allclose(logits[names.index(a)], logits[names.index(b)], rtol=1e-5,
+                               atol=1e-5, err_msg=f"{a} vs {b}")
+
+
+@pytest.mark.parametrize("signature", ["image_bytes", "image_tensor", "tf_example"])
+def test_serving_an_empty_batch_gives_empty_outputs(run, signature):
+  inputs = (tf.zeros([0, 32, 32, 3], tf.float32) if signature == "image_tensor"
+            else tf.constant([], tf.string))
+  outputs = tf.saved_model.load(run["export_dir"]).signatures[signature](inputs=inputs)
+  shapes = {k: tuple(v.shape) for k, v in outputs.items()}
+  assert shapes == {"logits": (0, 10), "probabilities": (0, 10), "top_k_classes": (0, 5),
+                    "top_k_probabilities": (0, 5)}
+  assert outputs["top_k_classes"].dtype == tf.int32
+
+
+def _bad_inputs(run, case):
+  photo = fx.photos()[0][1]
+  good = fx.encode(photo, "JPEG")
+  bad = {"truncated_jpeg": good[:300], "not_an_image": b"<html>404</html>", "empty": b"",
+         "animated_webp": fx.animation([photo, 255 - photo], "WEBP")}
+  if case in bad:
+    return "image_bytes", tf.constant([good, good, bad[case], good]), 2
+  if case == "nan_pixels":
+    pixels = np.random.default_rng(0).uniform(0, 255, (3, 20, 24, 3)).astype(np.float32)
+    pixels[1, 5, 7, 2] = np.nan
+    return "image_tensor", tf.constant(pixels), 1
+  from official_halonet.data import records  # a tf.Example without the image feature
+  no_image = records.make_example(good, 1, image_key="image/other").SerializeToString()
+  return "tf_example", tf.constant(_eval_records(run, 2) + [no_image]), 2
+
+
+@pytest.mark.parametrize("case, reason", [
+    ("truncated_jpeg", "a JPEG image of 300 bytes that does not decode (truncated or corrupt)"),
+    ("not_an_image", "not a JPEG, PNG, GIF, BMP or still WebP image (16 bytes, first bytes "
+                     "[60 104 116 109 108 62 52 48])"),
+    ("empty", "empty (0 bytes)"),
+    ("animated_webp", "an animated WebP, which is not supported"),
+    ("nan_pixels", "has NaN or infinite pixel values"),
+    ("missing_image", "empty (0 bytes)"),
+])
+def test_serving_names_the_bad_input_and_why(run, case, reason):
+  signature, inputs, index = _bad_inputs(run, case)
+  serve = tf.saved_model.load(run["export_dir"]).signatures[signature]
+  with pytest.raises(tf.errors.InvalidArgumentError) as error:
+    serve(inputs=inputs)
+  message = error.value.message
+  assert f"{signature} input {index} of the batch" in message and reason in message, message

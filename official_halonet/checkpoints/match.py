@@ -20,18 +20,31 @@ checkpoints them next to the raw weights, under `<variable key>/.OPTIMIZER_SLOT/
 model_dir/ema_checkpoints, but only after evaluations; the slots are in every checkpoint, so they are
 read from there.) `CheckpointMatch.value(entry, use_ema=True)` returns the average where the
 checkpoint has one.
+
+Which checkpoint (`choose`): 'latest' (model_dir's newest), 'best' (Model Garden's
+BestCheckpointExporter keeps the best-evaluated one in model_dir/<best_checkpoint_export_subdir>
+with info.json holding its step and eval metrics) or a path. The best checkpoint is written in
+the middle of an evaluation, while an EMA run's averages are swapped into the model's variables
+(and the raw weights into the 'average' slots): its model variables are the evaluated weights
+(`is_best_checkpoint`). `evaluated_metric` finds what a checkpoint's step scored, from info.json
+or the run's eval summaries.
 """
 import dataclasses
+import os
 from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import tensorflow as tf
 
+from official.core import train_utils
+from official_halonet.checkpoints import run_files
 from official_halonet.layers import relative_position
 
 VALUE_SUFFIX = "/.ATTRIBUTES/VARIABLE_VALUE"
 EMA_SLOT_SUFFIX = "/.OPTIMIZER_SLOT/optimizer/average/.ATTRIBUTES/VARIABLE_VALUE"
 _MODEL_PREFIXES = ("model/", "backbone/")
+GLOBAL_STEP_KEY = "global_step" + VALUE_SUFFIX
+LATEST, BEST = "latest", "best"
 
 
 class CheckpointMismatchError(ValueError):
@@ -50,6 +63,63 @@ def resolve_checkpoint(path: str) -> str:
   if not tf.io.gfile.exists(path + ".index"):
     raise FileNotFoundError(f"checkpoint {path} not found (no {path}.index)")
   return path
+
+
+def choose(model_dir: str, choice: str, best_subdir: str) -> str:
+  """--checkpoint ('' or 'latest', 'best', or a directory / prefix) -> what `match` reads.
+
+  Raises FileNotFoundError naming what is missing.
+  """
+  if choice not in ("", LATEST, BEST):
+    return choice
+  if not model_dir:
+    raise FileNotFoundError(f"--checkpoint={choice or LATEST} needs --model_dir (the run's "
+                            f"checkpoints)")
+  if choice != BEST:
+    return model_dir
+  if not best_subdir:
+    raise FileNotFoundError("--checkpoint=best: this run keeps no best checkpoint "
+                            "(trainer.best_checkpoint_export_subdir is empty, as for multi-label "
+                            "runs); use --checkpoint=latest or a path")
+  best_dir = os.path.join(model_dir, best_subdir)
+  if tf.train.latest_checkpoint(best_dir) is None:
+    raise FileNotFoundError(f"--checkpoint=best: no best checkpoint in {best_dir} (a "
+                            f"train_and_eval run writes one at its first evaluation)")
+  return best_dir
+
+
+def is_best_checkpoint(path: str) -> bool:
+  """True for a checkpoint Model Garden's BestCheckpointExporter wrote (model_dir/best_ckpt)."""
+  return os.path.basename(path).startswith(train_utils.BEST_CHECKPOINT_NAME + "-")
+
+
+def _summary_value(summary_dir: str, tag: str, step: int) -> Optional[float]:
+  """The scalar `tag` written at `step` in the event files of `summary_dir` (last one wins)."""
+  found = None
+  for path in sorted(tf.io.gfile.glob(os.path.join(summary_dir, "events.out.tfevents.*"))):
+    for event in tf.compat.v1.train.summary_iterator(path):
+      if event.step != step:
+        continue
+      for value in event.summary.value:
+        if value.tag == tag:
+          found = float(tf.make_ndarray(value.tensor)) if value.HasField("tensor") \
+              else float(value.simple_value)
+  return found
+
+
+def evaluated_metric(model_dir: str, step: Optional[int], metric: str, best_subdir: str,
+                     summary_subdir: str) -> Optional[float]:
+  """`metric` (e.g. 'accuracy') of the evaluation at `step`: from the best checkpoint's info.json
+  when it is that step's, else from the eval summaries in model_dir/summary_subdir; None if the
+  run did not evaluate at `step`."""
+  if not model_dir or step is None or not metric:
+    return None
+  record = run_files.best_checkpoint_record(model_dir, best_subdir)
+  if record is not None and int(record.get("best_ckpt_global_step", -1)) == step \
+      and metric in record:
+    return float(record[metric])
+  summary_dir = os.path.join(model_dir, summary_subdir)
+  return _summary_value(summary_dir, metric, step) if tf.io.gfile.isdir(summary_dir) else None
 
 
 def _escape(name: str) -> str:
@@ -118,6 +188,14 @@ class CheckpointMatch:
       if slot in self.shapes:
         return self.reader.get_tensor(slot)
     return self.reader.get_tensor(entry.key)
+
+  @property
+  def step(self) -> Optional[int]:
+    """The trainer's global step stored in the checkpoint (else the prefix's number), or None."""
+    if GLOBAL_STEP_KEY in self.shapes:
+      return int(self.reader.get_tensor(GLOBAL_STEP_KEY))
+    suffix = self.path.rsplit("-", 1)[-1]
+    return int(suffix) if suffix.isdigit() else None
 
   def mismatched(self, entries: Optional[Sequence[Entry]] = None) -> List[Entry]:
     return [e for e in (self.entries if entries is None else entries) if not e.matches]

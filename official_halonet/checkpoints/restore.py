@@ -62,6 +62,7 @@ class RestoreSummary:
   resized: Dict[str, str]  # variable name -> 'interpolated [23, 8] -> [31, 8]' / 'recentred ...'
   zeroed: List[str]  # classifier variables set to zeros
   used_ema: bool
+  step: Optional[int] = None  # the trainer's global step stored in the checkpoint
 
 
 def _table_layers(model) -> Dict[int, object]:
@@ -183,7 +184,7 @@ def restore(model: tf.Module, checkpoint_path: str, use_ema: Optional[bool] = No
   for variable, value in values:
     variable.assign(value)
   summary = RestoreSummary(checkpoint=found.path, restored=len(values) - len(resized) - len(zeroed),
-                           resized=resized, zeroed=zeroed, used_ema=use_ema)
+                           resized=resized, zeroed=zeroed, used_ema=use_ema, step=found.step)
   logging.info("Initialised from %s: %d variables copied, %d relative-position tables resized "
                "(%s), %d classifier variables zeroed%s", found.path, summary.restored, len(resized),
                "; ".join(f"{k}: {v}" for k, v in resized.items()) or "none", len(zeroed),

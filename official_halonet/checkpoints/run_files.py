@@ -82,3 +82,13 @@ def remove_partial_saves(model_dir: str) -> List[str]:
     print(f"Removed {len(removed)} partial checkpoint save(s) of a killed run: "
           f"{', '.join(sorted(removed))}", flush=True)
   return removed
+
+
+def best_checkpoint_record(model_dir: str, best_subdir: str) -> Optional[Dict[str, Any]]:
+  """Model Garden's record of the best checkpoint, model_dir/<best_subdir>/info.json: its eval
+  metrics and 'best_ckpt_global_step'; None when the run kept none."""
+  path = os.path.join(model_dir, best_subdir, "info.json")
+  if not model_dir or not best_subdir or not tf.io.gfile.exists(path):
+    return None
+  with tf.io.gfile.GFile(path) as f:
+    return json.load(f)

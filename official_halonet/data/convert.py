@@ -7,16 +7,16 @@
 
 Folder input: every sub-folder of --input_dir is a class; classes are numbered in sorted folder
 name order, so class k is stored as label k + label_offset (use 1 to match the ImageNet
-converter's 1..1000, 0 for 0..N-1). Files with image extensions (.jpg .jpeg .png .bmp .gif, any
-case) are read; other files (.DS_Store, ...) are counted and ignored.
+converter's 1..1000, 0 for 0..N-1). Files with image extensions (.jpg .jpeg .png .bmp .gif
+.webp, any case) are read; other files (.DS_Store, ...) are counted and ignored.
 NumPy input: an .npz with `images` (uint8 [N, H, W] or [N, H, W, 1|3]), `labels` (int [N], 0-based)
 and optionally `class_names` ([num_classes] strings).
 
 Output: `{split}-{i:05d}-of-{n:05d}` shards in the ImageNet format (`records.make_example`) and
 `label_map.json` (class names in label order, label_offset, num_classes). Examples are shuffled
 with a fixed seed before sharding (as the ImageNet converter does), so every shard mixes classes.
-With --reencode=auto (default), PNG / GIF / BMP files and CMYK JPEGs are re-encoded as RGB JPEG,
-like the ImageNet converter; other JPEGs are stored byte for byte.
+With --reencode=auto (default), PNG / GIF (first frame) / BMP / WebP files and CMYK JPEGs are
+re-encoded as RGB JPEG, like the ImageNet converter; other JPEGs are stored byte for byte.
 
 An image that cannot be decoded stops the conversion with its path (UnreadableImageError), or,
 with --on_error=skip, is left out, counted and listed at the end.
@@ -33,9 +33,10 @@ from typing import Iterable, List, Optional, Sequence, Tuple
 import numpy as np
 import tensorflow as tf
 
+from official_halonet.data import images
 from official_halonet.data import records
 
-IMAGE_EXTENSIONS = ('.jpg', '.jpeg', '.png', '.bmp', '.gif')
+IMAGE_EXTENSIONS = ('.jpg', '.jpeg', '.png', '.bmp', '.gif', '.webp')
 REENCODE_CHOICES = ('auto', 'always', 'never')
 _WINDOW = 256  # Images in flight between the decoding threads and the shard writer.
 
@@ -102,10 +103,10 @@ def encode_image_bytes(data: bytes, name: str, reencode: str = 'auto',
   """
   kind = records.sniff_image_format(data)
   if kind is None:
-    raise UnreadableImageError(f'{name}: not a JPEG, PNG, GIF or BMP image '
+    raise UnreadableImageError(f'{name}: not a {images.SUPPORTED} image '
                                f'({len(data)} bytes, starting {data[:8]!r}).')
   try:
-    image = tf.io.decode_image(data, channels=3, expand_animations=False)
+    image = images.decode_rgb(tf.constant(data))  # as training, eval and serving decode it
     height, width = int(image.shape[0]), int(image.shape[1])
     cmyk = kind == 'JPEG' and int(tf.image.extract_jpeg_shape(data)[2]) == 4
     if reencode == 'always' or (reencode == 'auto' and (kind != 'JPEG' or cmyk)):

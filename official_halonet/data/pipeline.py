@@ -10,10 +10,11 @@
     center crop, resize, mean/std normalisation), and `vision.ops.augment.MixupAndCutmix`.
   Ours: every record carries its shard path and record index (`shards.ShardReader`); labels are
     shifted by `label_offset` and checked against `num_classes`; ImageNet-21k multi-label;
-    JPEG records take Model Garden's fused decode-and-crop path while PNG / GIF / BMP bytes in the
-    image field take its generic decode path (grayscale and CMYK JPEGs decode to RGB on both); an
-    undecodable image stops with the shard and record named (or is skipped); eval batches are
-    padded with masked examples so none is lost and shapes stay static.
+    JPEG records take Model Garden's fused decode-and-crop path while PNG / GIF (first frame) /
+    BMP / WebP bytes and tiny images are decoded by `images.decode_rgb` and take its path for
+    decoded pixels (grayscale and CMYK JPEGs decode to RGB on both); an undecodable image stops
+    with the shard, record and reason named (or is skipped); eval batches are padded with masked
+    examples so none is lost and shapes stay static.
 
 Batch structure (B = per-replica batch size = global_batch_size / num_replicas_in_sync, static):
 
@@ -39,8 +40,10 @@ from official.core import input_reader
 from official.vision.configs import common
 from official.vision.dataloaders import classification_input
 from official.vision.ops import augment
+from official.vision.ops import preprocess_ops
 
 from official_halonet.data import config as config_lib
+from official_halonet.data import images
 from official_halonet.data import records
 from official_halonet.data import shards
 
@@ -161,8 +164,10 @@ class ImageParser:
 
   Holds two Model Garden `classification_input.Parser`s with identical settings: one with
   `decode_jpeg_only=True` (fused decode-and-crop, the fast path for JPEG bytes, grayscale and
-  CMYK included) and one with `decode_jpeg_only=False` (`tf.io.decode_image(channels=3)`, for
-  PNG / GIF / BMP bytes stored in the image field), chosen per record from the magic bytes.
+  CMYK included) and one with `decode_jpeg_only=False`, fed already-decoded pixels: those of
+  `images.decode_rgb` (PNG / GIF first frame / BMP / WebP bytes, chosen per record from the magic
+  bytes, and JPEGs too small for the fused crop), or the caller's (`parse_pixels`). Images too
+  small for the center crop are enlarged first (`images.enlarge_for_crop`).
   """
 
   def __init__(self, config: config_lib.DataConfig):
@@ -192,23 +197,38 @@ class ImageParser:
     self._is_training = bool(config.is_training)
     self._jpeg_parse = classification_input.Parser(
         decode_jpeg_only=True, **kwargs).parse_fn(self._is_training)
-    self._generic_parse = classification_input.Parser(
+    self._pixel_parse = classification_input.Parser(
         decode_jpeg_only=False, **kwargs).parse_fn(self._is_training)
+    # Training falls back to Model Garden's default center crop when its random crop fails.
+    self._crop_fraction = (preprocess_ops.CENTER_CROP_FRACTION if self._is_training
+                           else config.center_crop_fraction) if config.aug_crop else None
     self.output_shape = [config.image_size, config.image_size, 3]
     self.dtype = tf.dtypes.as_dtype(config.dtype)
 
   def __call__(self, image_bytes: tf.Tensor) -> tf.Tensor:
-    # The label entry only satisfies Model Garden's parser signature; its output label is unused.
-    inputs = {IMAGE: image_bytes, LABEL: tf.constant(0, tf.int64)}
-    image = tf.cond(tf.io.is_jpeg(image_bytes),
-                    lambda: self._jpeg_parse(inputs)[0],
-                    lambda: self._generic_parse(inputs)[0])
+    def fused_jpeg():
+      # The label entry only satisfies Model Garden's parser signature; its label is unused.
+      return self._jpeg_parse({IMAGE: image_bytes, LABEL: tf.constant(0, tf.int64)})[0]
+
+    def decoded():
+      return self.parse_pixels(images.decode_rgb(image_bytes))
+
+    def jpeg():
+      if self._crop_fraction is None:
+        return fused_jpeg()
+      shape = tf.image.extract_jpeg_shape(image_bytes)
+      return tf.cond(images.crop_is_empty(shape[0], shape[1], self._crop_fraction),
+                     decoded, fused_jpeg)
+
+    image = tf.cond(tf.io.is_jpeg(image_bytes), jpeg, decoded)
     image.set_shape(self.output_shape)
     return image
 
   def parse_pixels(self, pixels: tf.Tensor) -> tf.Tensor:
     """The same transform for an already-decoded [H, W, 3] image with values 0..255 (serving)."""
-    image = self._generic_parse({IMAGE: pixels, LABEL: tf.constant(0, tf.int64)})[0]
+    if self._crop_fraction is not None:
+      pixels = images.enlarge_for_crop(pixels, self._crop_fraction)
+    image = self._pixel_parse({IMAGE: pixels, LABEL: tf.constant(0, tf.int64)})[0]
     image.set_shape(self.output_shape)
     return image
 
@@ -237,28 +257,7 @@ def parse_images(dataset: tf.data.Dataset, image_parser: ImageParser,
     return dataset.map(parse_unguarded, num_parallel_calls=autotune, deterministic=deterministic)
 
   def parse_guarded_group(group):
-    count = tf.shape(group[IMAGE])[0]
-    positions = tf.range(count)
-    attempts = tf.data.Dataset.from_tensor_slices((positions, group[IMAGE])).map(
-        lambda p, image_bytes: (p, image_parser(image_bytes), tf.constant(True))
-    ).ignore_errors()
-    # Placeholders for every position; only those of failed records are ever reached.
-    failures = tf.data.Dataset.from_tensor_slices(positions).map(
-        lambda p: (p, tf.zeros(image_parser.output_shape, image_parser.dtype),
-                   tf.constant(False)))
-
-    def first_visit(seen, element):
-      position = element[0]
-      is_new = tf.logical_not(seen[position])
-      seen = tf.tensor_scatter_nd_update(seen, [[position]], [True])
-      return seen, (element, is_new)
-
-    merged = attempts.concatenate(failures).scan(tf.zeros([count], tf.bool), first_visit)
-    merged = merged.filter(lambda element, is_new: is_new).take(tf.cast(count, tf.int64))
-
-    def restore(element, is_new):
-      del is_new
-      position, image, ok = element
+    def restore(position, image, ok):
       image_bytes = group[IMAGE][position]
       return {
           shards.SOURCE: group[shards.SOURCE][position],
@@ -266,19 +265,19 @@ def parse_images(dataset: tf.data.Dataset, image_parser: ImageParser,
           LABEL: tf.gather(group[LABEL], position),
           IMAGE: image,
           OK: ok,
-          'nbytes': tf.strings.length(image_bytes),
-          # The first bytes as numbers: raw bytes in an error message may not be UTF-8.
-          'head': tf.io.decode_raw(tf.strings.substr(image_bytes, 0, 8), tf.uint8),
+          'reason': tf.cond(ok, lambda: tf.constant(''),
+                            lambda: images.describe_undecodable(image_bytes)),
       }
-    return merged.map(restore)
+    return images.parse_or_flag(image_parser, group[IMAGE], image_parser.output_shape,
+                                image_parser.dtype).map(restore)
 
   dataset = dataset.batch(GUARD_GROUP_SIZE).interleave(
       parse_guarded_group, cycle_length=None, block_length=1, num_parallel_calls=autotune,
       deterministic=deterministic)
 
   def describe(element):
-    return ['shard', element[shards.SOURCE], 'record index', element[shards.INDEX], '(',
-            element['nbytes'], 'bytes, first bytes', element['head'], ')']
+    return ['shard', element[shards.SOURCE], 'record index', element[shards.INDEX], ':',
+            element['reason']]
 
   if on_bad_image == 'skip':
     def warn(element):

@@ -4,7 +4,7 @@ The format is the one written by the standard ImageNet-to-TFRecord converter
 (`build_imagenet_data.py` of the TPU / Inception repositories) and read by Model Garden's
 `classification_input.Decoder`:
 
-  image/encoded       bytes   the encoded image (JPEG; PNG, GIF and BMP are also decoded)
+  image/encoded       bytes   the encoded image (JPEG; PNG, GIF, BMP and WebP are also decoded)
   image/class/label   int64   the class label; ImageNet converter: 1..1000 with 0 = background
                               (label_offset=1); TFDS and most other datasets: 0..N-1
                               (label_offset=0). ImageNet-21k multi-label data stores a list.
@@ -47,10 +47,12 @@ _MAGIC = (
 
 
 def sniff_image_format(data: bytes) -> Optional[str]:
-  """Returns 'JPEG', 'PNG', 'GIF' or 'BMP' from the leading magic bytes, or None."""
+  """Returns 'JPEG', 'PNG', 'GIF', 'BMP' or 'WEBP' from the leading magic bytes, or None."""
   for magic, name in _MAGIC:
     if data.startswith(magic):
       return name
+  if data[:4] == b'RIFF' and data[8:12] == b'WEBP':
+    return 'WEBP'
   return None
 
 

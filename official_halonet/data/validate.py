@@ -27,6 +27,7 @@ from typing import List, Optional, Sequence
 import tensorflow as tf
 
 from official_halonet.data import errors
+from official_halonet.data import images
 from official_halonet.data import records
 
 
@@ -127,10 +128,10 @@ def validate_shard(path: str, label_offset: int, num_classes: int,
       report.add_problem(index, f'no {image_key!r} image bytes', max_problems)
     elif decode_images:
       try:
-        tf.io.decode_image(image_bytes, channels=3, expand_animations=False)
+        images.decode_rgb(tf.constant(image_bytes))  # what training, eval and serving decode
       except tf.errors.InvalidArgumentError as e:
-        kind = records.sniff_image_format(image_bytes) or 'unknown format'
-        report.add_problem(index, f'image does not decode ({kind}, {len(image_bytes)} bytes): '
+        reason = images.describe_undecodable(tf.constant(image_bytes)).numpy().decode()
+        report.add_problem(index, f'image does not decode: {reason}: '
                            f'{e.message.strip()[:200]}', max_problems)
     index += 1
   return report

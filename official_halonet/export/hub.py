@@ -21,8 +21,7 @@ one zero-argument function) that `hub.KerasLayer(path, trainable=True)` picks up
 
 `publish` writes <output_dir>/classifier and <output_dir>/feature_vector, each with README.md and
 metadata.json (model, parameters, image size, training data, checkpoint, EMA, top-1 when known:
-taken from Model Garden's best-checkpoint record, model_dir/best_ckpt/info.json, when it was
-evaluated at the exported step, or passed in).
+the run's eval accuracy at the exported step (`saved_model.restore_run`), or passed in).
 """
 import json
 import os
@@ -109,19 +108,7 @@ def _params(variables) -> int:
   return int(sum(v.shape.num_elements() for v in variables))
 
 
-def _top1(model_dir: str, step: Optional[int]) -> Optional[float]:
-  """Top-1 of Model Garden's best-checkpoint record when it was evaluated at `step`."""
-  info = os.path.join(model_dir, "best_ckpt", "info.json")
-  if not model_dir or step is None or not tf.io.gfile.exists(info):
-    return None
-  with tf.io.gfile.GFile(info) as f:
-    record = json.load(f)
-  if int(record.get("best_ckpt_global_step", -1)) != step or "accuracy" not in record:
-    return None
-  return float(record["accuracy"])
-
-
-def metadata(run: saved_model.RestoredRun, kind: str, model_dir: str = "",
+def metadata(run: saved_model.RestoredRun, kind: str,
              top1: Optional[float] = None) -> Dict[str, Any]:
   """The metadata.json of one module."""
   config: cfg.ExperimentConfig = run.config
@@ -129,7 +116,7 @@ def metadata(run: saved_model.RestoredRun, kind: str, model_dir: str = "",
   spec = specs.get_spec(halonet.model_id)
   train = config.task.train_data
   size = int(config.task.model.input_size[0])
-  top1 = _top1(model_dir, run.step) if top1 is None else top1
+  top1 = run.eval_accuracy if top1 is None else top1
   source = run.model if kind == CLASSIFIER else run.model.backbone
   out = {
       "module": kind,
@@ -148,7 +135,8 @@ def metadata(run: saved_model.RestoredRun, kind: str, model_dir: str = "",
                         "num_classes": int(train.num_classes), "label_offset": train.label_offset,
                         "multilabel": bool(train.is_multilabel)},
       "train_steps": int(config.trainer.train_steps),
-      "checkpoint": run.checkpoint, "checkpoint_step": run.step, "ema_weights": run.used_ema,
+      "checkpoint": run.checkpoint, "checkpoint_choice": run.choice,
+      "checkpoint_step": run.step, "ema_weights": run.used_ema,
       "top1": top1,
       "tensorflow": tf.__version__,
   }
@@ -194,7 +182,7 @@ module's L2 weight decay appears in `layer.losses`. Metadata: metadata.json.
 """
 
 
-def publish(run: saved_model.RestoredRun, output_dir: str, model_dir: str = "",
+def publish(run: saved_model.RestoredRun, output_dir: str,
             top1: Optional[float] = None) -> Dict[str, str]:
   """Writes the classifier and feature-vector modules with README.md and metadata.json each."""
   size = int(run.config.task.model.input_size[0])
@@ -202,7 +190,7 @@ def publish(run: saved_model.RestoredRun, output_dir: str, model_dir: str = "",
   for kind in (CLASSIFIER, FEATURE_VECTOR):
     path = os.path.join(output_dir, kind)
     save_module(run.model, size, kind, path)
-    meta = metadata(run, kind, model_dir, top1)
+    meta = metadata(run, kind, top1)
     with tf.io.gfile.GFile(os.path.join(path, "metadata.json"), "w") as f:
       json.dump(meta, f, indent=2)
     with tf.io.gfile.GFile(os.path.join(path, "README.md"), "w") as f:
@@ -216,6 +204,7 @@ def publish_from_run(options: runner.RunOptions, output_dir: str = "",
   """The run's latest checkpoint (EMA weights when it used EMA) as both TF Hub modules."""
   run = saved_model.restore_run(options, checkpoint_path)
   output_dir = output_dir or os.path.join(options.model_dir, DEFAULT_SUBDIR)
-  written = publish(run, output_dir, options.model_dir, top1)
-  print(f"publish | {run.checkpoint} -> TF Hub modules {', '.join(written.values())}", flush=True)
+  written = publish(run, output_dir, top1)
+  print(f"publish | {saved_model.describe_checkpoint(run)} -> TF Hub modules "
+        f"{', '.join(written.values())}", flush=True)
   return written

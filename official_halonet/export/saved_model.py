@@ -5,19 +5,29 @@
 
 `export_from_run(options, export_dir)` rebuilds the run's ExperimentConfig (from options.gin_files
 and gin_bindings, or, with no gin files, from model_dir/operative_config.gin that the run wrote),
-builds the model through the task, restores the latest checkpoint in model_dir strictly (every
-variable present with its shape, or an error that names the class count / block and halo size /
-model that differ; nothing is half-restored), and writes a SavedModel. The exported weights are the
-EMA averages when the run used EMA (`experiment.ema_decay`; see checkpoints/match.py for where
-they are read from), the raw weights otherwise. The model is exported in float32 whatever the
-run's mixed-precision policy (variables are float32 under every policy, so the checkpoint fits).
+builds the model through the task, restores a checkpoint strictly (every variable present with
+its shape, or an error that names the class count / block and halo size / model that differ;
+nothing is half-restored), and writes a SavedModel. Which checkpoint: `--checkpoint=latest`
+(default: model_dir's newest), `--checkpoint=best` (the best-evaluated one Model Garden keeps in
+model_dir/best_ckpt) or a checkpoint path. The exported weights are the EMA averages when the run
+used EMA (`experiment.ema_decay`; see checkpoints/match.py for where they are read from), the
+raw weights otherwise. The model is exported in float32 whatever the run's mixed-precision policy
+(variables are float32 under every policy, so the checkpoint fits). The export summary line and
+<export_dir>/metadata.json say which checkpoint, its step and its eval accuracy (when the run
+evaluated that step).
 
 Signatures (each input is named `inputs`; the batch dimension is free):
 
-  serving_default, image_bytes   string [B]: encoded JPEG / PNG / GIF / BMP images, any size
-  image_tensor                   float32 [B, H, W, 3]: RGB pixel values in [0, 255], any H, W
+  serving_default, image_bytes   string [B]: encoded JPEG / PNG / GIF (first frame) / BMP /
+                                 still WebP images, any size (1x1 included)
+  image_tensor                   float32 [B, H, W, 3]: RGB pixel values in [0, 255], any H, W >= 1
   tf_example                     string [B]: serialized tf.Example with the image under
                                  'image/encoded' (ImageNet TFRecord format)
+
+Bad input: an image that does not decode, or NaN / infinite pixels, stops the call with an
+InvalidArgumentError '<signature> input <i> of the batch: <reason>' (the first bad input, 0-based).
+An empty batch (B = 0) gives empty outputs of the shapes below. Images are decoded as training
+and eval decode them (official_halonet.data.images).
 
 Every signature preprocesses exactly as evaluation does (the same Model Garden eval parser the
 input pipeline uses: center crop of `center_crop_fraction` of the short side, resize to the
@@ -32,8 +42,9 @@ Outputs:
   top_k_probabilities   float32 [B, k]
 """
 import dataclasses
+import json
 import os
-from typing import Dict, Optional, Tuple
+from typing import Any, Dict, Optional, Tuple
 
 import gin
 import tensorflow as tf
@@ -43,6 +54,7 @@ from official.core import config_definitions as cfg
 from official.core import export_base
 from official.core import task_factory
 from official.core import train_utils
+from official_halonet.data import images as data_images
 from official_halonet.data import pipeline
 from official_halonet.checkpoints import match
 from official_halonet.checkpoints import restore
@@ -54,6 +66,7 @@ DEFAULT_SUBDIR = "saved_model"
 SIGNATURES = ("serving_default", "image_bytes", "image_tensor", "tf_example")
 IMAGE_KEY = "image/encoded"
 TOP_K = 5
+METADATA = "metadata.json"
 _UNUSED_INPUT = "/export/needs/no/data-*"
 
 
@@ -66,6 +79,8 @@ class RestoredRun:
   step: Optional[int]
   used_ema: bool
   gin_text: str
+  choice: str = match.LATEST  # 'latest', 'best' or 'path'
+  eval_accuracy: Optional[float] = None  # the run's eval accuracy at `step`, when it evaluated
 
 
 def load_config(options: runner.RunOptions) -> Tuple[cfg.ExperimentConfig, str]:
@@ -119,21 +134,51 @@ def _mismatch_context(config: cfg.ExperimentConfig, path: str) -> str:
 
 
 def restore_run(options: runner.RunOptions, checkpoint_path: str = "") -> RestoredRun:
-  """Config + model of a run with the weights of its latest checkpoint (or `checkpoint_path`)."""
+  """Config + model of a run with the weights of one of its checkpoints.
+
+  checkpoint_path: '' or 'latest' (model_dir's newest), 'best' (model_dir/best_ckpt, Model
+  Garden's best-evaluated checkpoint), or a checkpoint directory / prefix.
+  """
   config, gin_text = load_config(options)
-  path = checkpoint_path or options.model_dir
-  if not path:
-    raise runner.RunError("export needs --model_dir (the run's checkpoints)")
-  model = build_model(config)
+  trainer = config.trainer
   try:
-    restored = restore.restore(model, path, use_ema=uses_ema(config),
-                               context=_mismatch_context(config, path))
+    path = match.resolve_checkpoint(match.choose(
+        options.model_dir, checkpoint_path, trainer.best_checkpoint_export_subdir))
+    model = build_model(config)
+    # A best checkpoint holds the EMA averages as the model's variables (see checkpoints/match.py).
+    swapped = match.is_best_checkpoint(path)
+    found = restore.restore(model, path, use_ema=uses_ema(config) and not swapped,
+                            context=_mismatch_context(config, path))
   except (match.CheckpointMismatchError, FileNotFoundError) as e:
     raise runner.RunError(str(e)) from None
-  step = restored.checkpoint.rsplit("-", 1)[-1]
-  return RestoredRun(config=config, model=model, checkpoint=restored.checkpoint,
-                     step=int(step) if step.isdigit() else None,
-                     used_ema=uses_ema(config), gin_text=gin_text)
+  choice = (checkpoint_path or match.LATEST) if checkpoint_path in (
+      "", match.LATEST, match.BEST) else "path"
+  accuracy = match.evaluated_metric(
+      options.model_dir, found.step, "accuracy", trainer.best_checkpoint_export_subdir,
+      trainer.validation_summary_subdir)
+  return RestoredRun(config=config, model=model, checkpoint=found.checkpoint, step=found.step,
+                     used_ema=uses_ema(config), gin_text=gin_text, choice=choice,
+                     eval_accuracy=accuracy)
+
+
+def describe_checkpoint(run: RestoredRun) -> str:
+  """'<path> (best, step 4, eval accuracy 0.9333, EMA weights)' for summary lines."""
+  accuracy = ("not evaluated at this step" if run.eval_accuracy is None
+              else f"eval accuracy {run.eval_accuracy:.4f}")
+  return (f"{run.checkpoint} ({run.choice}, step {run.step}, {accuracy}, "
+          f"{'EMA' if run.used_ema else 'raw'} weights)")
+
+
+def metadata(run: RestoredRun) -> Dict[str, Any]:
+  """The SavedModel's metadata.json: which checkpoint, its step and eval accuracy, the model."""
+  model = run.config.task.model
+  return {
+      "checkpoint": run.checkpoint, "checkpoint_choice": run.choice, "checkpoint_step": run.step,
+      "eval_accuracy": run.eval_accuracy, "ema_weights": run.used_ema,
+      "model_id": model.backbone.halonet.model_id, "num_classes": int(model.num_classes),
+      "image_size": int(model.input_size[0]), "signatures": list(SIGNATURES),
+      "tensorflow": tf.__version__,
+  }
 
 
 class ClassifierModule(export_base.ExportModule):
@@ -144,18 +189,20 @@ class ClassifierModule(export_base.ExportModule):
                      inference_step=lambda inputs, model: model(inputs, training=False))
     eval_data = dataclasses.replace(params.task.validation_data, is_training=False,
                                     dtype="float32")
-    self._size = int(eval_data.image_size)
     self._parser = pipeline.ImageParser(eval_data)  # what the eval input pipeline runs
     self._multilabel = bool(params.task.train_data.is_multilabel)
-    self._top_k = min(top_k, params.task.model.num_classes)
+    self._num_classes = int(params.task.model.num_classes)
+    self._top_k = min(top_k, self._num_classes)
 
-  def _map(self, fn, inputs):
-    return tf.map_fn(fn, inputs, parallel_iterations=32,
-                     fn_output_signature=tf.TensorSpec([self._size, self._size, 3], tf.float32))
+  def _parse_bytes(self, encoded: tf.Tensor, signature: str) -> tf.Tensor:
+    return data_images.parse_batch(self._parser, encoded, self._parser.output_shape,
+                                   self._parser.dtype, signature)
 
   def serve(self, images: tf.Tensor) -> Dict[str, tf.Tensor]:
-    """Normalised [B, S, S, 3] images -> logits, probabilities, top-k."""
-    logits = tf.cast(self.inference_step(images), tf.float32)
+    """Normalised [B, S, S, 3] images -> logits, probabilities, top-k (B = 0: empty outputs)."""
+    logits = tf.cond(
+        tf.shape(images)[0] > 0, lambda: tf.cast(self.inference_step(images), tf.float32),
+        lambda: tf.zeros([0, self._num_classes], tf.float32))
     probabilities = tf.sigmoid(logits) if self._multilabel else tf.nn.softmax(logits)
     top = tf.math.top_k(probabilities, k=self._top_k)
     return {"logits": logits, "probabilities": probabilities,
@@ -164,21 +211,25 @@ class ClassifierModule(export_base.ExportModule):
   @tf.function
   def serve_image_bytes(self, inputs):
     with tf.device("cpu:0"):
-      images = self._map(self._parser, inputs)
+      images = self._parse_bytes(inputs, "image_bytes")
     return self.serve(images)
 
   @tf.function
   def serve_image_tensor(self, inputs):
     with tf.device("cpu:0"):
-      images = self._map(self._parser.parse_pixels, tf.cast(inputs, tf.float32))
+      pixels = data_images.check_pixels(tf.cast(inputs, tf.float32), "image_tensor")
+      images = tf.map_fn(self._parser.parse_pixels, pixels, parallel_iterations=32,
+                         fn_output_signature=tf.TensorSpec(self._parser.output_shape,
+                                                           self._parser.dtype))
     return self.serve(images)
 
   @tf.function
   def serve_tf_example(self, inputs):
     with tf.device("cpu:0"):
+      # A missing image feature reads as empty bytes, reported with the input's position.
       encoded = tf.io.parse_example(
-          inputs, {IMAGE_KEY: tf.io.FixedLenFeature((), tf.string)})[IMAGE_KEY]
-      images = self._map(self._parser, encoded)
+          inputs, {IMAGE_KEY: tf.io.FixedLenFeature((), tf.string, default_value="")})[IMAGE_KEY]
+      images = self._parse_bytes(encoded, "tf_example")
     return self.serve(images)
 
   def get_inference_signatures(self, function_keys: Dict[str, str]):
@@ -199,8 +250,9 @@ class ClassifierModule(export_base.ExportModule):
 
 
 def export_saved_model(model: tf_keras.Model, config: cfg.ExperimentConfig, export_dir: str,
-                       gin_text: str = "") -> str:
-  """Writes the SavedModel with every signature (+ params.yaml, operative_config.gin); its path."""
+                       gin_text: str = "", meta: Optional[Dict[str, Any]] = None) -> str:
+  """Writes the SavedModel with every signature (+ params.yaml, operative_config.gin and, given
+  `meta`, metadata.json); returns its path."""
   module = ClassifierModule(config, model)
   signatures = module.get_inference_signatures(
       {"image_bytes": "image_bytes", "image_tensor": "image_tensor", "tf_example": "tf_example"})
@@ -211,25 +263,29 @@ def export_saved_model(model: tf_keras.Model, config: cfg.ExperimentConfig, expo
   if gin_text:
     with tf.io.gfile.GFile(os.path.join(export_dir, gin_config.OPERATIVE_CONFIG), "w") as f:
       f.write(gin_text)
+  if meta is not None:
+    with tf.io.gfile.GFile(os.path.join(export_dir, METADATA), "w") as f:
+      json.dump(meta, f, indent=2)
   return export_dir
 
 
 def export_from_run(options: runner.RunOptions, export_dir: str = "",
                     checkpoint_path: str = "") -> str:
-  """`main.py --mode=export`: the run's latest checkpoint as a SavedModel; returns its path.
+  """`main.py --mode=export`: one of the run's checkpoints as a SavedModel; returns its path.
 
   Args:
     options: the run's gin_files / gin_bindings (empty gin_files: model_dir/operative_config.gin)
       and model_dir (its checkpoints).
     export_dir: where to write; default <model_dir>/saved_model.
-    checkpoint_path: a checkpoint prefix to export instead of model_dir's latest.
+    checkpoint_path: '' or 'latest' (model_dir's newest), 'best' (model_dir/best_ckpt), or a
+      checkpoint directory / prefix.
 
   Raises:
     runner.RunError: no configuration or checkpoint, or a checkpoint that does not match.
   """
   run = restore_run(options, checkpoint_path)
   export_dir = export_dir or os.path.join(options.model_dir, DEFAULT_SUBDIR)
-  export_saved_model(run.model, run.config, export_dir, run.gin_text)
-  print(f"export | {run.checkpoint} ({'EMA' if run.used_ema else 'raw'} weights) -> SavedModel "
-        f"{export_dir} | signatures {', '.join(SIGNATURES)}", flush=True)
+  export_saved_model(run.model, run.config, export_dir, run.gin_text, metadata(run))
+  print(f"export | {describe_checkpoint(run)} -> SavedModel {export_dir} | signatures "
+        f"{', '.join(SIGNATURES)}", flush=True)
   return export_dir

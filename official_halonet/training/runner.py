@@ -13,6 +13,7 @@ A killed run started again with the same command resumes from the last checkpoin
 (Model Garden's checkpoint manager); a NaN / too-large loss stops it before a checkpoint is written.
 """
 import dataclasses
+import json
 import os
 import tempfile
 import traceback
@@ -221,8 +222,19 @@ def run(options: RunOptions) -> Dict[str, Any]:
   eval_logs = {k: float(v) for k, v in (eval_logs or {}).items()
                if tf.size(v) == 1}
   if eval_logs:
-    summary = " | ".join(f"{k} {v:.4f}" for k, v in sorted(eval_logs.items()))
-    print(f"eval | {summary}", flush=True)
+    # The latest checkpoint's numbers, then the best one's: --mode=export takes the latest
+    # unless told --checkpoint=best.
+    summary = " | ".join(f"{k} {v:.4f}" for k, v in sorted(eval_logs.items())
+                         if not k.startswith("best_"))
+    print(f"eval | latest checkpoint, step {latest_checkpoint_step(model_dir)} | {summary}",
+          flush=True)
+    best_subdir = config.trainer.best_checkpoint_export_subdir
+    best = run_files.best_checkpoint_record(model_dir, best_subdir)
+    metric = config.trainer.best_checkpoint_eval_metric
+    if best is not None and metric in best:
+      print(f"best | {metric} {best[metric]:.4f} at step {int(best['best_ckpt_global_step'])}, "
+            f"kept in {os.path.join(model_dir, best_subdir)}: export it with --checkpoint=best",
+            flush=True)
   return eval_logs
 
 
