@@ -196,13 +196,14 @@ class HaloAttention(tf_keras.layers.Layer):
     q = tf.reshape(tf.cast(q, logit_dtype), [batch, blocks, bq * bq, n, d])
     k = tf.reshape(tf.cast(k, logit_dtype), [batch, blocks, -1, n, d])
 
-    logits = tf.einsum("bzqnd,bzknd->bznqk", q, k) * (d**-0.5)  # [B, X·Y, N, bq², w²]
+    # The D^-1/2 scale goes on q (bq² values per block) rather than on the w² logits per query.
+    logits = tf.einsum("bzqnd,bzknd->bznqk", q * (d**-0.5), k)  # [B, X·Y, N, bq², w²]
     if self.rel_pos != "none":
-      q_grid = tf.reshape(q, [batch, blocks, bq, bq, n, d])
-      rel = relative_position.relative_logits(q_grid, tf.cast(self.rel_pos_h, logit_dtype),
-                                              tf.cast(self.rel_pos_w, logit_dtype), b, h, s,
-                                              self.rel_pos)
-      logits += rel * (d**-0.5) if self.scale_rel_logits else rel
+      q_grid = tf.reshape(q * (d**-0.5) if self.scale_rel_logits else q,
+                          [batch, blocks, bq, bq, n, d])
+      logits += relative_position.relative_logits(
+          q_grid, tf.cast(self.rel_pos_h, logit_dtype), tf.cast(self.rel_pos_w, logit_dtype),
+          b, h, s, self.rel_pos)
 
     mask = self._window_mask()
     if mask is not None:
@@ -213,8 +214,15 @@ class HaloAttention(tf_keras.layers.Layer):
       inside = tf.reshape(inside, [1, blocks, 1, 1, -1]) > 0.5
       logits = tf.where(inside, logits, _MASKED_LOGIT)
 
-    weights = tf.cast(tf.nn.softmax(logits, axis=-1), v.dtype)
-    out = self._aggregate(weights, tf.reshape(v, [batch, blocks, (b + 2 * h)**2, -1]))
+    # Softmax with the normalisation deferred: the values are summed with exp(logit - max) and the
+    # [.., bq², N, Dv] result is divided by the sum of the exponentials, which saves a pass over
+    # the w²-wide weights. The max is a constant shift, so it needs no gradient.
+    top = tf.stop_gradient(tf.reduce_max(logits, axis=-1, keepdims=True))
+    weights = tf.exp(logits - top)
+    total = tf.transpose(tf.reduce_sum(weights, axis=-1), [0, 1, 3, 2])  # [B, X·Y, bq², N]
+    out = self._aggregate(tf.cast(weights, v.dtype),
+                          tf.reshape(v, [batch, blocks, (b + 2 * h)**2, -1]))
+    out = out / tf.cast(total[..., None], out.dtype)  # [B, X·Y, bq², N, Dv]
     out = tf.reshape(out, [batch, n_x, n_y, bq * bq, self.value_dim])
     out = blocking.from_blocks(out, bq)[:, :out_h, :out_w, :]
     if self.pool_after:

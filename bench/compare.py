@@ -1,0 +1,289 @@
+"""Side-by-side speed in one run: the machine's float32 matmul roofline, this project's models
+(forward and train step) and, where a Python with torch + timm is given, timm's models beside them.
+
+    python bench/compare.py                                   # h1, halonet50, resnet50; batch 8 at 256 px
+    python bench/compare.py --models h1 --repeats 3 --timm_python /tmp/timm-venv/bin/python
+
+Every row is measured in its own subprocess (so its memory is its own), one after the other, and the
+roofline (an XLA-compiled 2048×2048 float32 matmul) is measured before and after them; each row's
+"% roofline" divides its achieved GFLOP/s by the mean of the two roofline measurements.
+
+  img/s      batch / median wall time of --repeats calls after --warmup calls (tf.function with
+             jit_compile=True; timm: eager PyTorch, eval mode + no_grad for forward)
+  GFLOP/img  analytic multiply-add FLOPs (2 per MAC) of the forward pass from the layers' shapes:
+             convolutions, dense layers, and for halo attention its q/k/v projections, q·k, the
+             relative-position logits and the value sum at the block-padded query count. Softmax,
+             normalisation and elementwise ops are not counted. A train step counts 3× forward.
+  peak MiB   the process's resident high-water mark during the timed calls minus its resident size
+             just before them (/proc/self/clear_refs resets the mark): the step's working memory
+             beyond weights, optimizer state and compiled code.
+
+The table goes to stdout and the rows (with machine load and CPU count) to --out as JSON.
+"""
+import argparse
+import json
+import os
+import pathlib
+import platform
+import statistics
+import subprocess
+import sys
+import time
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+DEFAULT_MODELS = ("h1", "halonet50", "resnet50")
+TIMM_NAMES = {"h1": "halonet_h1", "resnet50": "resnet50", "halonet50": "halonet50ts"}
+MODES = ("forward", "train")
+
+
+# -- memory -------------------------------------------------------------------------------------
+
+def _rss_kib(field: str) -> int:
+  """VmRSS / VmHWM of this process in KiB."""
+  for line in pathlib.Path("/proc/self/status").read_text().splitlines():
+    if line.startswith(field + ":"):
+      return int(line.split()[1])
+  raise RuntimeError(f"/proc/self/status has no {field}")
+
+
+def _reset_peak() -> int:
+  """Resets the resident high-water mark to the current resident size and returns that size."""
+  pathlib.Path("/proc/self/clear_refs").write_text("5")
+  return _rss_kib("VmRSS")
+
+
+def _timed(call, warmup: int, repeats: int):
+  """(median seconds, min seconds, peak MiB above the resident size before the timed calls)."""
+  for _ in range(warmup):
+    call()
+  base = _reset_peak()
+  times = []
+  for _ in range(repeats):
+    start = time.perf_counter()
+    call()
+    times.append(time.perf_counter() - start)
+  return statistics.median(times), min(times), (_rss_kib("VmHWM") - base) / 1024
+
+
+# -- analytic FLOPs -----------------------------------------------------------------------------
+
+def _blocked(size: int, block: int) -> int:
+  return -(-size // block) * block
+
+
+def halo_attention_flops(layer, input_shape) -> int:
+  """Forward FLOPs of one HaloAttention call on one image of `input_shape` [H, W, C]."""
+  height, width, channels = input_shape
+  s, b, n = layer.query_stride, layer.block_size, layer.num_heads
+  bq, win = b // s, layer.window_size
+  d, dv = layer.head_dim, layer.value_dim // n
+  q_h, q_w = -(-height // s), -(-width // s)
+  queries = _blocked(q_h, bq) * _blocked(q_w, bq)  # computed, including block padding
+  flops = 2 * q_h * q_w * channels * layer.key_dim  # query projection
+  flops += 2 * height * width * channels * (layer.key_dim + layer._value_projection_width())
+  flops += 2 * queries * n * win * win * (d + dv)  # q·k and the weighted value sum
+  if layer.rel_pos != "none":
+    width_per_axis = d // 2 if layer.rel_pos == "split" else d
+    flops += 2 * queries * n * 2 * win * width_per_axis  # q · r_h, q · r_w
+  return flops
+
+
+def model_flops(model) -> int:
+  """Forward FLOPs per image of a Keras model, from its layers' input and output shapes."""
+  import tf_keras
+  from official_halonet.layers import HaloAttention
+
+  total = 0
+  for layer in model.submodules:
+    if not isinstance(layer, tf_keras.layers.Layer) or not layer._inbound_nodes:
+      continue
+    if isinstance(layer, HaloAttention):
+      total += halo_attention_flops(layer, layer.input_shape[1:])
+    elif isinstance(layer, tf_keras.layers.Conv2D):
+      out = layer.output_shape
+      k_h, k_w, c_in, c_out = layer.kernel.shape
+      total += 2 * out[1] * out[2] * k_h * k_w * c_in * c_out
+    elif isinstance(layer, tf_keras.layers.Dense) and len(layer.input_shape) == 2:
+      total += 2 * int(layer.kernel.shape[0]) * int(layer.kernel.shape[1])
+  return total
+
+
+# -- children: one measurement each --------------------------------------------------------------
+
+def run_roofline(args) -> dict:
+  import tensorflow as tf
+  n = 2048
+  a, b = tf.random.normal([n, n]), tf.random.normal([n, n])
+  fn = tf.function(lambda x, y: tf.matmul(x, y), jit_compile=True)
+  median, best, _ = _timed(lambda: fn(a, b).numpy(), args.warmup, max(args.repeats, 5))
+  return dict(impl="xla", model="matmul_2048", mode="matmul", gflop=2 * n**3 / 1e9,
+              gflops=2 * n**3 / 1e9 / median, median_s=median, min_s=best)
+
+
+def run_project(args) -> dict:
+  import official_halonet  # noqa: F401
+  import tensorflow as tf
+  import tf_keras
+  from official_halonet import models
+
+  model = models.build(args.model, num_classes=1000, image_size=args.image_size)
+  x = tf.random.uniform([args.batch, args.image_size, args.image_size, 3])
+  labels = tf.random.uniform([args.batch], 0, 1000, dtype=tf.int32)
+  optimizer = tf_keras.optimizers.SGD(0.01, momentum=0.9)
+  optimizer.build(model.trainable_variables)
+
+  if args.mode == "forward":
+    fn = tf.function(lambda t: model(t, training=False), jit_compile=True)
+    call = lambda: fn(x).numpy()
+  else:
+    def step(t, y):
+      with tf.GradientTape() as tape:
+        logits = model(t, training=True)
+        loss = tf.reduce_mean(
+            tf_keras.losses.sparse_categorical_crossentropy(y, logits, from_logits=True))
+      grads = tape.gradient(loss, model.trainable_variables)
+      optimizer.apply_gradients(zip(grads, model.trainable_variables))
+      return loss
+    fn = tf.function(step, jit_compile=True)
+    call = lambda: fn(x, labels).numpy()
+  median, best, peak = _timed(call, args.warmup, args.repeats)
+  forward = model_flops(model) / 1e9
+  gflop = forward * (3 if args.mode == "train" else 1)
+  return dict(impl="tf-xla", model=args.model, mode=args.mode, batch=args.batch,
+              image_size=args.image_size, gflop_per_image=gflop, median_s=median, min_s=best,
+              img_s=args.batch / median, gflops=gflop * args.batch / median, peak_mib=peak)
+
+
+def run_timm(args) -> dict:
+  import torch
+  import timm
+
+  torch.set_num_threads(os.cpu_count())
+  name = TIMM_NAMES[args.model]
+  model = timm.create_model(name, num_classes=1000)
+  x = torch.rand(args.batch, 3, args.image_size, args.image_size)
+  labels = torch.randint(0, 1000, (args.batch,))
+  optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+  if args.mode == "forward":
+    model.eval()
+
+    def call():
+      with torch.no_grad():
+        model(x)
+  else:
+    model.train()
+
+    def call():
+      optimizer.zero_grad(set_to_none=True)
+      torch.nn.functional.cross_entropy(model(x), labels).backward()
+      optimizer.step()
+  median, best, peak = _timed(call, args.warmup, args.repeats)
+  return dict(impl="timm", model=args.model, timm_name=name, mode=args.mode, batch=args.batch,
+              image_size=args.image_size, median_s=median, min_s=best, img_s=args.batch / median,
+              peak_mib=peak)
+
+
+# -- parent ---------------------------------------------------------------------------------------
+
+def _child(python, role, extra, env):
+  proc = subprocess.run([python, __file__, f"--role={role}"] + extra, capture_output=True,
+                        text=True, env=env)
+  line = [l for l in proc.stdout.splitlines() if l.startswith("RESULT ")]
+  if proc.returncode or not line:
+    lines = (proc.stderr + proc.stdout).strip().splitlines()
+    tail = [l for l in lines if "Error" in l][-1:] or lines[-1:] or ["no output"]
+    return dict(error=tail[0][:300])
+  return json.loads(line[0][len("RESULT "):])
+
+
+def _row_text(r, roofline):
+  name = f"{r.get('impl')} {r.get('timm_name', r.get('model'))}"
+  if "error" in r:
+    return f"| {name} | {r.get('mode')} | failed: {r['error']} |||||"
+  gflop = r.get("gflop_per_image")
+  gflops = r.get("gflops")
+  pct = f"{100 * gflops / roofline:.0f}%" if gflops else "–"
+  return (f"| {name} | {r['mode']} | {r['img_s']:.2f} | {gflop:.2f} | {gflops:.1f} | {pct} | "
+          f"{r['peak_mib']:.0f} |" if gflop else
+          f"| {name} | {r['mode']} | {r['img_s']:.2f} | – | – | – | {r['peak_mib']:.0f} |")
+
+
+def main():
+  parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+  parser.add_argument("--models", nargs="+", default=list(DEFAULT_MODELS))
+  parser.add_argument("--modes", nargs="+", default=list(MODES), choices=MODES)
+  parser.add_argument("--batch", type=int, default=8)
+  parser.add_argument("--image_size", type=int, default=256)
+  parser.add_argument("--repeats", type=int, default=5)
+  parser.add_argument("--warmup", type=int, default=2)
+  parser.add_argument("--timm_python", help="a Python with torch and timm (e.g. /tmp/timm-venv/"
+                      "bin/python); timm rows are skipped without it")
+  parser.add_argument("--out", default=str(ROOT / "bench" / "results" / "compare.json"))
+  parser.add_argument("--role", choices=("roofline", "project", "timm"), help=argparse.SUPPRESS)
+  parser.add_argument("--model", help=argparse.SUPPRESS)
+  parser.add_argument("--mode", help=argparse.SUPPRESS)
+  args = parser.parse_args()
+
+  if args.role:  # child process: one measurement, printed as JSON
+    run = dict(roofline=run_roofline, project=run_project, timm=run_timm)[args.role]
+    print("RESULT " + json.dumps(run(args)))
+    return
+
+  env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
+  timm_env = dict(env, PYTHONPATH="/tmp/timm-tvstub")  # timm_env.sh's torchvision stand-in
+  shared = [f"--batch={args.batch}", f"--image_size={args.image_size}",
+            f"--repeats={args.repeats}", f"--warmup={args.warmup}"]
+  load_before = os.getloadavg()
+  roof = [_child(sys.executable, "roofline", shared, env)]
+  rows = []
+  for model in args.models:
+    for mode in args.modes:
+      rows.append(_child(sys.executable, "project", shared + [f"--model={model}",
+                                                            f"--mode={mode}"], env))
+      rows[-1].setdefault("model", model), rows[-1].setdefault("mode", mode)
+      rows[-1].setdefault("impl", "tf-xla")
+      if args.timm_python and model in TIMM_NAMES:
+        rows.append(_child(args.timm_python, "timm", shared + [f"--model={model}",
+                                                               f"--mode={mode}"], timm_env))
+        rows[-1].setdefault("model", model), rows[-1].setdefault("mode", mode)
+        rows[-1].setdefault("impl", "timm")
+      print(f"  measured {rows[-1].get('impl')} {model} {mode}", file=sys.stderr, flush=True)
+  roof.append(_child(sys.executable, "roofline", shared, env))
+  good = [r["gflops"] for r in roof if "gflops" in r]
+  roofline = statistics.mean(good) if good else float("nan")
+  # timm's models differ from ours in detail; its rows borrow our FLOPs only for the same model.
+  ours = {(r["model"], r["mode"]): r for r in rows if r.get("impl") == "tf-xla" and "error" not in r}
+  for r in rows:
+    if r.get("impl") == "timm" and "error" not in r and (r["model"], r["mode"]) in ours:
+      r["gflop_per_image"] = ours[(r["model"], r["mode"])]["gflop_per_image"]
+      r["gflops"] = r["gflop_per_image"] * r["img_s"]
+  load_after = os.getloadavg()
+
+  print(f"\nCPU: {os.cpu_count()} cores, load average {load_before[0]:.2f} before / "
+        f"{load_after[0]:.2f} after; batch {args.batch} at {args.image_size} px, median of "
+        f"{args.repeats}\n")
+  each = " / ".join(f"{r.get('gflops', float('nan')):.1f}" for r in roof)
+  print(f"float32 matmul 2048², XLA: {roofline:.1f} GFLOP/s ({each} before / after)\n")
+  print("| model | step | img/s | GFLOP/img | GFLOP/s | % roofline | peak MiB |")
+  print("|---|---|---|---|---|---|---|")
+  for r in rows:
+    print(_row_text(r, roofline))
+  ratios = {}
+  for mode in args.modes:
+    a, b = ours.get(("halonet50", mode)), ours.get(("resnet50", mode))
+    if a and b:
+      ratios[f"halonet50_over_resnet50_{mode}_time"] = a["median_s"] / b["median_s"]
+      print(f"\nHaloNet-50 / ResNet-50 {mode} time: {a['median_s'] / b['median_s']:.2f}")
+  out = pathlib.Path(args.out)
+  out.parent.mkdir(parents=True, exist_ok=True)
+  out.write_text(json.dumps(dict(machine=platform.platform(), cpus=os.cpu_count(),
+                                 load_before=load_before, load_after=load_after,
+                                 roofline_gflops=roofline, roofline_runs=roof, rows=rows,
+                                 ratios=ratios), indent=2))
+  print(f"\nwrote {out}")
+
+
+if __name__ == "__main__":
+  main()
