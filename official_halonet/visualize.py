@@ -54,6 +54,8 @@ def parse_points(values: Sequence[str]) -> List[Tuple[float, float]]:
 def load_model(model_dir: str = "", checkpoint: str = "", saved_model: str = "",
                gin_files: Sequence[str] = (), gin_bindings: Sequence[str] = ()):
   """(ExperimentConfig, model with the trained weights) of a run or of an exported SavedModel."""
+  from official_halonet.checkpoints import match
+  from official_halonet.checkpoints import restore
   from official_halonet.export import saved_model as export
   from official_halonet.training import runner
   if saved_model:
@@ -61,8 +63,12 @@ def load_model(model_dir: str = "", checkpoint: str = "", saved_model: str = "",
                                 model_dir=saved_model)
     config, _ = export.load_config(options)
     model = export.build_model(config)
+    path = os.path.join(saved_model, "variables", "variables")
     # The SavedModel's variables are the exported (already EMA-averaged) weights.
-    export.restore(model, os.path.join(saved_model, "variables", "variables"), False, config)
+    try:
+      restore.restore(model, path, use_ema=False, context=f"SavedModel {saved_model}")
+    except (match.CheckpointMismatchError, FileNotFoundError) as e:
+      raise runner.RunError(str(e)) from None
     return config, model
   options = runner.RunOptions(gin_files=gin_files, gin_bindings=gin_bindings,
                               model_dir=model_dir)
@@ -97,7 +103,6 @@ def draw(model, images, path: str, layers: Sequence[str] = (),
 def main(argv):
   del argv
   flag = flags.FLAGS
-  from official_halonet.export import checkpoints
   from official_halonet.training import runner
   try:
     if not flag.image or not os.path.isfile(flag.image):
@@ -110,7 +115,7 @@ def main(argv):
     with open(flag.image, "rb") as f:
       images = preprocess(config, f.read())
     rows, columns = draw(model, images, flag.output, flag.layers, points)
-  except (ValueError, runner.RunError, checkpoints.CheckpointMismatchError) as e:
+  except (ValueError, runner.RunError) as e:
     print(f"error: {e}", file=sys.stderr, flush=True)
     return 2
   print(f"attention maps ({rows - 1} rows of query maps + distances, {columns} columns) "
