@@ -17,7 +17,7 @@ from official_halonet import visualize
 from official_halonet.models import attention_figure
 from official_halonet.models import attention_maps
 from official_halonet.models import factory
-from official_halonet.training import demo
+import demo
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY_RUN = ["experiment.train_steps = 6", "experiment.warmup_epochs = 0",

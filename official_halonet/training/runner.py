@@ -15,7 +15,6 @@ A killed run started again with the same command resumes from the last checkpoin
 import dataclasses
 import json
 import os
-import tempfile
 import traceback
 from typing import Any, Dict, Optional, Sequence
 
