@@ -24,16 +24,20 @@ from absl import flags  # noqa: E402
 
 DEFAULT_POINTS = ((0.5, 0.5), (0.25, 0.25))
 
-flags.DEFINE_string("image", "", "The image to look at (JPEG / PNG / GIF / BMP).")
-flags.DEFINE_string("output", "attention.png", "Where to write the PNG.")
-flags.DEFINE_string("model_dir", "", "The run: its operative_config.gin and latest checkpoint.")
-flags.DEFINE_string("checkpoint", "", "A checkpoint prefix instead of the latest in --model_dir.")
-flags.DEFINE_string("saved_model", "", "A SavedModel written by main.py --mode=export.")
-flags.DEFINE_multi_string("gin_file", [], "The run's gin files (default: its operative config).")
-flags.DEFINE_multi_string("gin_bindings", [], "The run's gin bindings.")
-flags.DEFINE_list("layers", [], "Attention layers to draw (default: all), e.g. stage2_block1_halo.")
-flags.DEFINE_multi_string("points", [], "Query points as 'row,column' fractions of the image "
-                          "(default: the centre and (0.25, 0.25)).")
+
+def define_flags() -> None:
+  """The CLI's flags; defined only when run as a program, so that importing this module (the demo
+  does, from main.py) does not collide with main.py's --model_dir / --checkpoint."""
+  flags.DEFINE_string("image", "", "The image to look at (JPEG / PNG / GIF / BMP).")
+  flags.DEFINE_string("output", "attention.png", "Where to write the PNG.")
+  flags.DEFINE_string("model_dir", "", "The run: its operative_config.gin and latest checkpoint.")
+  flags.DEFINE_string("checkpoint", "", "A checkpoint prefix instead of the latest in --model_dir.")
+  flags.DEFINE_string("saved_model", "", "A SavedModel written by main.py --mode=export.")
+  flags.DEFINE_multi_string("gin_file", [], "The run's gin files (default: its operative config).")
+  flags.DEFINE_multi_string("gin_bindings", [], "The run's gin bindings.")
+  flags.DEFINE_list("layers", [], "Attention layers to draw (default: all), e.g. stage2_block1_halo.")
+  flags.DEFINE_multi_string("points", [], "Query points as 'row,column' fractions of the image "
+                            "(default: the centre and (0.25, 0.25)).")
 
 
 def parse_points(values: Sequence[str]) -> List[Tuple[float, float]]:
@@ -124,4 +128,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
+  define_flags()
   app.run(lambda argv: sys.exit(main(argv)))
