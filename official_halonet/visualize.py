@@ -55,11 +55,28 @@ def parse_points(values: Sequence[str]) -> List[Tuple[float, float]]:
   return points or list(DEFAULT_POINTS)
 
 
+def _assign_saved_model_weights(model, saved_model: str) -> None:
+  """Copies the exported classifier's variables (the export writes them as one list, in the
+  model's variable order; already EMA-averaged) into `model`, checking shapes and variable kinds
+  (layer names may differ by Keras' uniquifying suffix, dense vs dense_1)."""
+  import tensorflow as tf
+  from official_halonet.training import runner
+  exported = list(tf.saved_model.load(saved_model).model.variables)
+  ours = model.variables
+  if len(exported) != len(ours):
+    raise runner.RunError(f"SavedModel {saved_model} holds {len(exported)} model variables, the "
+                          f"model built from its operative_config.gin has {len(ours)}")
+  for source, target in zip(exported, ours):
+    if source.name.split("/")[-1] != target.name.split("/")[-1] or source.shape != target.shape:
+      raise runner.RunError(f"SavedModel {saved_model}: variable {source.name} {source.shape} "
+                            f"does not match the model's {target.name} {target.shape}")
+  for source, target in zip(exported, ours):
+    target.assign(source)
+
+
 def load_model(model_dir: str = "", checkpoint: str = "", saved_model: str = "",
                gin_files: Sequence[str] = (), gin_bindings: Sequence[str] = ()):
   """(ExperimentConfig, model with the trained weights) of a run or of an exported SavedModel."""
-  from official_halonet.checkpoints import match
-  from official_halonet.checkpoints import restore
   from official_halonet.export import saved_model as export
   from official_halonet.training import runner
   if saved_model:
@@ -67,12 +84,7 @@ def load_model(model_dir: str = "", checkpoint: str = "", saved_model: str = "",
                                 model_dir=saved_model)
     config, _ = export.load_config(options)
     model = export.build_model(config)
-    path = os.path.join(saved_model, "variables", "variables")
-    # The SavedModel's variables are the exported (already EMA-averaged) weights.
-    try:
-      restore.restore(model, path, use_ema=False, context=f"SavedModel {saved_model}")
-    except (match.CheckpointMismatchError, FileNotFoundError) as e:
-      raise runner.RunError(str(e)) from None
+    _assign_saved_model_weights(model, saved_model)
     return config, model
   options = runner.RunOptions(gin_files=gin_files, gin_bindings=gin_bindings,
                               model_dir=model_dir)

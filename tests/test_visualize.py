@@ -147,3 +147,15 @@ def test_visualize_cli_draws_the_runs_checkpoint(tiny_run, tmp_path):
   missing = _run("official_halonet.visualize", [f"--model_dir={model_dir}",
                                                  f"--image={tmp_path / 'none.jpg'}"])
   assert missing.returncode == 2 and "error: --image=" in missing.stderr
+
+
+def test_saved_model_gives_the_checkpoints_weights(tiny_run, tmp_path):
+  from official_halonet.export import saved_model
+  from official_halonet.training import runner
+  _, model_dir, _ = tiny_run
+  options = runner.RunOptions(gin_files=[], model_dir=model_dir)
+  export_dir = saved_model.export_from_run(options, export_dir=str(tmp_path / "export"))
+  _, from_checkpoint = visualize.load_model(model_dir=model_dir)
+  _, from_export = visualize.load_model(saved_model=export_dir)
+  for ours, theirs in zip(from_export.variables, from_checkpoint.variables):
+    np.testing.assert_array_equal(ours.numpy(), theirs.numpy())
