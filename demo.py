@@ -7,7 +7,9 @@ end to end on a CPU. It sits beside main.py because it uses every layer: data, t
   2. gin/demo.gin: a tiny HaloNet (conv, halo, SASA and halo stages) trained with the paper's
      recipe shape (Nesterov SGD, warm-up + cosine, label smoothing) through the same main.py path
      a TPU pod runs, evaluated on the held-out 300;
-  3. exported as a SavedModel with serving signatures.
+  3. exported as a SavedModel with serving signatures;
+  4. the attention maps of the trained model on three held-out digits drawn to
+     demo_output/attention.png (official_halonet.visualize), and a summary printed.
 """
 import dataclasses
 import os
@@ -16,6 +18,8 @@ import time
 import numpy as np
 
 DEMO_DIR = "demo_output"
+MODEL_DIR = os.path.join(DEMO_DIR, "model")
+ATTENTION_PNG = "attention.png"
 HELD_OUT = 300
 
 
@@ -40,11 +44,16 @@ def make_digits_records(data_dir: str, size: int = 32) -> None:
                          image_format="PNG")
 
 
-def run(options) -> dict:
-  """Prepares the data, trains and evaluates with gin/demo.gin, exports; returns eval logs."""
+def run(options, verbose: bool = False) -> dict:
+  """Prepares the data, trains and evaluates with gin/demo.gin, exports, draws the attention maps
+  and prints a summary; returns the eval logs."""
+  from official_halonet import data
+  from official_halonet import visualize
+  from official_halonet.export import saved_model
+  from official_halonet.training import attention_summary
   from official_halonet.training import runner
   start = time.time()
-  model_dir = options.model_dir or os.path.join(DEMO_DIR, "model")
+  model_dir = options.model_dir or MODEL_DIR
   data_dir = os.path.join(os.path.dirname(os.path.abspath(model_dir)), "data")
   make_digits_records(data_dir)
   bindings = [f"experiment.train_input_path = '{data_dir}/train-*'",
@@ -53,12 +62,17 @@ def run(options) -> dict:
       options, gin_files=list(options.gin_files) or ["demo.gin"], model_dir=model_dir,
       mode="train_and_eval", gin_bindings=bindings + list(options.gin_bindings),
       num_cpu_devices=options.num_cpu_devices or 2)
-  runner.configure_logging(model_dir)
+  log_file = runner.configure_logging(model_dir, verbose)
   logs = runner.run(options)
-  accuracy = logs.get("accuracy")
-  print(f"demo | validation accuracy {accuracy:.4f} on {int(logs.get('eval_examples', 0))} "
-        f"held-out digits | {time.time() - start:.0f} s", flush=True)
-  from official_halonet.export import saved_model
+  seconds = time.time() - start
   export_dir = saved_model.export_from_run(options, export_dir=os.path.join(model_dir, "export"))
-  print(f"demo | SavedModel written to {export_dir}", flush=True)
+  picture = os.path.join(os.path.dirname(os.path.abspath(model_dir)), ATTENTION_PNG)
+  config, model = visualize.load_model(saved_model=export_dir)
+  images = attention_summary.fixed_images(data.build_dataset(config.task.validation_data), 3)
+  visualize.draw(model, images, picture)
+  print(f"demo | validation accuracy {logs.get('accuracy', float('nan')):.4f} on "
+        f"{int(logs.get('eval_examples', 0))} held-out digits | trained in {seconds:.0f} s\n"
+        f"demo | SavedModel: {export_dir}\n"
+        f"demo | attention maps: {picture} (TensorBoard: tensorboard --logdir {model_dir})\n"
+        f"demo | full log: {log_file}", flush=True)
   return logs

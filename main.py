@@ -12,9 +12,12 @@ distribution utilities. Started again with the same command, a killed run resume
 import os
 import sys
 
-# TensorFlow's C++ INFO lines (CUDA stubs, CPU features, "Local rendezvous is aborting" once per
-# replica on an input error) hide what matters; its warnings and errors still show.
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "1")
+# TensorFlow's C++ INFO and WARNING lines (CUDA stubs, CPU features, "Local rendezvous is aborting"
+# once per replica on an input error) hide what matters; --verbose shows them. The level must be set
+# before TensorFlow is imported, so it is read from the command line here; what still reaches file
+# descriptor 2 goes to the run's main.log (training/console.py).
+VERBOSE = any(arg in ("--verbose", "--verbose=true", "--verbose=True") for arg in sys.argv[1:])
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "0" if VERBOSE else "2")
 import official_halonet  # noqa: F401  (selects tf_keras before TensorFlow is imported)
 
 from absl import app
@@ -41,10 +44,17 @@ flags.DEFINE_string("checkpoint", "latest", "--mode=export / publish: which chec
                     "'latest' (the newest in --model_dir), 'best' (the best-evaluated one, "
                     "<model_dir>/best_ckpt) or a checkpoint path.")
 flags.DEFINE_bool("demo", False, "Run the built-in demo end to end (needs nothing else).")
+flags.DEFINE_bool("verbose", False, "Show TensorFlow's C++ lines and Orbit's per-loop output on "
+                  "the console (by default they go to <model_dir>/main.log only).")
 
 
 def main(argv):
   del argv
+  from official_halonet.training import console
+  if not FLAGS.verbose and FLAGS.mode not in ("export", "publish"):
+    import demo as demo_lib
+    console.native_stderr_to(console.log_path(
+        FLAGS.model_dir or (demo_lib.MODEL_DIR if FLAGS.demo else "")))
   import tensorflow as tf  # after flags
   from official_halonet.data import errors as data_errors
   from official_halonet.training import runner
@@ -57,7 +67,7 @@ def main(argv):
       runner.configure_cpu_devices(FLAGS.num_cpu_devices or 2)
     if FLAGS.demo:
       import demo
-      demo.run(options)
+      demo.run(options, verbose=FLAGS.verbose)
     elif FLAGS.mode == "export":
       from official_halonet.export import saved_model
       path = saved_model.export_from_run(options, export_dir=FLAGS.export_dir,
@@ -69,7 +79,7 @@ def main(argv):
                                   checkpoint_path=FLAGS.checkpoint)
       print(f"TF Hub modules written to {path}", flush=True)
     else:
-      runner.configure_logging(FLAGS.model_dir)
+      runner.configure_logging(FLAGS.model_dir, FLAGS.verbose)
       runner.run(options)
   except (runner.RunError, runner.gin_config.GinError) as e:
     print(f"error: {e}", file=sys.stderr, flush=True)

@@ -51,7 +51,8 @@ def _position_term(q, a, c, i, j, rel_h, rel_w, window, rel_mode):
   return q @ rh + q @ rw
 
 
-def _attend(q, keys, values, positions, i, j, rel_h, rel_w, window, rel_mode, scale_rel):
+def _probabilities(q, keys, positions, i, j, rel_h, rel_w, window, rel_mode, scale_rel):
+  """Softmax over the listed keys of one query and head, [len(keys)]."""
   d = q.shape[0]
   logits = []
   for (a, c), k in zip(positions, keys):
@@ -59,13 +60,25 @@ def _attend(q, keys, values, positions, i, j, rel_h, rel_w, window, rel_mode, sc
     logits.append(q @ k / math.sqrt(d) + (pos / math.sqrt(d) if scale_rel else pos))
   logits = np.array(logits)
   p = np.exp(logits - logits.max())
-  p /= p.sum()
+  return p / p.sum()
+
+
+def _attend(q, keys, values, positions, i, j, rel_h, rel_w, window, rel_mode, scale_rel,
+            record=None):
+  p = _probabilities(q, keys, positions, i, j, rel_h, rel_w, window, rel_mode, scale_rel)
+  if record is not None:
+    record.update(zip(positions, p))
   return p @ np.array(values)
 
 
 def halo_loops(x, wq, wk, wv, rel_h, rel_w, *, heads, block, halo, stride=1, pool_after=False,
-               centered=False, mask_out_of_image=False, rel_mode="factorized", scale_rel=False):
-  """y[b, i', j'] for the query at (s·i', s·j') attending to its block's (b+2h)² window."""
+               centered=False, mask_out_of_image=False, rel_mode="factorized", scale_rel=False,
+               probabilities=None):
+  """y[b, i', j'] for the query at (s·i', s·j') attending to its block's (b+2h)² window.
+
+  With a dict `probabilities`, also fills probabilities[(batch, i, j, head)] = {(a, c): p} for
+  every key pixel (a, c) (outside the image for zero padding) that takes part in the softmax.
+  """
   x = np.asarray(x, np.float64)
   batch, height, width, _ = x.shape
   q_all, k_all, v_all = x @ wq, x @ wk, x @ wv
@@ -91,8 +104,10 @@ def halo_loops(x, wq, wk, wv, rel_h, rel_w, *, heads, block, halo, stride=1, poo
               positions.append((a, c))
               keys.append(k_all[bi, a, c, n * d:(n + 1) * d] if inside else np.zeros(d))
               values.append(v_all[bi, a, c, n * dv:(n + 1) * dv] if inside else np.zeros(dv))
+          record = None if probabilities is None else probabilities.setdefault((bi, i, j, n), {})
           out[bi, oi, oj, n * dv:(n + 1) * dv] = _attend(q, keys, values, positions, i, j, rel_h,
-                                                          rel_w, window, rel_mode, scale_rel)
+                                                          rel_w, window, rel_mode, scale_rel,
+                                                          record)
   return avg_pool_same(out, stride) if pool_after and stride > 1 else out
 
 

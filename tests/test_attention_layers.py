@@ -80,6 +80,39 @@ def test_forward_matches_per_pixel_loops(case):
   np.testing.assert_allclose(got, want, atol=FLOAT32_TOL, rtol=FLOAT32_TOL)
 
 
+PROBABILITY_GRID = [c for c in GRID if c["block_size"] in (2, 4) and c["size"] == (13, 17)
+                    ] + GRID[24:]
+
+
+@pytest.mark.parametrize("case", PROBABILITY_GRID, ids=_grid_id)
+def test_returned_probabilities_are_the_layers_own(case):
+  """return_attention_scores gives the softmax the layer used: equal to the loops' probability
+  for every (query, head, key) it lists, zero where the key is masked, summing to 1 per query."""
+  layer, (height, width) = _make(case)
+  x = _build(layer, [2, height, width, 5], seed=5)
+  out, probabilities = layer(x, return_attention_scores=True)
+  np.testing.assert_array_equal(out.numpy(), layer(x).numpy())
+  queries, keys = layer.attention_positions(height, width)
+  bq2, w2 = queries.shape[1], keys.shape[1]
+  assert probabilities.shape == (2, queries.shape[0], layer.num_heads, bq2, w2)
+  probabilities = probabilities.numpy()
+  np.testing.assert_allclose(probabilities.sum(-1), 1.0, atol=FLOAT32_TOL * w2)
+  listed = {}
+  ref.halo_loops(x.numpy(), *ref.layer_weights(layer), **_halo_kwargs(layer),
+                 probabilities=listed)
+  got, want = [], []
+  for (batch, i, j, head), by_key in listed.items():
+    block = (i // layer.block_size) * math.ceil(width / layer.block_size) + j // layer.block_size
+    query = np.flatnonzero((queries[block] == (i, j)).all(-1))
+    assert query.size == 1, (i, j)
+    for key, (a, c) in enumerate(keys[block]):
+      got.append(probabilities[batch, block, head, query[0], key])
+      want.append(by_key.get((a, c), 0.0))  # not listed: masked out of the softmax
+  stride = layer.query_stride  # every query pixel of the image was compared
+  assert len({k[1:3] for k in listed}) == math.ceil(height / stride) * math.ceil(width / stride)
+  np.testing.assert_allclose(got, want, atol=FLOAT32_TOL, rtol=0)
+
+
 GRADIENT_GRID = [c for c in GRID if c["block_size"] in (2, 4) and c["size"] == (13, 17)] + GRID[24:]
 
 

@@ -177,7 +177,28 @@ class HaloAttention(tf_keras.layers.Layer):
     return (inside[:, None, :, None] & inside[None, :, None, :]).reshape(
         index.shape[0]**2, self.window_size**2)
 
-  def call(self, x: tf.Tensor) -> tf.Tensor:
+  def attention_positions(self, height: int, width: int) -> Tuple[np.ndarray, np.ndarray]:
+    """Where the probabilities of `call(..., return_attention_scores=True)` sit in the input.
+
+    For an input of height×width, returns (queries [Z, bq², 2], keys [Z, w², 2]) int32 arrays of
+    (row, column) input pixels, Z = ceil(H/b)·ceil(W/b) blocks row-major, bq = b / query stride,
+    w = b + 2h. Keys outside the input (rows/columns < 0 or >= H/W) are the zero padding; queries
+    outside it are padding whose outputs are cropped away.
+    """
+    b, h, s = self.block_size, self.halo_size, self.query_stride
+    bq, w = b // s, self.window_size
+    n_x, n_y = -(-height // b), -(-width // b)
+    top = np.repeat(np.arange(n_x) * b, n_y)[:, None]  # [Z, 1] first row of each block
+    left = np.tile(np.arange(n_y) * b, n_x)[:, None]
+    q_row, q_col = np.divmod(np.arange(bq * bq), bq)
+    k_row, k_col = np.divmod(np.arange(w * w), w)
+    queries = np.stack([top + q_row * s, left + q_col * s], axis=-1)
+    keys = np.stack([top - h + k_row, left - h + k_col], axis=-1)
+    return queries.astype(np.int32), keys.astype(np.int32)
+
+  def call(self, x: tf.Tensor, return_attention_scores: bool = False):
+    """[B, H, W, C] -> [B, H', W', value_dim]; with `return_attention_scores` also the softmax
+    probabilities, float32 [B, Z, N, bq², w²] (Z blocks, N heads; see `attention_positions`)."""
     b, h, s = self.block_size, self.halo_size, self.query_stride
     bq, n, d = b // s, self.num_heads, self.head_dim
     batch, height, width, _ = blocking.dims(x)
@@ -219,7 +240,8 @@ class HaloAttention(tf_keras.layers.Layer):
     # the w²-wide weights. The max is a constant shift, so it needs no gradient.
     top = tf.stop_gradient(tf.reduce_max(logits, axis=-1, keepdims=True))
     weights = tf.exp(logits - top)
-    total = tf.transpose(tf.reduce_sum(weights, axis=-1), [0, 1, 3, 2])  # [B, X·Y, bq², N]
+    sums = tf.reduce_sum(weights, axis=-1)  # [B, X·Y, N, bq²]
+    total = tf.transpose(sums, [0, 1, 3, 2])  # [B, X·Y, bq², N]
     out = self._aggregate(tf.cast(weights, v.dtype),
                           tf.reshape(v, [batch, blocks, (b + 2 * h)**2, -1]))
     out = out / tf.cast(total[..., None], out.dtype)  # [B, X·Y, bq², N, Dv]
@@ -227,6 +249,8 @@ class HaloAttention(tf_keras.layers.Layer):
     out = blocking.from_blocks(out, bq)[:, :out_h, :out_w, :]
     if self.pool_after:
       out = tf.nn.avg_pool2d(out, self.strides, self.strides, "SAME")
+    if return_attention_scores:  # the softmax the output used, normalised explicitly
+      return out, weights / sums[..., None]
     return out
 
   def _value_projection_width(self) -> int:

@@ -15,7 +15,6 @@ A killed run started again with the same command resumes from the last checkpoin
 import dataclasses
 import json
 import os
-import tempfile
 import traceback
 from typing import Any, Dict, Optional, Sequence
 
@@ -32,6 +31,9 @@ from official.modeling import performance
 from official_halonet import data
 from official_halonet.data import validate
 from official_halonet.checkpoints import run_files
+from official_halonet.models import attention_maps
+from official_halonet.training import attention_summary
+from official_halonet.training import console
 from official_halonet.training import gin_config
 from official_halonet.training import precision
 from official_halonet.training import progress
@@ -40,6 +42,7 @@ from official_halonet.training.config_error import ConfigError
 from official_halonet.training import task as task_lib  # noqa: F401  (registers the task)
 
 MODES = ("train", "eval", "train_and_eval")
+ATTENTION_IMAGES = 3  # validation images whose attention maps go to TensorBoard
 STRATEGIES = ("tpu", "mirrored", "multi_worker_mirrored", "one_device")
 
 
@@ -205,11 +208,18 @@ def run(options: RunOptions) -> Dict[str, Any]:
         checkpoint_exporter=run_files.maybe_create_best_ckpt_exporter(config, model_dir))
   train_actions = [progress.ProgressLogger(trainer.global_step, config.trainer.train_steps,
                                            config.task.train_data.global_batch_size)]
+  eval_actions = [attention_summary.EvalLine(trainer.global_step)]
+  if "eval" in options.mode and _is_chief(strategy) and attention_maps.attention_layers(
+      trainer.model):
+    images = attention_summary.fixed_images(task.build_inputs(config.task.validation_data),
+                                            ATTENTION_IMAGES)
+    eval_actions.append(attention_summary.AttentionSummary(trainer.model, images, model_dir,
+                                                           trainer.global_step))
   try:
     _, eval_logs = train_lib.run_experiment(
         distribution_strategy=strategy, task=task, mode=options.mode, params=config,
         model_dir=model_dir, run_post_eval="eval" in options.mode,
-        train_actions=train_actions, trainer=trainer)
+        train_actions=train_actions, eval_actions=eval_actions, trainer=trainer)
   except RuntimeError as e:
     if "loss value" not in str(e):
       raise
@@ -246,25 +256,21 @@ def _is_chief(strategy: tf.distribute.Strategy) -> bool:
       resolver.task_type == "worker" and resolver.task_id == 0)
 
 
-LOG_FILENAME = "main.log"
+LOG_FILENAME = console.LOG_FILENAME
 
 
-def configure_logging(model_dir: str) -> str:
+def configure_logging(model_dir: str, verbose: bool = False) -> str:
   """Sends absl / TensorFlow / Model Garden logs to a file, errors also to stderr.
 
   The file is <model_dir>/main.log, appended to by every run; for a remote model_dir (gs://) a
-  local file under the temp directory. Returns its path.
+  local file under the temp directory (console.log_path). Unless `verbose`, Orbit's per-loop
+  dicts go only there too (console.quiet_orbit). Returns its path.
   """
   logging.set_verbosity(logging.INFO)
-  if model_dir and "://" not in model_dir:
-    os.makedirs(model_dir, exist_ok=True)
-    path = os.path.join(model_dir, LOG_FILENAME)
-  else:
-    local = os.path.join(tempfile.gettempdir(), "official_halonet")
-    os.makedirs(local, exist_ok=True)
-    path = os.path.join(local, (model_dir or "run").replace("://", "_").replace("/", "_") +
-                        ".log")
+  path = console.log_path(model_dir)
   logging.get_absl_handler().python_handler.stream = open(path, "a", encoding="utf-8")
+  if not verbose:
+    console.quiet_orbit()
   if flags.FLAGS.is_parsed() and not flags.FLAGS["stderrthreshold"].present:
     flags.FLAGS.stderrthreshold = "error"
   print(f"Logging to {path}", flush=True)
