@@ -27,6 +27,7 @@ from official_halonet.export import saved_model
 import demo
 from official_halonet.training import experiment as experiment_lib
 from official_halonet.training import gin_config
+from official_halonet.training import loss_guard
 from official_halonet.training import runner
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -269,6 +270,7 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(digits, tmp_path):
                  ["--mode=train", f"--model_dir={model_dir}", "--strategy=one_device"])
   assert result.returncode == 2
   assert "training stopped" in result.stderr and "last good checkpoint" in result.stderr
+  assert "the training loss at step" in result.stderr  # loss_guard's error, caught by its type
   last = runner.latest_checkpoint_step(model_dir)
   if last is not None:
     reader = tf.train.load_checkpoint(tf.train.latest_checkpoint(model_dir))
@@ -277,6 +279,21 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(digits, tmp_path):
         value = reader.get_tensor(name)
         if np.issubdtype(np.asarray(value).dtype, np.floating):
           assert np.isfinite(value).all(), f"non-finite {name} in the kept checkpoint"
+
+
+@pytest.mark.parametrize("loss, step, stops", [
+    (float("nan"), 1, True), (float("inf"), 1, True), (2e6, 5, True), (2e6, 4, False),
+    (3.5, 5, False)])
+def test_loss_guard_stops_on_a_blown_up_loss(loss, step, stops):
+  guard = loss_guard.LossGuard(tf.Variable(step, dtype=tf.int64), loss_upper_bound=1e6,
+                               begin_step=5)
+  if not stops:
+    guard({"training_loss": tf.constant(loss)})
+    return
+  with pytest.raises(loss_guard.LossBlowupError) as error:
+    guard({"training_loss": tf.constant(loss)})
+  assert (error.value.step, error.value.bound) == (step, 1e6)
+  assert error.value.loss == loss or (np.isnan(loss) and np.isnan(error.value.loss))
 
 
 def _copy_with_bad_label(source_dir, target_dir, split, records, label):

@@ -35,6 +35,7 @@ from official_halonet.models import attention_maps
 from official_halonet.training import attention_summary
 from official_halonet.training import console
 from official_halonet.training import gin_config
+from official_halonet.training import loss_guard
 from official_halonet.training import precision
 from official_halonet.training import progress
 from official_halonet.training import registry
@@ -208,6 +209,9 @@ def run(options: RunOptions) -> Dict[str, Any]:
         checkpoint_exporter=run_files.maybe_create_best_ckpt_exporter(config, model_dir))
   train_actions = [progress.ProgressLogger(trainer.global_step, config.trainer.train_steps,
                                            config.task.train_data.global_batch_size)]
+  if config.trainer.recovery_max_trials == 0:  # stop at once; > 0: Model Garden's reload-and-retry
+    train_actions.append(loss_guard.LossGuard(trainer.global_step, config.trainer.loss_upper_bound,
+                                              config.trainer.recovery_begin_steps))
   eval_actions = [attention_summary.EvalLine(trainer.global_step)]
   if "eval" in options.mode and _is_chief(strategy) and attention_maps.attention_layers(
       trainer.model):
@@ -220,9 +224,7 @@ def run(options: RunOptions) -> Dict[str, Any]:
         distribution_strategy=strategy, task=task, mode=options.mode, params=config,
         model_dir=model_dir, run_post_eval="eval" in options.mode,
         train_actions=train_actions, eval_actions=eval_actions, trainer=trainer)
-  except RuntimeError as e:
-    if "loss value" not in str(e):
-      raise
+  except loss_guard.LossBlowupError as e:
     last = latest_checkpoint_step(model_dir)
     raise RunError(
         f"training stopped: {e} The last good checkpoint "
