@@ -21,6 +21,7 @@ DEMO_DIR = "demo_output"
 MODEL_DIR = os.path.join(DEMO_DIR, "model")
 ATTENTION_PNG = "attention.png"
 HELD_OUT = 300
+CPU_DEVICES = 2  # logical CPU devices the demo mirrors over unless --num_cpu_devices says otherwise
 
 
 def make_digits_records(data_dir: str, size: int = 32) -> None:
@@ -53,6 +54,8 @@ def run(options, verbose: bool = False) -> dict:
   from official_halonet.training import attention_summary
   from official_halonet.training import runner
   start = time.time()
+  options = dataclasses.replace(options, num_cpu_devices=options.num_cpu_devices or CPU_DEVICES)
+  runner.configure_cpu_devices(options.num_cpu_devices)  # before the records touch TensorFlow
   model_dir = options.model_dir or MODEL_DIR
   data_dir = os.path.join(os.path.dirname(os.path.abspath(model_dir)), "data")
   make_digits_records(data_dir)
@@ -60,8 +63,7 @@ def run(options, verbose: bool = False) -> dict:
               f"experiment.eval_input_path = '{data_dir}/validation-*'"]
   options = dataclasses.replace(
       options, gin_files=list(options.gin_files) or ["demo.gin"], model_dir=model_dir,
-      mode="train_and_eval", gin_bindings=bindings + list(options.gin_bindings),
-      num_cpu_devices=options.num_cpu_devices or 2)
+      mode="train_and_eval", gin_bindings=bindings + list(options.gin_bindings))
   log_file = runner.configure_logging(model_dir, verbose)
   logs = runner.run(options)
   seconds = time.time() - start

@@ -63,8 +63,8 @@ def main(argv):
       mode=FLAGS.mode, model_dir=FLAGS.model_dir, strategy=FLAGS.strategy, tpu=FLAGS.tpu,
       num_gpus=FLAGS.num_gpus, num_cpu_devices=FLAGS.num_cpu_devices)
   try:
-    if FLAGS.demo or FLAGS.num_cpu_devices > 1:
-      runner.configure_cpu_devices(FLAGS.num_cpu_devices or 2)
+    if FLAGS.num_cpu_devices > 1:
+      runner.configure_cpu_devices(FLAGS.num_cpu_devices)
     if FLAGS.demo:
       import demo
       demo.run(options, verbose=FLAGS.verbose)
