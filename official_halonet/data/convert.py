@@ -21,7 +21,6 @@ re-encoded as RGB JPEG, like the ImageNet converter; other JPEGs are stored byte
 An image that cannot be decoded stops the conversion with its path (UnreadableImageError), or,
 with --on_error=skip, is left out, counted and listed at the end.
 """
-import argparse
 import concurrent.futures
 import dataclasses
 import os
@@ -30,9 +29,11 @@ import sys
 import time
 from typing import Iterable, List, Optional, Sequence, Tuple
 
+from absl import flags
 import numpy as np
 import tensorflow as tf
 
+from official_halonet.data import command_line
 from official_halonet.data import images
 from official_halonet.data import records
 
@@ -269,32 +270,41 @@ def convert_arrays(images: np.ndarray, labels: np.ndarray, output_dir: str,
   return ConversionResult(paths, label_map_path, written, skipped)
 
 
-def _parse_args(argv):
-  parser = argparse.ArgumentParser(
-      prog='python -m official_halonet.data.convert',
-      description='Image folder or NumPy dataset -> sharded ImageNet-format TFRecords.')
-  source = parser.add_mutually_exclusive_group(required=True)
-  source.add_argument('--input_dir', help='Folder with one sub-folder of images per class.')
-  source.add_argument('--input_npz', help='.npz with images (uint8), labels, [class_names].')
-  parser.add_argument('--output_dir', required=True)
-  parser.add_argument('--split', default='train', help='Shard name prefix: train, validation.')
-  parser.add_argument('--num_shards', type=int, default=8)
-  parser.add_argument('--label_offset', type=int, default=0,
-                      help='Stored label of class 0: 1 matches the ImageNet converter.')
-  parser.add_argument('--on_error', choices=('raise', 'skip'), default='raise',
-                      help='Unreadable image: stop naming it, or skip it and count it.')
-  parser.add_argument('--reencode', choices=REENCODE_CHOICES, default='auto')
-  parser.add_argument('--image_format', choices=('JPEG', 'PNG'), default='JPEG',
-                      help='Encoding of NumPy images.')
-  parser.add_argument('--no_shuffle', action='store_true')
-  parser.add_argument('--seed', type=int, default=12345)
-  parser.add_argument('--num_threads', type=int, default=8)
-  parser.add_argument('--no_progress', action='store_true')
-  return parser.parse_args(argv)
+def _define_flags(values: flags.FlagValues) -> None:
+  flags.DEFINE_string('input_dir', None, 'Folder with one sub-folder of images per class.',
+                      flag_values=values)
+  flags.DEFINE_string('input_npz', None, '.npz with images (uint8), labels, [class_names].',
+                      flag_values=values)
+  flags.mark_flags_as_mutual_exclusive(['input_dir', 'input_npz'], required=True,
+                                       flag_values=values)
+  flags.DEFINE_string('output_dir', None, 'Where the shards and label_map.json go.',
+                      flag_values=values)
+  flags.mark_flag_as_required('output_dir', flag_values=values)
+  flags.DEFINE_string('split', 'train', 'Shard name prefix: train, validation.',
+                      flag_values=values)
+  flags.DEFINE_integer('num_shards', 8, 'Number of output shards.', flag_values=values)
+  flags.DEFINE_integer('label_offset', 0,
+                       'Stored label of class 0: 1 matches the ImageNet converter.',
+                       flag_values=values)
+  flags.DEFINE_enum('on_error', 'raise', ['raise', 'skip'],
+                    'Unreadable image: stop naming it, or skip it and count it.',
+                    flag_values=values)
+  flags.DEFINE_enum('reencode', 'auto', list(REENCODE_CHOICES),
+                    'Re-encode images as JPEG: auto (non-JPEG and CMYK), always or never.',
+                    flag_values=values)
+  flags.DEFINE_enum('image_format', 'JPEG', ['JPEG', 'PNG'], 'Encoding of NumPy images.',
+                    flag_values=values)
+  flags.DEFINE_bool('no_shuffle', False, 'Keep the input order.', flag_values=values)
+  flags.DEFINE_integer('seed', 12345, 'Shuffling seed.', flag_values=values)
+  flags.DEFINE_integer('num_threads', 8, 'Threads reading and encoding images.',
+                       flag_values=values)
+  flags.DEFINE_bool('no_progress', False, 'No progress bar.', flag_values=values)
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-  args = _parse_args(argv)
+  args = command_line.parse(
+      _define_flags, argv, prog='python -m official_halonet.data.convert',
+      description='Image folder or NumPy dataset -> sharded ImageNet-format TFRecords.')
   try:
     if args.input_dir:
       result = convert_image_folder(

@@ -16,7 +16,6 @@ every eval shard read to the end and every label checked, plus a sample of image
 `eval_num_batches(counts, ...)` turns the per-shard counts into the `DataConfig.eval_num_batches`
 that lets every host of a multi-host eval run the same number of steps.
 """
-import argparse
 import concurrent.futures
 import dataclasses
 import math
@@ -24,8 +23,10 @@ import sys
 import time
 from typing import List, Optional, Sequence
 
+from absl import flags
 import tensorflow as tf
 
+from official_halonet.data import command_line
 from official_halonet.data import errors
 from official_halonet.data import images
 from official_halonet.data import records
@@ -276,29 +277,33 @@ def eval_num_batches(counts: Sequence[int], num_input_pipelines: int,
   return max(1, max(math.ceil(c / per_replica_batch_size) for c in per_pipeline))
 
 
-def _parse_args(argv):
-  parser = argparse.ArgumentParser(
-      prog='python -m official_halonet.data.validate',
-      description='Scan TFRecord shards for truncation, bad labels and undecodable images.')
-  source = parser.add_mutually_exclusive_group(required=True)
-  source.add_argument('--input_path', help='File pattern(s), comma-separated.')
-  source.add_argument('--tfds_name', help='A prepared TFDS dataset, e.g. imagenet2012.')
-  parser.add_argument('--tfds_split', default='train')
-  parser.add_argument('--tfds_data_dir', default='')
-  parser.add_argument('--label_offset', type=int, required=True,
-                      help='1 for ImageNet-converter TFRecords, 0 for TFDS / 0-based labels.')
-  parser.add_argument('--num_classes', type=int, required=True)
-  parser.add_argument('--image_key', default=None)
-  parser.add_argument('--label_key', default=None)
-  parser.add_argument('--multilabel', action='store_true')
-  parser.add_argument('--decode_images', action='store_true',
-                      help='Also decode every image (slower: CPU-bound).')
-  parser.add_argument('--num_workers', type=int, default=8)
-  return parser.parse_args(argv)
+def _define_flags(values: flags.FlagValues) -> None:
+  flags.DEFINE_string('input_path', None, 'File pattern(s), comma-separated.', flag_values=values)
+  flags.DEFINE_string('tfds_name', None, 'A prepared TFDS dataset, e.g. imagenet2012.',
+                      flag_values=values)
+  flags.mark_flags_as_mutual_exclusive(['input_path', 'tfds_name'], required=True,
+                                       flag_values=values)
+  flags.DEFINE_string('tfds_split', 'train', 'TFDS split.', flag_values=values)
+  flags.DEFINE_string('tfds_data_dir', '', 'TFDS data directory.', flag_values=values)
+  flags.DEFINE_integer('label_offset', None,
+                       '1 for ImageNet-converter TFRecords, 0 for TFDS / 0-based labels.',
+                       flag_values=values)
+  flags.DEFINE_integer('num_classes', None, 'Number of classes.', flag_values=values)
+  flags.mark_flags_as_required(['label_offset', 'num_classes'], flag_values=values)
+  flags.DEFINE_string('image_key', None, 'tf.Example image feature (default: the format\'s).',
+                      flag_values=values)
+  flags.DEFINE_string('label_key', None, 'tf.Example label feature (default: the format\'s).',
+                      flag_values=values)
+  flags.DEFINE_bool('multilabel', False, 'Labels are lists of class ids.', flag_values=values)
+  flags.DEFINE_bool('decode_images', False, 'Also decode every image (slower: CPU-bound).',
+                    flag_values=values)
+  flags.DEFINE_integer('num_workers', 8, 'Shards read in parallel.', flag_values=values)
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-  args = _parse_args(argv)
+  args = command_line.parse(
+      _define_flags, argv, prog='python -m official_halonet.data.validate',
+      description='Scan TFRecord shards for truncation, bad labels and undecodable images.')
   from official_halonet.data import pipeline  # pylint: disable=g-import-not-at-top
   if args.tfds_name:
     paths = pipeline.resolve_tfds_files(args.tfds_name, args.tfds_split, args.tfds_data_dir)
