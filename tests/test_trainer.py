@@ -86,6 +86,28 @@ def test_every_gin_file_parses_and_builds_its_experiment(name):
   tf_keras.backend.clear_session()
 
 
+# The paper's table 1: image size and RandAugment magnitude of H0-H7 (the hybrids are H7's).
+PAPER_SIZE_AND_MAGNITUDE = {
+    "h0": (256, 6), "h1": (256, 8), "h2": (256, 10), "h3": (320, 14), "h4": (384, 17),
+    "h5": (448, 19), "h6": (512, 24), "h7": (600, 31), "h7_c1": (600, 31), "h7_c12": (600, 31),
+    "h7_c123": (600, 31)}
+
+
+@pytest.mark.parametrize("name", sorted(PAPER_SIZE_AND_MAGNITUDE))
+def test_h_gin_files_take_image_size_and_magnitude_from_the_spec(name):
+  config = runner.build_config(runner.RunOptions(gin_files=[f"{name}.gin"])).config
+  spec = official_halonet.models.get_spec(config.task.model.backbone.halonet.model_id)
+  effective = (config.task.model.input_size[0], config.task.train_data.randaug_magnitude)
+  assert effective == (spec.image_size, spec.randaug_magnitude) == PAPER_SIZE_AND_MAGNITUDE[name]
+  data = (config.task.train_data.image_size, config.task.validation_data.image_size)
+  assert data == (spec.image_size, spec.image_size)
+  # An explicit binding still wins over the spec.
+  config = runner.build_config(runner.RunOptions(
+      gin_files=[f"{name}.gin"], gin_bindings=["experiment.image_size = 224",
+                                               "experiment.randaug_magnitude = 3"])).config
+  assert (config.task.model.input_size[0], config.task.train_data.randaug_magnitude) == (224, 3)
+
+
 def test_i21k_finetune_changes_window_and_starts_from_pretraining():
   config = runner.build_config(runner.RunOptions(gin_files=["h4_i21k_finetune_384.gin"])).config
   backbone = config.task.model.backbone.halonet
