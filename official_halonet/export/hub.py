@@ -113,7 +113,7 @@ def metadata(run: saved_model.RestoredRun, kind: str,
   """The metadata.json of one module."""
   config: cfg.ExperimentConfig = run.config
   halonet = config.task.model.backbone.halonet
-  spec = specs.get_spec(halonet.model_id)
+  spec = specs.resolve(halonet.model_id, halonet.block_size, halonet.halo_size)
   train = config.task.train_data
   size = int(config.task.model.input_size[0])
   top1 = run.eval_accuracy if top1 is None else top1
@@ -121,8 +121,8 @@ def metadata(run: saved_model.RestoredRun, kind: str,
   out = {
       "module": kind,
       "model_id": halonet.model_id,
-      "block_size": halonet.block_size or spec.block_size,
-      "halo_size": spec.halo_size if halonet.halo_size is None else halonet.halo_size,
+      "block_size": spec.block_size,
+      "halo_size": spec.halo_size,
       "num_classes": int(config.task.model.num_classes),
       "parameters": _params(source.trainable_variables),
       "image_size": size,

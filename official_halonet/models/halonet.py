@@ -82,7 +82,7 @@ class HaloNet(tf_keras.Model):
                kernel_regularizer: Optional[tf_keras.regularizers.Regularizer] = None,
                bias_regularizer: Optional[tf_keras.regularizers.Regularizer] = None,
                **kwargs):
-    spec = specs.get_spec(model_id)
+    spec = specs.resolve(model_id, block_size, halo_size, se_ratio, final_width)
     if not 0.0 <= stochastic_depth_drop_rate < 1.0:
       raise ValueError(f"stochastic_depth_drop_rate must be in [0, 1), got "
                        f"{stochastic_depth_drop_rate}.")
@@ -94,10 +94,6 @@ class HaloNet(tf_keras.Model):
         norm_epsilon=norm_epsilon, kernel_initializer=kernel_initializer,
         kernel_regularizer=kernel_regularizer, bias_regularizer=bias_regularizer)
     self._spec = spec
-    self._block_size = block_size or spec.block_size
-    self._halo_size = spec.halo_size if halo_size is None else halo_size
-    self._se_ratio = spec.se_ratio if se_ratio is None else se_ratio
-    self._final_width = spec.final_width if final_width is None else final_width
     self._activation = activation or spec.activation
     self._norm_kwargs = dict(axis=-1, momentum=norm_momentum, epsilon=norm_epsilon,
                              synchronized=use_sync_bn)
@@ -119,8 +115,8 @@ class HaloNet(tf_keras.Model):
         x = self._block(x, stage_type, stage, width, 2 if (i == 0 and stage > 0) else 1, rate,
                         name=f"stage{stage + 1}_block{i + 1}")
         block_index += 1
-      if stage == 3 and self._final_width:
-        x = self._conv_bn_act(x, self._final_width, 1, 1, name="final")
+      if stage == 3 and spec.final_width:
+        x = self._conv_bn_act(x, spec.final_width, 1, 1, name="final")
       endpoints[str(stage + 2)] = x
     self._output_specs = {level: endpoint.get_shape() for level, endpoint in endpoints.items()}
     super().__init__(inputs=inputs, outputs=endpoints, **kwargs)
@@ -169,7 +165,7 @@ class HaloNet(tf_keras.Model):
                            name=f"{name}_sasa", **projection)(x), width
     value_dim = int(round(spec.value_ratio * width))
     return HaloAttention(num_heads=heads, key_dim=width, value_dim=value_dim,
-                         block_size=self._block_size, halo_size=self._halo_size, strides=strides,
+                         block_size=spec.block_size, halo_size=spec.halo_size, strides=strides,
                          name=f"{name}_halo", **projection)(x), value_dim
 
   def _block(self, x, stage_type, stage, width, strides, drop_rate, name):
@@ -182,7 +178,7 @@ class HaloNet(tf_keras.Model):
     y = layers.BatchNormalization(name=f"{name}_2_bn", **self._norm_kwargs)(y)
     y = self._act(f"{name}_2_act")(y)
     se_ratio = self._spec.conv_se_ratio if stage_type == "conv" else 0.0
-    se_ratio = max(se_ratio, self._se_ratio)
+    se_ratio = max(se_ratio, self._spec.se_ratio)
     if se_ratio > 0:
       y = nn_layers.SqueezeExcitation(in_filters=mid, out_filters=mid, se_ratio=se_ratio,
                                       kernel_initializer=self._kernel_initializer,
@@ -199,6 +195,7 @@ class HaloNet(tf_keras.Model):
 
   @property
   def spec(self) -> specs.ModelSpec:
+    """The spec the model was built from, overrides applied (specs.resolve)."""
     return self._spec
 
   @property

@@ -152,3 +152,16 @@ def get_spec(model_id: str) -> ModelSpec:
   except KeyError:
     raise ValueError(f"Unknown model {model_id!r}; known models: {', '.join(sorted(MODELS))}"
                      ) from None
+
+
+def resolve(model_id: str, block_size: Optional[int] = None, halo_size: Optional[int] = None,
+            se_ratio: Optional[float] = None, final_width: Optional[int] = None) -> ModelSpec:
+  """The spec a model is built from: the named spec with the backbone config's overrides.
+
+  None keeps the spec's value (block_size 0 too); halo_size 0 means no halo; se_ratio 0 and
+  final_width 0 remove that layer (see models.factory.HaloNetConfig, HaloNet's arguments).
+  """
+  overrides = dict(block_size=block_size or None, halo_size=halo_size, se_ratio=se_ratio,
+                   final_width=final_width)
+  return dataclasses.replace(get_spec(model_id),
+                             **{k: v for k, v in overrides.items() if v is not None})
