@@ -14,19 +14,22 @@ For each model (timm's halonet_h1, halonet26t, sehalonet33ts, halonet50ts, eca_h
   1. builds timm's model with seeded random weights (no pretrained weights are downloaded), gives
      every BatchNorm a random scale and shift (including the zero-initialised last one of each
      residual branch) and running statistics measured on the photos in train mode, then scales
-     the classifier so the logits have a standard deviation of about 3;
+     the classifier so the logits have a standard deviation of about 1 (--logit_std);
   2. preprocesses the photos as timm's eval transform does for that model (resize the short side
      to floor(size / crop_pct) with PIL's filter named by `interpolation`, center crop to size;
      kept as uint8) and normalises them with the model's mean / std in float32 NumPy;
   3. writes <name>.safetensors (the state dict, as timm's published model.safetensors files hold
      it; the reduced models' weights are rounded to float16 values first and stored as float16,
      so the file holds exactly the model that produced the logits, at half the size), inputs_<size>_<crop_pct>_<interpolation>.npz (the uint8 crops, shared by the models
-     with the same preprocessing) and <name>.json (logits in eval mode, top-5, parameter count,
-     preprocessing, versions).
+     with the same preprocessing) and <name>.json (logits in eval mode in float32 and, from a
+     float64 copy of the model, the float64 logits and timm's own float32 rounding error
+     max |float32 - float64|; top-5, parameter count, preprocessing, versions).
 
+Also writes full_width_parameters.json: the parameter count of each full-size model (1000 classes).
 tools/timm_parity.py (project side, no PyTorch) converts each file and compares.
 """
 import argparse
+import copy
 import dataclasses
 import json
 import math
@@ -43,6 +46,7 @@ from safetensors.torch import save_file
 MODELS = ("halonet_h1", "halonet26t", "sehalonet33ts", "halonet50ts", "eca_halonext26ts")
 MINI_CLASSES = 10
 MINI_SIZE = 128
+RESIDUAL_BRANCH_END = "conv3_1x1.bn"
 FILTERS = {"bicubic": Image.BICUBIC, "bilinear": Image.BILINEAR}
 
 
@@ -118,13 +122,20 @@ def normalise(crops, mean, std):
   return (x - np.asarray(mean, np.float32)) / np.asarray(std, np.float32)
 
 
-def randomise(model, images, generator):
-  """Random BN affine parameters, BN running statistics measured on `images` (train-mode passes,
-  cumulative average), then the classifier scaled to logits of standard deviation ~3."""
-  norms = [m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+def randomise(model, images, generator, logit_std):
+  """Random BN affine parameters (scale U(0.5, 1.5), U(0.1, 0.3) at the end of residual branches;
+  shift N(0, 0.2²)), BN running statistics measured on `images` (train-mode passes, cumulative
+  average) and moved a little off (mean by 0.1 std, variance by up to ±10%), then the classifier
+  scaled to logits of standard deviation ~`logit_std`."""
+  named = [(n, m) for n, m in model.named_modules() if isinstance(m, torch.nn.BatchNorm2d)]
+  norms = [m for _, m in named]
   with torch.no_grad():
-    for bn in norms:
-      bn.weight.copy_(0.5 + torch.rand(bn.weight.shape, generator=generator))
+    for name, bn in named:
+      # The last BN of a residual branch scales it down, as in a trained network (timm
+      # initialises it to 0): each block stays a moderate change of its input, which keeps a deep
+      # random network out of the chaotic regime where float32 rounding grows layer by layer.
+      low, high = (0.1, 0.3) if name.endswith(RESIDUAL_BRANCH_END) else (0.5, 1.5)
+      bn.weight.copy_(low + (high - low) * torch.rand(bn.weight.shape, generator=generator))
       bn.bias.copy_(0.2 * torch.randn(bn.bias.shape, generator=generator))
       bn.reset_running_stats()
       bn.momentum = None  # cumulative moving average
@@ -133,12 +144,13 @@ def randomise(model, images, generator):
       model(image[None])
     model.eval()
     for bn in norms:  # a little off the measured statistics, as trained running averages are
-      bn.running_mean.add_(0.05 * torch.randn(bn.running_mean.shape, generator=generator))
+      noise = torch.randn(bn.running_mean.shape, generator=generator)
+      bn.running_mean.add_(0.1 * bn.running_var.sqrt() * noise)
       bn.running_var.mul_(0.9 + 0.2 * torch.rand(bn.running_var.shape, generator=generator))
       bn.momentum = 0.1
     fc = model.get_classifier()
     logits = model(images)
-    fc.weight.mul_(3.0 / float(logits.std()))
+    fc.weight.mul_(logit_std / float(logits.std()))
     fc.bias.copy_(0.1 * torch.randn(fc.bias.shape, generator=generator))
 
 
@@ -151,7 +163,7 @@ def round_to_float16(model):
         tensor.copy_(tensor.half().float())
 
 
-def write(name, mini, image_paths, out_dir, seed):
+def write(name, mini, image_paths, out_dir, seed, logit_std):
   torch.manual_seed(seed)
   generator = torch.Generator().manual_seed(seed)
   model = build(name, mini)
@@ -161,11 +173,12 @@ def write(name, mini, image_paths, out_dir, seed):
   mean, std = pretrained["mean"], pretrained["std"]
   crops = np.stack([preprocess(p, size, crop_pct, interpolation) for p in image_paths])
   x = torch.from_numpy(normalise(crops, mean, std)).permute(0, 3, 1, 2).contiguous()
-  randomise(model, x, generator)
+  randomise(model, x, generator, logit_std)
   if mini:
     round_to_float16(model)
   with torch.no_grad():
     logits = model(x).numpy()
+    exact = copy.deepcopy(model).double()(x.double()).numpy()  # float64 reference
   key = f"{name}_mini" if mini else name
   state = {k: (v.half() if mini and v.is_floating_point() else v).detach().contiguous()
            for k, v in model.state_dict().items()}
@@ -178,11 +191,13 @@ def write(name, mini, image_paths, out_dir, seed):
       image_size=size, crop_pct=crop_pct, interpolation=interpolation, mean=list(mean),
       std=list(std), inputs=inputs, images=[os.path.basename(p) for p in image_paths],
       logits=logits.astype(float).tolist(), top5=np.argsort(-logits, axis=1)[:, :5].tolist(),
+      logits_float64=exact.tolist(),
+      float32_error=float(np.max(np.abs(logits.astype(np.float64) - exact))),
       seed=seed, timm_version=timm.__version__, torch_version=torch.__version__.split("+")[0])
   with open(os.path.join(out_dir, f"{key}.json"), "w") as f:
     json.dump(meta, f, indent=1)
-  print(f"{key}: {meta['parameters']} parameters, logits std {logits.std():.2f}, "
-        f"-> {out_dir}", flush=True)
+  print(f"{key}: {meta['parameters']} parameters, logits std {logits.std():.2f}, timm's "
+        f"float32 vs float64 {meta['float32_error']:.1e} -> {out_dir}", flush=True)
 
 
 def main(argv=None):
@@ -192,11 +207,17 @@ def main(argv=None):
   parser.add_argument("--mini", action="store_true", help="the reduced-width '<name>_mini' models")
   parser.add_argument("--models", nargs="+", default=list(MODELS), choices=MODELS)
   parser.add_argument("--seed", type=int, default=0)
+  parser.add_argument("--logit_std", type=float, default=1.0,
+                      help="scale of the logits; float32 rounding errors scale with it")
   args = parser.parse_args(argv)
   os.makedirs(args.out_dir, exist_ok=True)
   torch.set_num_threads(1)
   for name in args.models:
-    write(name, args.mini, args.images, args.out_dir, args.seed)
+    write(name, args.mini, args.images, args.out_dir, args.seed, args.logit_std)
+  counts = {name: int(sum(p.numel() for p in timm.create_model(name).parameters()))
+            for name in MODELS}
+  with open(os.path.join(args.out_dir, "full_width_parameters.json"), "w") as f:
+    json.dump(dict(counts, timm_version=timm.__version__), f, indent=1)
   return 0
 
 

@@ -96,7 +96,6 @@ class ModelSpec:
   timm_positions: bool = False  # strided halo layers index tables by subsampled query position
   eval_crop_fraction: Optional[float] = None  # evaluation center crop (None: the data default)
   eval_interpolation: Optional[str] = None  # evaluation resize method (None: the data default)
-  timm_params: Optional[int] = None  # timm's parameter count of the same model (1000 classes)
 
   def __post_init__(self):
     for stage_type in self.stage_types + sum(self.block_types or (), ()):
@@ -197,32 +196,32 @@ _TIMM = dict(image_size=256, padding="symmetric", norm_epsilon=1e-5, timm_positi
 _TIMM_MODELS: Dict[str, ModelSpec] = {
     "halonet_h1": ModelSpec(
         blocks=(3, 3, 10, 3), output_ratio=1.0, block_size=8, halo_size=3, activation="relu",
-        eval_crop_fraction=0.95, timm_params=8_100_056, **_TIMM),
+        eval_crop_fraction=0.95, **_TIMM),
     "halonet26t": ModelSpec(
         blocks=(2, 2, 2, 2), block_types=((_C, _C), (_C, _C), (_C, _H), (_H, _H)),
         block_size=8, halo_size=2, stem="tiered", activation="relu", eval_crop_fraction=0.95,
-        timm_params=12_480_288, **_TIMM),
+        **_TIMM),
     "sehalonet33ts": ModelSpec(
         blocks=(2, 3, 3, 2), block_types=((_C, _C), (_C, _C, _H), (_C, _C, _H), (_H, _H)),
         output_widths=(256, 512, 1024, 1536), final_width=1280, block_size=8, halo_size=3,
         stem="tiered", stem_pool=False, conv_se_ratio=1 / 16, se_activation="relu",
-        se_divisor=8, eval_crop_fraction=0.94, timm_params=13_691_712, **_TIMM),
+        se_divisor=8, eval_crop_fraction=0.94, **_TIMM),
     "halonet50ts": ModelSpec(
         blocks=(3, 4, 6, 3),
         block_types=((_C,) * 3, (_C, _C, _C, _H), (_C, _H) * 3, (_C, _H, _C)),
         block_size=8, halo_size=3, stem="tiered", eval_crop_fraction=0.94,
-        timm_params=22_733_280, **dict(_TIMM, num_heads=(8, 4, 8, 8))),
+        **dict(_TIMM, num_heads=(8, 4, 8, 8))),
     "eca_halonext26ts": ModelSpec(
         blocks=(2, 2, 2, 2), block_types=((_C, _C), (_C, _C), (_C, _H), (_H, _H)),
         group_width=16, eca=True, key_head_dim=16, block_size=8, halo_size=2, stem="tiered",
-        eval_crop_fraction=0.94, timm_params=10_756_885, **_TIMM),
+        eval_crop_fraction=0.94, **_TIMM),
 }
 # Reduced versions for the parity fixtures (tools/timm_fixtures.py builds the same in timm):
 # stem 16, bottleneck widths 8-64 (outputs twice that, the bottleneck ratio being doubled), b=4,
 # h=2 where timm's h is 3 and 1 where it is 2, a quarter of the heads, fewer blocks in the two
 # deepest models; 128×128 inputs (10 classes in the fixtures).
 _MINI = dict(base_width=8, stem_width=16, block_size=4, image_size=128, num_heads=(2, 2, 2, 2),
-             output_ratio=2.0, timm_params=None)
+             output_ratio=2.0)
 _TIMM_MINI: Dict[str, ModelSpec] = {
     "halonet_h1_mini": dataclasses.replace(
         _TIMM_MODELS["halonet_h1"], blocks=(2, 2, 3, 2), halo_size=2,
