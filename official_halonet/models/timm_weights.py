@@ -194,8 +194,11 @@ def assign_timm_weights(model: tf_keras.Model, spec: specs.ModelSpec, state: Dic
     array = np.asarray(state[name])
     if not np.issubdtype(array.dtype, np.floating):
       raise TimmWeightsError(f"{path}: tensor {name!r} has dtype {array.dtype}, not floating point")
-    value = np.asarray(convert(array) if convert else array, dtype=np.float32)
-    if tuple(value.shape) != tuple(variable.shape):
+    try:
+      value = np.asarray(convert(array) if convert else array, dtype=np.float32)
+    except ValueError:  # a layout conversion that cannot apply to this shape
+      value = None
+    if value is None or tuple(value.shape) != tuple(variable.shape):
       raise TimmWeightsError(
           f"{path}: tensor {name!r} has shape {list(array.shape)}, which does not fit "
           f"{variable.name} {variable.shape.as_list()} (is it timm's {spec_name(spec)}?)")
