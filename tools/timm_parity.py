@@ -64,7 +64,9 @@ def compare(directory: str, name: str) -> Dict[str, object]:
 
 def main(argv):
   directory = argv[1] if len(argv) > 1 else "tests/fixtures/timm"
-  names = sorted(os.path.basename(p)[:-5] for p in glob.glob(os.path.join(directory, "*.json")))
+  names = sorted(os.path.basename(p)[:-len(".json")]
+                 for p in glob.glob(os.path.join(directory, "*.json"))
+                 if os.path.exists(p[:-len(".json")] + ".safetensors"))
   print("| model | parameters (here / timm) | max abs logit | float32: max abs diff | top-5 "
         "equal | float64: max abs diff | timm's own float32 error |")
   print("|---|---|---|---|---|---|---|")
