@@ -21,6 +21,7 @@ from safetensors.numpy import load_file, save_file
 
 from official.core import task_factory
 from official_halonet import convert_timm
+from official_halonet.checkpoints import restore
 from official_halonet import models
 from official_halonet.export import hub
 from official_halonet.export import saved_model as export
@@ -165,7 +166,7 @@ def test_checkpoint_restores_strictly_to_the_same_logits(converted):
   _, images = timm_parity.load_fixture(FIXTURES, "halonet26t_mini")
   config = convert_timm.experiment_config("halonet26t_mini", num_classes=10)
   model = export.build_model(config)
-  export.restore(model, os.path.join(converted["out"], "checkpoint"), use_ema=False)
+  restore.restore(model, os.path.join(converted["out"], "checkpoint"), use_ema=False)
   reference = models.from_timm("halonet26t_mini", _weights("halonet26t_mini"))
   for got, want in zip(model.variables, reference.variables):
     np.testing.assert_array_equal(got.numpy(), want.numpy(), err_msg=got.name)
@@ -271,7 +272,7 @@ def test_a_converted_model_fine_tunes_through_the_runner(converted, tmp_path):
   options = runner.RunOptions(gin_files=["timm/halonet26t.gin"], gin_bindings=bindings,
                               model_dir=str(tmp_path / "run"), strategy="one_device",
                               num_gpus=0)
-  config = runner.build_config(options)
+  config = runner.build_config(options).config
   task = task_factory.get_task(config.task)
   start = task.build_model()
   task.initialize(start)
@@ -289,9 +290,9 @@ def test_publish_works_on_a_converted_checkpoint(converted, tmp_path):
       gin_files=["timm/halonet26t.gin"], mode="publish",
       model_dir=os.path.join(converted["out"], "checkpoint"),
       gin_bindings=["experiment.model_id = 'halonet26t_mini'", "experiment.num_classes = 10"])
-  path = hub.publish_from_run(options, output_dir=str(tmp_path / "hub"))
+  written = hub.publish_from_run(options, output_dir=str(tmp_path / "hub"))
   _, images = timm_parity.load_fixture(FIXTURES, "halonet26t_mini")
-  classifier = tf.saved_model.load(os.path.join(path, "classifier"))
+  classifier = tf.saved_model.load(written[hub.CLASSIFIER])
   # The module takes [0, 1] images and normalises inside; the fixture's crops are uint8.
   crops = np.load(os.path.join(FIXTURES, _meta("halonet26t_mini")["inputs"]))["crops"]
   got = classifier(tf.constant(crops.astype(np.float32) / 255.0)).numpy()
@@ -309,7 +310,7 @@ def test_detection_configurations_take_each_timm_backbone(kind, backbone):
       gin_files=[f"detection/{kind}_timm.gin"],
       gin_bindings=[f"detection_experiment.backbone = '{backbone}'",
                     f"detection_experiment.init_checkpoint = '/models/{backbone}/checkpoint'",
-                    "detection_experiment.annotation_file = '/coco/instances_val.json'"]))
+                    "detection_experiment.annotation_file = '/coco/instances_val.json'"])).config
   assert config.task.model.backbone.halonet.model_id == backbone
   assert config.task.model.norm_activation.norm_epsilon == specs.get_spec(backbone).norm_epsilon
   assert config.task.init_checkpoint_modules == "backbone"
