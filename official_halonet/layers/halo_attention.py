@@ -22,6 +22,8 @@ Downsampling (stride s > 1):
 Window shape: 'block' attends to the whole (b + 2h)² window (HaloNet, unmasked by default);
 'centered' masks it to the (2h + 1)² window centred on each query (SASA's k×k neighbourhood).
 Relative positions: see relative_position.py ('factorized' HaloNet, 'split' SASA, or 'none').
+A strided layer indexes its tables by each query's input position s·i' ('input', the default) or,
+with query_positions='subsampled', by i' as timm does (for weights imported from timm).
 Logits and softmax are computed in float32 whatever the layer's compute dtype.
 """
 from typing import Any, Dict, Optional, Tuple
@@ -36,6 +38,7 @@ from official_halonet.layers import relative_position
 _MASKED_LOGIT = -1e9
 WINDOWS = ("block", "centered")
 DOWNSAMPLES = ("auto", "avg_pool")
+QUERY_POSITIONS = ("input", "subsampled")
 
 
 def _positive_int(name: str, value: Any, minimum: int) -> int:
@@ -83,6 +86,7 @@ class HaloAttention(tf_keras.layers.Layer):
     scale_rel_logits: scale the relative-position term by D^-1/2 like the content term.
     kernel_initializer, kernel_regularizer: for the q, k, v projections.
     rel_pos_initializer: for the relative-position tables (default normal, stddev D^-1/2).
+    query_positions: 'input' or 'subsampled': which row of a strided query indexes the tables.
   """
 
   def __init__(self,
@@ -100,6 +104,7 @@ class HaloAttention(tf_keras.layers.Layer):
                kernel_initializer: Any = "he_normal",
                kernel_regularizer: Any = None,
                rel_pos_initializer: Any = None,
+               query_positions: str = "input",
                **kwargs):
     super().__init__(**kwargs)
     self.num_heads = _positive_int("num_heads", num_heads, 1)
@@ -113,6 +118,7 @@ class HaloAttention(tf_keras.layers.Layer):
     self.mask_out_of_image = bool(mask_out_of_image)
     self.rel_pos = _one_of("rel_pos", rel_pos, relative_position.REL_POS_MODES)
     self.scale_rel_logits = bool(scale_rel_logits)
+    self.query_positions = _one_of("query_positions", query_positions, QUERY_POSITIONS)
     for name, width in (("key_dim", self.key_dim), ("value_dim", self.value_dim)):
       if width % self.num_heads:
         raise ValueError(f"{name}={width} is not divisible by num_heads={self.num_heads}.")
@@ -141,7 +147,7 @@ class HaloAttention(tf_keras.layers.Layer):
     halo = self.halo_size if halo_size is None else halo_size
     return relative_position.reachable_offsets(
         block, halo, query_stride(block, self.strides, self.downsample),
-        centered=self.window == "centered")
+        centered=self.window == "centered", subsampled=self.query_positions == "subsampled")
 
   def build(self, input_shape):
     def projection(units, name):
@@ -224,7 +230,7 @@ class HaloAttention(tf_keras.layers.Layer):
                           [batch, blocks, bq, bq, n, d])
       logits += relative_position.relative_logits(
           q_grid, tf.cast(self.rel_pos_h, logit_dtype), tf.cast(self.rel_pos_w, logit_dtype),
-          b, h, s, self.rel_pos)
+          b, h, s, self.rel_pos, self.query_positions == "subsampled")
 
     mask = self._window_mask()
     if mask is not None:
@@ -282,6 +288,7 @@ class HaloAttention(tf_keras.layers.Layer):
         mask_out_of_image=self.mask_out_of_image,
         rel_pos=self.rel_pos,
         scale_rel_logits=self.scale_rel_logits,
+        query_positions=self.query_positions,
         kernel_initializer=tf_keras.initializers.serialize(
             tf_keras.initializers.get(self._kernel_initializer)),
         kernel_regularizer=tf_keras.regularizers.serialize(

@@ -10,6 +10,12 @@ Two ways to share a head's channels between the axes:
   'factorized' (HaloNet): r_h, r_w are both D wide;  term = q · r_h[a-i] + q · r_w[c-j]
   'split'      (SASA):    r_h, r_w are D/2 wide;     term = q[:D/2] · r_h[a-i] + q[D/2:] · r_w[c-j]
                           (i.e. q · concat(r_h, r_w), the concatenated embedding of the SASA paper)
+
+Strided layers (queries at block rows 0, s, 2s, ...): by default the query's row is its input row
+s·i', so the offset is the true distance in input pixels. `subsampled=True` uses i' instead (timm's
+HaloAttn indexes its tables that way), so query i' reads row a - h - i' + w - 1. The two differ for
+every i' > 0 and no permutation of a table turns one into the other; timm-trained tables need
+`subsampled=True`. With stride 1 both are the same.
 """
 from typing import Tuple
 
@@ -25,36 +31,40 @@ def table_rows(window: int) -> int:
   return 2 * window - 1
 
 
-def reachable_offsets(block: int, halo: int, stride: int = 1,
-                      centered: bool = False) -> Tuple[int, int]:
+def reachable_offsets(block: int, halo: int, stride: int = 1, centered: bool = False,
+                      subsampled: bool = False) -> Tuple[int, int]:
   """(lowest, highest) offset a - i that a layer's queries read from its table; rows outside stay
   at their initial values, since no gradient ever reaches them.
 
   Read off `window_index`: queries at block rows 0, s, ..., b - s against window keys at block rows
   -h .. b + h - 1 give offsets -(b - s + h) .. b + h - 1 (stride 1: |o| <= b + h - 1; a strided
   layer reaches s - 1 fewer negative offsets). A centred (SASA-masked) window keeps |o| <= h of them.
-  `stride` is the layer's query stride (1 when it downsamples by pooling after attention).
+  `stride` is the layer's query stride (1 when it downsamples by pooling after attention);
+  `subsampled` as in `window_index` (then -(b/s - 1 + h) .. b + h - 1).
   """
-  offsets = window_index(block, halo, stride) - (block + 2 * halo - 1)
+  offsets = window_index(block, halo, stride, subsampled) - (block + 2 * halo - 1)
   if centered:
     offsets = offsets[np.abs(offsets) <= halo]
   return int(offsets.min()), int(offsets.max())
 
 
-def window_index(block: int, halo: int, stride: int) -> np.ndarray:
+def window_index(block: int, halo: int, stride: int, subsampled: bool = False) -> np.ndarray:
   """[b/s, w] int32: table row for query i' (input row s·i') and window key position a.
 
   The key at window position a sits at block row a - h, the query at block row s·i', so the offset
-  is a - h - s·i' and the table row is that plus w - 1.
+  is a - h - s·i' and the table row is that plus w - 1; with `subsampled` the query counts as row
+  i' (a - h - i' + w - 1), timm's convention.
   """
   window = block + 2 * halo
   queries = np.arange(0, block, stride)[:, None]
+  if subsampled:
+    queries = queries // stride
   keys = np.arange(window)[None, :]
   return (keys - halo - queries + window - 1).astype(np.int32)
 
 
 def relative_logits(q: tf.Tensor, table_h: tf.Tensor, table_w: tf.Tensor, block: int, halo: int,
-                    stride: int, mode: str) -> tf.Tensor:
+                    stride: int, mode: str, subsampled: bool = False) -> tf.Tensor:
   """Relative-position logits of every query in a block against every key of its window.
 
   Args:
@@ -62,11 +72,12 @@ def relative_logits(q: tf.Tensor, table_h: tf.Tensor, table_w: tf.Tensor, block:
     table_h, table_w: [2w - 1, D] ('factorized') or [2w - 1, D/2] ('split').
     block, halo, stride: b, h, s.
     mode: 'factorized' or 'split'.
+    subsampled: index the tables by subsampled query position (see `window_index`).
 
   Returns:
     [B, n_h·n_w, N, bq·bq, w·w] logits, in the dtype of the tables.
   """
-  index = window_index(block, halo, stride)
+  index = window_index(block, halo, stride, subsampled)
   rel_h = tf.gather(table_h, index)  # [bq, w, D']
   rel_w = tf.gather(table_w, index)
   if mode == "split":

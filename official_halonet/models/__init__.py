@@ -6,6 +6,7 @@
 from official_halonet.models.factory import Backbone, HaloNetConfig, build, build_halonet
 from official_halonet.models.halonet import HaloNet
 from official_halonet.models.specs import MODELS, ModelSpec, get_spec
+from official_halonet.models.timm_weights import TimmWeightsError, from_timm
 
 __all__ = ["Backbone", "HaloNet", "HaloNetConfig", "MODELS", "ModelSpec", "build",
-           "build_halonet", "get_spec"]
+           "build_halonet", "from_timm", "get_spec", "TimmWeightsError"]

@@ -14,6 +14,11 @@ depth, and zero-initialised gamma in the last BN of every residual branch.
          block of stages 2-4 downsamples (strided attention / strided conv / SASA average pooling).
   head   optional 1×1 conv to d_f, BN, act, on endpoint '5' (classification adds pooling + FC).
 
+The timm rows of specs.py add: a 'tiered' stem (3×3/2 conv to 3/8 of the stem width, 3×3 conv to
+1/2, 3×3 conv to the full width, each with BN and act; then the max-pool, or with stem_pool=False
+the last conv strided instead), per-block types within a stage, grouped 3×3 convs, ECA, and
+PyTorch's symmetric padding of strided windows (padding='symmetric').
+
 Input [B, H, W, 3] for any H, W (attention pads to multiples of b and crops back), so endpoint
 level l has spatial size ceil(H / 2^l), exactly as a convolutional ResNet's.
 
@@ -43,7 +48,9 @@ import tf_keras
 
 from official.modeling import tf_utils
 from official.vision.modeling.layers import nn_layers
-from official_halonet.layers import HaloAttention, SASAAttention, SpatiallyAwareAttention
+from official_halonet.layers import (EfficientChannelAttention, HaloAttention, Pad2D,
+                                     SASAAttention, SpatiallyAwareAttention)
+from official_halonet.layers import padding
 from official_halonet.models import specs
 
 layers = tf_keras.layers
@@ -62,7 +69,7 @@ class HaloNet(tf_keras.Model):
     final_width: override d_f, the 1×1 conv after the last stage (0 removes it); None keeps it.
     stochastic_depth_drop_rate: drop rate of the last block; block k of N drops rate·(k+1)/N.
     activation, use_sync_bn, norm_momentum, norm_epsilon: Model Garden norm-activation settings;
-      activation None takes the spec's.
+      activation / norm_epsilon None take the spec's.
     kernel_initializer, kernel_regularizer, bias_regularizer: for every conv and projection.
   """
 
@@ -77,7 +84,7 @@ class HaloNet(tf_keras.Model):
                activation: Optional[str] = None,
                use_sync_bn: bool = False,
                norm_momentum: float = 0.99,
-               norm_epsilon: float = 0.001,
+               norm_epsilon: Optional[float] = None,
                kernel_initializer: str = "VarianceScaling",
                kernel_regularizer: Optional[tf_keras.regularizers.Regularizer] = None,
                bias_regularizer: Optional[tf_keras.regularizers.Regularizer] = None,
@@ -95,7 +102,8 @@ class HaloNet(tf_keras.Model):
         kernel_regularizer=kernel_regularizer, bias_regularizer=bias_regularizer)
     self._spec = spec
     self._activation = activation or spec.activation
-    self._norm_kwargs = dict(axis=-1, momentum=norm_momentum, epsilon=norm_epsilon,
+    self._norm_kwargs = dict(axis=-1, momentum=norm_momentum,
+                             epsilon=spec.norm_epsilon if norm_epsilon is None else norm_epsilon,
                              synchronized=use_sync_bn)
     self._conv_kwargs = dict(use_bias=False, kernel_initializer=kernel_initializer,
                              kernel_regularizer=kernel_regularizer,
@@ -108,11 +116,12 @@ class HaloNet(tf_keras.Model):
     x = self._stem(inputs)
     endpoints = {}
     total_blocks, block_index = sum(spec.blocks), 0
-    for stage, (stage_type, repeats) in enumerate(zip(spec.stage_types, spec.blocks)):
+    for stage, repeats in enumerate(spec.blocks):
       width = spec.base_width * 2**stage
       for i in range(repeats):
         rate = stochastic_depth_drop_rate * (block_index + 1) / total_blocks
-        x = self._block(x, stage_type, stage, width, 2 if (i == 0 and stage > 0) else 1, rate,
+        x = self._block(x, spec.block_type(stage, i), stage, width,
+                        2 if (i == 0 and stage > 0) else 1, rate,
                         name=f"stage{stage + 1}_block{i + 1}")
         block_index += 1
       if stage == 3 and spec.final_width:
@@ -126,9 +135,18 @@ class HaloNet(tf_keras.Model):
   def _act(self, name):
     return layers.Activation(tf_utils.get_activation(self._activation), name=name)
 
+  def _conv(self, x, filters, kernel, strides, name, groups=1):
+    """A bias-free k×k conv, 'SAME' padded, or PyTorch-padded with padding='symmetric'."""
+    pad = padding.symmetric_padding(kernel, strides)
+    if self._spec.padding == "symmetric" and strides > 1 and pad:
+      x = Pad2D(pad, name=f"{name}_pad")(x)
+      return layers.Conv2D(filters, kernel, strides, padding="valid", groups=groups, name=name,
+                           **self._conv_kwargs)(x)
+    return layers.Conv2D(filters, kernel, strides, padding="same", groups=groups, name=name,
+                         **self._conv_kwargs)(x)
+
   def _conv_bn_act(self, x, filters, kernel, strides, name, act=True, zero_gamma=False):
-    x = layers.Conv2D(filters, kernel, strides, padding="same", name=f"{name}_conv",
-                      **self._conv_kwargs)(x)
+    x = self._conv(x, filters, kernel, strides, name=f"{name}_conv")
     x = layers.BatchNormalization(name=f"{name}_bn", gamma_initializer="zeros" if zero_gamma
                                   else "ones", **self._norm_kwargs)(x)
     return self._act(f"{name}_act")(x) if act else x
@@ -147,15 +165,26 @@ class HaloNet(tf_keras.Model):
       # exactly one attention block ('same' pooling would centre its windows on odd sizes).
       x = tf.pad(x, [[0, 0], [0, 3], [0, 3], [0, 0]], constant_values=x.dtype.min)
       return layers.MaxPool2D(4, 4, padding="valid", name="stem_pool")(x)
-    x = self._conv_bn_act(x, spec.stem_width, 7, 2, name="stem")
+    if spec.stem == "tiered":
+      widths = (3 * spec.stem_width // 8, spec.stem_width // 2, spec.stem_width)
+      strides = (2, 1, 1 if spec.stem_pool else 2)
+      for i, (width, stride) in enumerate(zip(widths, strides)):
+        x = self._conv_bn_act(x, width, 3, stride, name=f"stem{i + 1}")
+    else:
+      x = self._conv_bn_act(x, spec.stem_width, 7, 2, name="stem")
+    if not spec.stem_pool:
+      return x
+    if spec.padding == "symmetric":
+      x = Pad2D(1, float("-inf"), name="stem_pool_pad")(x)
+      return layers.MaxPool2D(3, 2, padding="valid", name="stem_pool")(x)
     return layers.MaxPool2D(3, 2, padding="same", name="stem_pool")(x)
 
   def _spatial(self, x, stage_type, stage, width, strides, name):
     """The block's spatial op: [B, H, W, d] -> [B, ceil(H/s), ceil(W/s), out], returns (y, out)."""
     spec = self._spec
     if stage_type == "conv":
-      return layers.Conv2D(width, 3, strides, padding="same", name=f"{name}_conv2",
-                           **self._conv_kwargs)(x), width
+      groups = width // spec.group_width if spec.group_width else 1
+      return self._conv(x, width, 3, strides, name=f"{name}_conv2", groups=groups), width
     heads = width // spec.head_dim if spec.head_dim else spec.num_heads[stage]
     projection = dict(kernel_initializer=self._kernel_initializer,
                       kernel_regularizer=self._kernel_regularizer)
@@ -164,12 +193,14 @@ class HaloNet(tf_keras.Model):
                            num_heads=heads, strides=strides,
                            name=f"{name}_sasa", **projection)(x), width
     value_dim = int(round(spec.value_ratio * width))
-    return HaloAttention(num_heads=heads, key_dim=width, value_dim=value_dim,
+    key_dim = heads * spec.key_head_dim if spec.key_head_dim else width
+    return HaloAttention(num_heads=heads, key_dim=key_dim, value_dim=value_dim,
                          block_size=spec.block_size, halo_size=spec.halo_size, strides=strides,
+                         query_positions="subsampled" if spec.timm_positions else "input",
                          name=f"{name}_halo", **projection)(x), value_dim
 
   def _block(self, x, stage_type, stage, width, strides, drop_rate, name):
-    out = int(round(self._spec.output_ratio * width))
+    out = self._spec.output_width(stage)
     shortcut = x
     if strides != 1 or x.shape[-1] != out:
       shortcut = self._conv_bn_act(x, out, 1, strides, name=f"{name}_shortcut", act=False)
@@ -180,11 +211,17 @@ class HaloNet(tf_keras.Model):
     se_ratio = self._spec.conv_se_ratio if stage_type == "conv" else 0.0
     se_ratio = max(se_ratio, self._spec.se_ratio)
     if se_ratio > 0:
+      divisor = self._spec.se_divisor
       y = nn_layers.SqueezeExcitation(in_filters=mid, out_filters=mid, se_ratio=se_ratio,
+                                      divisible_by=divisor, round_down_protect=divisor == 1,
                                       kernel_initializer=self._kernel_initializer,
                                       kernel_regularizer=self._kernel_regularizer,
                                       bias_regularizer=self._bias_regularizer,
-                                      activation=self._activation, name=f"{name}_se")(y)
+                                      activation=self._spec.se_activation or self._activation,
+                                      name=f"{name}_se")(y)
+    if self._spec.eca and stage_type == "conv":
+      y = EfficientChannelAttention(kernel_initializer=self._kernel_initializer,
+                                    name=f"{name}_eca")(y)
     y = self._conv_bn_act(y, out, 1, 1, name=f"{name}_3", act=False, zero_gamma=True)
     if drop_rate > 0:
       y = nn_layers.StochasticDepth(drop_rate, name=f"{name}_drop")(y)

@@ -39,12 +39,24 @@ conv bottleneck widened by a fitted factor of about 1.25 lands near 67M (66.44M)
 paper names such a factor, so the hybrids are built as above: C1 and C12 are tested against the
 paper's 67M; C123's 54.32M and the per-block arithmetic are asserted separately
 (tests/test_models.py).
+
+The timm rows ('halonet_h1', 'halonet26t', 'sehalonet33ts', 'halonet50ts', 'eca_halonext26ts') are
+the HaloNets trained in PyTorch by timm, whose weights official_halonet.convert_timm imports. They
+use the generalisations below: a per-stage block pattern (conv bottlenecks interleaved with halo
+blocks), per-stage output widths, grouped 3×3 convs, SE (ReLU inside, widths rounded to 8) or ECA
+channel attention, a fixed per-head query/key width, the 'tiered' stem (three 3×3 convs) with or
+without its max-pool, PyTorch's symmetric padding of strided convs and pools, BN epsilon 1e-5,
+timm's indexing of the relative-position tables by subsampled query position in strided halo
+layers, and timm's evaluation preprocessing (`eval_crop_fraction`, `eval_interpolation`; both use
+the ImageNet mean / std, as every model here does). Each has a reduced '<name>_mini' row (narrow,
+b=4) that the parity tests compare against timm's logits (tests/fixtures/timm).
 """
 import dataclasses
 from typing import Dict, Optional, Tuple
 
 STAGE_TYPES = ("halo", "sasa", "conv")
-STEMS = ("conv", "patch", "sasa")
+STEMS = ("conv", "patch", "sasa", "tiered")
+PADDINGS = ("same", "symmetric")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -70,13 +82,44 @@ class ModelSpec:
   randaug_magnitude: int = 10
   paper_params: Optional[float] = None  # millions
   paper_top1: Optional[float] = None
+  # Generalisations used by the timm rows (the defaults keep every other model as it was).
+  block_types: Optional[Tuple[Tuple[str, ...], ...]] = None  # per stage, one type per block
+  output_widths: Optional[Tuple[int, int, int, int]] = None  # per stage, instead of r_b · d_i
+  group_width: int = 0  # channels per group of the 3×3 convs (0: one group)
+  key_head_dim: Optional[int] = None  # halo q/k width per head (key_dim = heads · this)
+  se_activation: Optional[str] = None  # inside SE (None: the model's activation)
+  se_divisor: int = 1  # SE's reduced width is rounded to a multiple of this
+  eca: bool = False  # ECA channel attention after the 3×3 conv of every 'conv' block
+  stem_pool: bool = True  # 'conv' / 'tiered' stems end with a 3×3/2 max-pool (else a strided conv)
+  padding: str = "same"  # 'symmetric': PyTorch's (k - 1) // 2 on each side for strided convs/pools
+  norm_epsilon: float = 1e-3  # BN epsilon when the builder is not given one
+  timm_positions: bool = False  # strided halo layers index tables by subsampled query position
+  eval_crop_fraction: Optional[float] = None  # evaluation center crop (None: the data default)
+  eval_interpolation: Optional[str] = None  # evaluation resize method (None: the data default)
 
   def __post_init__(self):
-    for stage_type in self.stage_types:
+    for stage_type in self.stage_types + sum(self.block_types or (), ()):
       if stage_type not in STAGE_TYPES:
         raise ValueError(f"stage type {stage_type!r} is not one of {STAGE_TYPES}")
     if self.stem not in STEMS:
       raise ValueError(f"stem {self.stem!r} is not one of {STEMS}")
+    if self.padding not in PADDINGS:
+      raise ValueError(f"padding {self.padding!r} is not one of {PADDINGS}")
+    if self.block_types is not None and tuple(map(len, self.block_types)) != tuple(self.blocks):
+      raise ValueError(f"block_types has {tuple(map(len, self.block_types))} blocks per stage, "
+                       f"blocks says {tuple(self.blocks)}")
+
+  def block_type(self, stage: int, index: int) -> str:
+    """The spatial op of block `index` of stage `stage` (0-based)."""
+    if self.block_types is not None:
+      return self.block_types[stage][index]
+    return self.stage_types[stage]
+
+  def output_width(self, stage: int) -> int:
+    """Output channels of every block of stage `stage`."""
+    if self.output_widths is not None:
+      return self.output_widths[stage]
+    return int(round(self.output_ratio * self.base_width * 2**stage))
 
 
 def _h(b, h, r_v, r_b, stage3, image, d_f, params, top1, magnitude, **kw):
@@ -143,6 +186,60 @@ MODELS: Dict[str, ModelSpec] = {
                       halo_size=1, sasa_kernel=3, final_width=32, conv_se_ratio=0.25,
                       image_size=64, randaug_magnitude=2),
 }
+
+
+# timm's HaloNets (timm 1.0 byoanet.py), imported by official_halonet.convert_timm. 256×256
+# inputs; BN epsilon 1e-5; PyTorch padding; eval crop / interpolation from timm's pretrained configs.
+_C, _H = "conv", "halo"
+_TIMM = dict(image_size=256, padding="symmetric", norm_epsilon=1e-5, timm_positions=True,
+             eval_interpolation="bicubic", num_heads=(8, 8, 8, 8), stem_width=64)
+_TIMM_MODELS: Dict[str, ModelSpec] = {
+    "halonet_h1": ModelSpec(
+        blocks=(3, 3, 10, 3), output_ratio=1.0, block_size=8, halo_size=3, activation="relu",
+        eval_crop_fraction=0.95, **_TIMM),
+    "halonet26t": ModelSpec(
+        blocks=(2, 2, 2, 2), block_types=((_C, _C), (_C, _C), (_C, _H), (_H, _H)),
+        block_size=8, halo_size=2, stem="tiered", activation="relu", eval_crop_fraction=0.95,
+        **_TIMM),
+    "sehalonet33ts": ModelSpec(
+        blocks=(2, 3, 3, 2), block_types=((_C, _C), (_C, _C, _H), (_C, _C, _H), (_H, _H)),
+        output_widths=(256, 512, 1024, 1536), final_width=1280, block_size=8, halo_size=3,
+        stem="tiered", stem_pool=False, conv_se_ratio=1 / 16, se_activation="relu",
+        se_divisor=8, eval_crop_fraction=0.94, **_TIMM),
+    "halonet50ts": ModelSpec(
+        blocks=(3, 4, 6, 3),
+        block_types=((_C,) * 3, (_C, _C, _C, _H), (_C, _H) * 3, (_C, _H, _C)),
+        block_size=8, halo_size=3, stem="tiered", eval_crop_fraction=0.94,
+        **dict(_TIMM, num_heads=(8, 4, 8, 8))),
+    "eca_halonext26ts": ModelSpec(
+        blocks=(2, 2, 2, 2), block_types=((_C, _C), (_C, _C), (_C, _H), (_H, _H)),
+        group_width=16, eca=True, key_head_dim=16, block_size=8, halo_size=2, stem="tiered",
+        eval_crop_fraction=0.94, **_TIMM),
+}
+# Reduced versions for the parity fixtures (tools/timm_fixtures.py builds the same in timm):
+# stem 16, bottleneck widths 8-64 (outputs twice that, the bottleneck ratio being doubled), b=4,
+# h=2 where timm's h is 3 and 1 where it is 2, a quarter of the heads, fewer blocks in the two
+# deepest models; 128×128 inputs (10 classes in the fixtures).
+_MINI = dict(base_width=8, stem_width=16, block_size=4, image_size=128, num_heads=(2, 2, 2, 2),
+             output_ratio=2.0)
+_TIMM_MINI: Dict[str, ModelSpec] = {
+    "halonet_h1_mini": dataclasses.replace(
+        _TIMM_MODELS["halonet_h1"], blocks=(2, 2, 3, 2), halo_size=2,
+        **dict(_MINI, output_ratio=1.0)),
+    "halonet26t_mini": dataclasses.replace(_TIMM_MODELS["halonet26t"], halo_size=1, **_MINI),
+    "sehalonet33ts_mini": dataclasses.replace(
+        _TIMM_MODELS["sehalonet33ts"], halo_size=2, output_widths=(16, 32, 64, 96),
+        final_width=80, **_MINI),
+    "halonet50ts_mini": dataclasses.replace(
+        _TIMM_MODELS["halonet50ts"], blocks=(2, 4, 4, 2),
+        block_types=((_C, _C), (_C, _C, _C, _H), (_C, _H, _C, _H), (_C, _H)), halo_size=2,
+        **dict(_MINI, num_heads=(2, 1, 2, 2))),
+    "eca_halonext26ts_mini": dataclasses.replace(
+        _TIMM_MODELS["eca_halonext26ts"], halo_size=1, group_width=8, key_head_dim=8, **_MINI),
+}
+MODELS.update(_TIMM_MODELS)
+MODELS.update(_TIMM_MINI)
+TIMM_MODELS = tuple(_TIMM_MODELS) + tuple(_TIMM_MINI)
 
 
 def get_spec(model_id: str) -> ModelSpec:

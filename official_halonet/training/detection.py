@@ -183,6 +183,7 @@ def build_detection_experiment(
   model.input_size = [image_size, image_size, 3]
   model.norm_activation.use_sync_bn = use_sync_bn
   model.norm_activation.activation = factory.activation_of(backbone)
+  model.norm_activation.norm_epsilon = specs.get_spec(backbone).norm_epsilon  # timm's: 1e-5
   task.losses.l2_weight_decay = weight_decay
   task.init_checkpoint = init_checkpoint
   task.init_checkpoint_modules = init_checkpoint_modules

@@ -150,8 +150,11 @@ def experiment(
                    epochs=epochs, train_steps=train_steps, warmup_epochs=warmup_epochs,
                    steps_per_loop=steps_per_loop)
   mixing = bool(mixup_alpha or cutmix_alpha)
+  # Models imported from timm evaluate with timm's crop fraction and interpolation (specs.py).
+  timm_preprocessing = {k: v for k, v in (("center_crop_fraction", spec.eval_crop_fraction),
+                                          ("tf_resize_method", spec.eval_interpolation)) if v}
   train_data = data.DataConfig(
-      input_path=train_input_path, tfds_name=tfds_name, tfds_data_dir=tfds_data_dir,
+      **timm_preprocessing, input_path=train_input_path, tfds_name=tfds_name, tfds_data_dir=tfds_data_dir,
       tfds_split=train_split if tfds_name else "", is_training=True,
       global_batch_size=global_batch_size, image_size=image_size, num_classes=num_classes,
       label_offset=label_offset, is_multilabel=multilabel,
