@@ -157,7 +157,7 @@ def test_model_garden_factory_build_equals_direct_build():
       norm_activation_config=norm, l2_regularizer=regularizer)
   direct = models.HaloNet("tiny", input_specs=specs, stochastic_depth_drop_rate=0.1,
                           activation="swish", use_sync_bn=True, norm_momentum=0.9,
-                          kernel_regularizer=regularizer)
+                          norm_epsilon=norm.norm_epsilon, kernel_regularizer=regularizer)
   assert isinstance(via_factory, models.HaloNet)
   assert via_factory.get_config() == direct.get_config()
   assert [v.shape for v in via_factory.weights] == [v.shape for v in direct.weights]
