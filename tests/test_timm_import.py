@@ -307,7 +307,7 @@ def test_publish_works_on_a_converted_checkpoint(converted, tmp_path):
                                       "eca_halonext26ts"])
 def test_detection_configurations_take_each_timm_backbone(kind, backbone):
   config = runner.build_config(runner.RunOptions(
-      gin_files=[f"detection/{kind}_timm.gin"],
+      gin_files=[f"timm/{kind}.gin"],
       gin_bindings=[f"detection_experiment.backbone = '{backbone}'",
                     f"detection_experiment.init_checkpoint = '/models/{backbone}/checkpoint'",
                     "detection_experiment.annotation_file = '/coco/instances_val.json'"])).config

@@ -90,6 +90,7 @@ class HaloNet(tf_keras.Model):
                bias_regularizer: Optional[tf_keras.regularizers.Regularizer] = None,
                **kwargs):
     spec = specs.resolve(model_id, block_size, halo_size, se_ratio, final_width)
+    norm_epsilon = spec.norm_epsilon if norm_epsilon is None else norm_epsilon
     if not 0.0 <= stochastic_depth_drop_rate < 1.0:
       raise ValueError(f"stochastic_depth_drop_rate must be in [0, 1), got "
                        f"{stochastic_depth_drop_rate}.")
@@ -102,8 +103,7 @@ class HaloNet(tf_keras.Model):
         kernel_regularizer=kernel_regularizer, bias_regularizer=bias_regularizer)
     self._spec = spec
     self._activation = activation or spec.activation
-    self._norm_kwargs = dict(axis=-1, momentum=norm_momentum,
-                             epsilon=spec.norm_epsilon if norm_epsilon is None else norm_epsilon,
+    self._norm_kwargs = dict(axis=-1, momentum=norm_momentum, epsilon=norm_epsilon,
                              synchronized=use_sync_bn)
     self._conv_kwargs = dict(use_bias=False, kernel_initializer=kernel_initializer,
                              kernel_regularizer=kernel_regularizer,
