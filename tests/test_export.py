@@ -324,8 +324,9 @@ def test_run_summary_and_export_say_which_checkpoint_and_its_accuracy(run):
   best = _best_record(run)
   assert best["best_ckpt_global_step"] == 4  # the run's only evaluation
   lines = run["printed"].splitlines()
-  eval_line, = [l for l in lines if l.startswith("eval |")]
-  assert eval_line.startswith("eval | latest checkpoint, step 4 | accuracy ")
+  # One line per evaluation ('eval | accuracy ...'), then the run's summary of its latest checkpoint.
+  eval_line, = [l for l in lines if l.startswith("final |")]
+  assert eval_line.startswith("final | latest checkpoint, step 4 | accuracy ")
   assert "best_accuracy" not in eval_line
   best_line, = [l for l in lines if l.startswith("best |")]
   assert best_line.startswith(f"best | accuracy {best['accuracy']:.4f} at step 4, kept in ")

@@ -50,6 +50,7 @@ import tensorflow as tf
 
 from official_halonet.checkpoints import match as checkpoints
 from official_halonet.layers import relative_position
+from official_halonet.models import specs
 
 MODULES = ("all", "backbone")
 
@@ -79,7 +80,10 @@ def _table_layers(model) -> Dict[int, object]:
 def _pretrained_geometry(model, block_size: Optional[int], halo_size: Optional[int]):
   """(b, h) the checkpoint's unmasked halo layers were trained with; None: the backbone spec's
   (the published pretraining setting), or each layer's own when the backbone has no spec."""
-  spec = getattr(getattr(model, "backbone", None), "spec", None)
+  backbone = getattr(model, "backbone", None)
+  # The published spec (what the checkpoint was pretrained with), not the fine-tuning overrides.
+  spec = (specs.get_spec(backbone.get_config()["model_id"])
+          if isinstance(getattr(backbone, "spec", None), specs.ModelSpec) else None)
   if block_size is None and spec is not None:
     block_size = spec.block_size
   if halo_size is None and spec is not None:

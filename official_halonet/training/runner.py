@@ -238,7 +238,7 @@ def run(options: RunOptions) -> Dict[str, Any]:
     # unless told --checkpoint=best.
     summary = " | ".join(f"{k} {v:.4f}" for k, v in sorted(eval_logs.items())
                          if not k.startswith("best_"))
-    print(f"eval | latest checkpoint, step {latest_checkpoint_step(model_dir)} | {summary}",
+    print(f"final | latest checkpoint, step {latest_checkpoint_step(model_dir)} | {summary}",
           flush=True)
     best_subdir = config.trainer.best_checkpoint_export_subdir
     best = run_files.best_checkpoint_record(model_dir, best_subdir)
