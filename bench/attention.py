@@ -3,15 +3,15 @@ global attention, at realistic feature-map sizes.
 
     python bench/attention.py                      # default cases, table + JSON
     python bench/attention.py --batch 8 --runs 20 --out /tmp/attention.json
+    python bench/attention.py --cases=32x32x256 --impls=halo,global --backward --noxla
 
 Each (case, implementation) runs in a fresh subprocess so its peak memory is its own: on a GPU the
 TensorFlow allocator's peak (tf.config.experimental.get_memory_info), on the CPU the growth of the
 process's peak resident set (ru_maxrss) over the baseline after inputs and weights exist.
 Time is the median of --runs calls after --warmup calls, under tf.function(jit_compile=True)
-(XLA, as on TPU) unless --no-xla; 'fwd+bwd' also differentiates a scalar loss with respect to the
-input and weights.
+(XLA, as on TPU) unless --noxla; --backward also differentiates a scalar loss with respect to the
+input and weights. Flags are absl's (official_halonet.data.command_line, like the data tools).
 """
-import argparse
 import json
 import os
 import pathlib
@@ -21,6 +21,9 @@ import statistics
 import subprocess
 import sys
 import time
+from types import SimpleNamespace
+
+from absl import flags
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -110,7 +113,7 @@ def run_one(args) -> dict:
       return [tf.convert_to_tensor(g) for g in grads if g is not None]
   else:
     step = fn
-  compiled = tf.function(step, jit_compile=not args.no_xla)
+  compiled = tf.function(step, jit_compile=args.xla)
   if gpu:
     tf.config.experimental.reset_memory_stats("GPU:0")
   base_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
@@ -126,41 +129,46 @@ def run_one(args) -> dict:
   else:
     peak_mib = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - base_rss) / 1024
   return dict(case=args.case, impl=args.impl, batch=args.batch, block=args.block, halo=args.halo,
-              heads=args.heads, backward=args.backward, xla=not args.no_xla,
+              heads=args.heads, backward=args.backward, xla=args.xla,
               device="GPU" if gpu else "CPU", median_ms=1000 * statistics.median(times),
               min_ms=1000 * min(times), runs=args.runs, peak_mib=peak_mib)
 
 
-def main():
-  parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-  parser.add_argument("--cases", nargs="+", default=list(DEFAULT_CASES), help="HxWxC maps")
-  parser.add_argument("--impls", nargs="+", default=list(IMPLEMENTATIONS), choices=IMPLEMENTATIONS)
-  parser.add_argument("--batch", type=int, default=1)
-  parser.add_argument("--block", type=int, default=8)
-  parser.add_argument("--halo", type=int, default=3)
-  parser.add_argument("--heads", type=int, default=8)
-  parser.add_argument("--runs", type=int, default=10)
-  parser.add_argument("--warmup", type=int, default=2)
-  parser.add_argument("--backward", action="store_true", help="time forward + backward")
-  parser.add_argument("--no-xla", action="store_true", help="plain tf.function, no jit_compile")
-  parser.add_argument("--out", default=str(ROOT / "bench" / "results" / "attention.json"))
-  parser.add_argument("--case", help=argparse.SUPPRESS)
-  parser.add_argument("--impl", help=argparse.SUPPRESS)
-  args = parser.parse_args()
+def _define_flags(values: flags.FlagValues) -> None:
+  flags.DEFINE_list("cases", list(DEFAULT_CASES), "HxWxC maps, comma-separated.",
+                    flag_values=values)
+  flags.DEFINE_list("impls", list(IMPLEMENTATIONS),
+                    f"Implementations to time, comma-separated: {', '.join(IMPLEMENTATIONS)}.",
+                    flag_values=values)
+  flags.register_validator("impls", lambda impls: set(impls) <= set(IMPLEMENTATIONS),
+                           f"every entry must be one of {', '.join(IMPLEMENTATIONS)}",
+                           flag_values=values)
+  flags.DEFINE_integer("batch", 1, "Batch size.", flag_values=values)
+  flags.DEFINE_integer("block", 8, "Block size b.", flag_values=values)
+  flags.DEFINE_integer("halo", 3, "Halo size h.", flag_values=values)
+  flags.DEFINE_integer("heads", 8, "Attention heads.", flag_values=values)
+  flags.DEFINE_integer("runs", 10, "Timed calls (the median is reported).", flag_values=values)
+  flags.DEFINE_integer("warmup", 2, "Untimed calls first.", flag_values=values)
+  flags.DEFINE_bool("backward", False, "Time forward + backward.", flag_values=values)
+  flags.DEFINE_bool("xla", True, "Compile with jit_compile (--noxla: plain tf.function).",
+                    flag_values=values)
+  flags.DEFINE_string("out", str(ROOT / "bench" / "results" / "attention.json"),
+                      "Where the JSON results go.", flag_values=values)
 
-  if args.case:  # child process: one measurement, printed as JSON
-    print("RESULT " + json.dumps(run_one(args)))
-    return
 
+def main(argv=None):
+  from official_halonet.data import command_line
+  args = command_line.parse(_define_flags, argv, prog="python bench/attention.py",
+                            description=__doc__.split("\n\n")[0])
   results = []
-  passthrough = [f"--batch={args.batch}", f"--block={args.block}", f"--halo={args.halo}",
-                 f"--heads={args.heads}", f"--runs={args.runs}", f"--warmup={args.warmup}"]
-  passthrough += ["--backward"] * args.backward + ["--no-xla"] * args.no_xla
+  shared = dict(batch=args.batch, block=args.block, halo=args.halo, heads=args.heads,
+                runs=args.runs, warmup=args.warmup, backward=args.backward, xla=args.xla)
   env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
   for case in args.cases:
     for impl in args.impls:
-      proc = subprocess.run([sys.executable, __file__, f"--case={case}", f"--impl={impl}"] +
-                            passthrough, capture_output=True, text=True, env=env)
+      child = json.dumps(dict(shared, case=case, impl=impl))
+      proc = subprocess.run([sys.executable, __file__, CHILD, child], capture_output=True,
+                            text=True, env=env)
       line = [l for l in proc.stdout.splitlines() if l.startswith("RESULT ")]
       if proc.returncode or not line:
         lines = (proc.stderr + proc.stdout).strip().splitlines()
@@ -181,5 +189,11 @@ def main():
   print(f"wrote {out}")
 
 
+# A child process gets `attention.py CHILD '<settings as JSON>'` and prints one RESULT line.
+CHILD = "--child_settings_json"
+
 if __name__ == "__main__":
-  main()
+  if len(sys.argv) == 3 and sys.argv[1] == CHILD:
+    print("RESULT " + json.dumps(run_one(SimpleNamespace(**json.loads(sys.argv[2])))))
+  else:
+    main()

@@ -2,7 +2,8 @@
 (forward and train step) and, where a Python with torch + timm is given, timm's models beside them.
 
     python bench/compare.py                                   # h1, halonet50, resnet50; batch 8 at 256 px
-    python bench/compare.py --models h1 --repeats 3 --timm_python /tmp/timm-venv/bin/python
+    python bench/compare.py --models=h1 --repeats=3 --timm_python=/tmp/timm-venv/bin/python
+    python bench/compare.py --models=h0,h1 --modes=forward --batch=1
 
 Every row is measured in its own subprocess (so its memory is its own), one after the other, and the
 roofline (an XLA-compiled 2048×2048 float32 matmul) is measured before and after them; each row's
@@ -18,9 +19,11 @@ roofline (an XLA-compiled 2048×2048 float32 matmul) is measured before and afte
              just before them (/proc/self/clear_refs resets the mark): the step's working memory
              beyond weights, optimizer state and compiled code.
 
-The table goes to stdout and the rows (with machine load and CPU count) to --out as JSON.
+The table goes to stdout and the rows (with machine load and CPU count) to --out as JSON. Flags are
+absl's (official_halonet.data.command_line, like the data tools); a row's child process gets its
+settings as JSON and needs only the standard library to start, so --timm_python may be a Python
+with torch and timm but no absl or TensorFlow.
 """
-import argparse
 import json
 import os
 import pathlib
@@ -29,6 +32,7 @@ import statistics
 import subprocess
 import sys
 import time
+from types import SimpleNamespace
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -187,9 +191,9 @@ def run_timm(args) -> dict:
 
 # -- parent ---------------------------------------------------------------------------------------
 
-def _child(python, role, extra, env):
-  proc = subprocess.run([python, __file__, f"--role={role}"] + extra, capture_output=True,
-                        text=True, env=env)
+def _child(python, role, settings, env):
+  proc = subprocess.run([python, __file__, CHILD, json.dumps(dict(settings, role=role))],
+                        capture_output=True, text=True, env=env)
   line = [l for l in proc.stdout.splitlines() if l.startswith("RESULT ")]
   if proc.returncode or not line:
     lines = (proc.stderr + proc.stdout).strip().splitlines()
@@ -210,43 +214,43 @@ def _row_text(r, roofline):
           f"| {name} | {r['mode']} | {r['img_s']:.2f} | – | – | – | {r['peak_mib']:.0f} |")
 
 
-def main():
-  parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-  parser.add_argument("--models", nargs="+", default=list(DEFAULT_MODELS))
-  parser.add_argument("--modes", nargs="+", default=list(MODES), choices=MODES)
-  parser.add_argument("--batch", type=int, default=8)
-  parser.add_argument("--image_size", type=int, default=256)
-  parser.add_argument("--repeats", type=int, default=5)
-  parser.add_argument("--warmup", type=int, default=2)
-  parser.add_argument("--timm_python", help="a Python with torch and timm (e.g. /tmp/timm-venv/"
-                      "bin/python); timm rows are skipped without it")
-  parser.add_argument("--out", default=str(ROOT / "bench" / "results" / "compare.json"))
-  parser.add_argument("--role", choices=("roofline", "project", "timm"), help=argparse.SUPPRESS)
-  parser.add_argument("--model", help=argparse.SUPPRESS)
-  parser.add_argument("--mode", help=argparse.SUPPRESS)
-  args = parser.parse_args()
+def _define_flags(values) -> None:
+  from absl import flags
+  flags.DEFINE_list("models", list(DEFAULT_MODELS), "Named models, comma-separated.",
+                    flag_values=values)
+  flags.DEFINE_list("modes", list(MODES), f"Steps to time, comma-separated: {', '.join(MODES)}.",
+                    flag_values=values)
+  flags.register_validator("modes", lambda modes: set(modes) <= set(MODES),
+                           f"every entry must be one of {', '.join(MODES)}", flag_values=values)
+  flags.DEFINE_integer("batch", 8, "Images per call.", flag_values=values)
+  flags.DEFINE_integer("image_size", 256, "Input side in pixels.", flag_values=values)
+  flags.DEFINE_integer("repeats", 5, "Timed calls (the median is reported).", flag_values=values)
+  flags.DEFINE_integer("warmup", 2, "Untimed calls first.", flag_values=values)
+  flags.DEFINE_string("timm_python", None, "A Python with torch and timm (e.g. /tmp/timm-venv/"
+                      "bin/python); timm rows are skipped without it.", flag_values=values)
+  flags.DEFINE_string("out", str(ROOT / "bench" / "results" / "compare.json"),
+                      "Where the JSON rows go.", flag_values=values)
 
-  if args.role:  # child process: one measurement, printed as JSON
-    run = dict(roofline=run_roofline, project=run_project, timm=run_timm)[args.role]
-    print("RESULT " + json.dumps(run(args)))
-    return
 
+def main(argv=None):
+  from official_halonet.data import command_line
+  args = command_line.parse(_define_flags, argv, prog="python bench/compare.py",
+                            description=__doc__.split("\n\n")[0])
   env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
   timm_env = dict(env, PYTHONPATH="/tmp/timm-tvstub")  # timm_env.sh's torchvision stand-in
-  shared = [f"--batch={args.batch}", f"--image_size={args.image_size}",
-            f"--repeats={args.repeats}", f"--warmup={args.warmup}"]
+  shared = dict(batch=args.batch, image_size=args.image_size, repeats=args.repeats,
+                warmup=args.warmup)
   load_before = os.getloadavg()
   roof = [_child(sys.executable, "roofline", shared, env)]
   rows = []
   for model in args.models:
     for mode in args.modes:
-      rows.append(_child(sys.executable, "project", shared + [f"--model={model}",
-                                                            f"--mode={mode}"], env))
+      rows.append(_child(sys.executable, "project", dict(shared, model=model, mode=mode), env))
       rows[-1].setdefault("model", model), rows[-1].setdefault("mode", mode)
       rows[-1].setdefault("impl", "tf-xla")
       if args.timm_python and model in TIMM_NAMES:
-        rows.append(_child(args.timm_python, "timm", shared + [f"--model={model}",
-                                                               f"--mode={mode}"], timm_env))
+        rows.append(_child(args.timm_python, "timm", dict(shared, model=model, mode=mode),
+                           timm_env))
         rows[-1].setdefault("model", model), rows[-1].setdefault("mode", mode)
         rows[-1].setdefault("impl", "timm")
       print(f"  measured {rows[-1].get('impl')} {model} {mode}", file=sys.stderr, flush=True)
@@ -285,5 +289,13 @@ def main():
   print(f"\nwrote {out}")
 
 
+# A row's child process gets `compare.py CHILD '<settings as JSON>'` and prints one RESULT line.
+CHILD = "--child_settings_json"
+ROLES = dict(roofline=run_roofline, project=run_project, timm=run_timm)
+
 if __name__ == "__main__":
-  main()
+  if len(sys.argv) == 3 and sys.argv[1] == CHILD:
+    settings = json.loads(sys.argv[2])
+    print("RESULT " + json.dumps(ROLES[settings.pop("role")](SimpleNamespace(**settings))))
+  else:
+    main()

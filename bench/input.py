@@ -12,9 +12,9 @@ average) into --num_shards shards in a temporary directory. The pipeline is the 
 uses: shard interleave, shuffle, label check, Inception random-resized crop, flip, optional
 RandAugment, normalisation, batching, prefetch. The first --warmup batches (tracing, buffer
 fill) are not timed; then images/second over --batches batches is reported, with the host's CPU
-count, since the figure scales with cores. Results go to --out as JSON.
+count, since the figure scales with cores. Results go to --out as JSON. Flags are absl's
+(official_halonet.data.command_line, like the data tools).
 """
-import argparse
 import io
 import json
 import os
@@ -23,6 +23,8 @@ import platform
 import sys
 import tempfile
 import time
+
+from absl import flags
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -71,24 +73,32 @@ def _measure(args, input_path, guard_decode):
   return args.batches * args.batch_size / seconds
 
 
+def _define_flags(values: flags.FlagValues) -> None:
+  flags.DEFINE_string('input_path', '', 'TFRecord pattern; default: synthetic.',
+                      flag_values=values)
+  flags.DEFINE_integer('label_offset', 1, 'Stored label of class 0 (ImageNet records: 1).',
+                       flag_values=values)
+  flags.DEFINE_integer('num_classes', 1000, 'Classes the label check allows.',
+                       flag_values=values)
+  flags.DEFINE_integer('num_records', 1024, 'Synthetic records to write.', flag_values=values)
+  flags.DEFINE_integer('num_shards', 16, 'Synthetic shards to write.', flag_values=values)
+  flags.DEFINE_integer('image_size', 224, 'Training crop side in pixels.', flag_values=values)
+  flags.DEFINE_integer('batch_size', 64, 'Images per batch.', flag_values=values)
+  flags.DEFINE_integer('randaug', 0, 'RandAugment magnitude, 0 = off.', flag_values=values)
+  flags.DEFINE_enum('dtype', 'float32', ['float32', 'bfloat16', 'float16'], 'Image dtype.',
+                    flag_values=values)
+  flags.DEFINE_integer('shuffle_buffer', 1024, 'Shuffle buffer size.', flag_values=values)
+  flags.DEFINE_integer('warmup', 5, 'Untimed batches first.', flag_values=values)
+  flags.DEFINE_integer('batches', 30, 'Timed batches.', flag_values=values)
+  flags.DEFINE_bool('compare_guard', False, 'Also measure with guard_decode=False.',
+                    flag_values=values)
+  flags.DEFINE_string('out', '', 'Write the results as JSON here.', flag_values=values)
+
+
 def main(argv=None):
-  parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
-  parser.add_argument('--input_path', default='', help='TFRecord pattern; default: synthetic.')
-  parser.add_argument('--label_offset', type=int, default=1)
-  parser.add_argument('--num_classes', type=int, default=1000)
-  parser.add_argument('--num_records', type=int, default=1024)
-  parser.add_argument('--num_shards', type=int, default=16)
-  parser.add_argument('--image_size', type=int, default=224)
-  parser.add_argument('--batch_size', type=int, default=64)
-  parser.add_argument('--randaug', type=int, default=0, help='RandAugment magnitude, 0 = off.')
-  parser.add_argument('--dtype', default='float32', choices=('float32', 'bfloat16', 'float16'))
-  parser.add_argument('--shuffle_buffer', type=int, default=1024)
-  parser.add_argument('--warmup', type=int, default=5)
-  parser.add_argument('--batches', type=int, default=30)
-  parser.add_argument('--compare_guard', action='store_true',
-                      help='Also measure with guard_decode=False.')
-  parser.add_argument('--out', default='', help='Write the results as JSON here.')
-  args = parser.parse_args(argv)
+  from official_halonet.data import command_line
+  args = command_line.parse(_define_flags, argv, prog='python bench/input.py',
+                            description=__doc__.split('\n\n')[0])
 
   with tempfile.TemporaryDirectory() as tmp:
     mean_kb = None

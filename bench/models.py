@@ -3,30 +3,44 @@ parameter count (1000-class classifier, trainable weights) against the paper's, 
 forward pass (batch 1, inference mode) with its wall time.
 
     python bench/models.py                     # all models, markdown table + JSON
-    python bench/models.py --models h0 h7 --no-forward
+    python bench/models.py --models=h0,h7 --noforward
+
+Flags are absl's (official_halonet.data.command_line, like the data tools).
 """
-import argparse
 import json
 import pathlib
 import sys
 import time
 
+from absl import flags
+
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 
-def main():
+def _define_flags(values: flags.FlagValues) -> None:
+  from official_halonet import models
+  flags.DEFINE_list("models", [m for m in models.MODELS if m != "tiny"],
+                    "Named models, comma-separated (default: all but 'tiny').", flag_values=values)
+  flags.register_validator("models", lambda names: set(names) <= set(models.MODELS),
+                           "every entry must be a name from official_halonet.models.MODELS",
+                           flag_values=values)
+  flags.DEFINE_bool("forward", True, "Time one forward pass (--noforward: count parameters only).",
+                    flag_values=values)
+  flags.DEFINE_string("out", str(ROOT / "bench" / "results" / "models.json"),
+                      "Where the JSON rows go.", flag_values=values)
+
+
+def main(argv=None):
   import official_halonet  # noqa: F401
   import numpy as np
   import tensorflow as tf
   import tf_keras
   from official_halonet import models
+  from official_halonet.data import command_line
 
-  parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-  parser.add_argument("--models", nargs="+", default=[m for m in models.MODELS if m != "tiny"])
-  parser.add_argument("--no-forward", action="store_true", help="count parameters only")
-  parser.add_argument("--out", default=str(ROOT / "bench" / "results" / "models.json"))
-  args = parser.parse_args()
+  args = command_line.parse(_define_flags, argv, prog="python bench/models.py",
+                            description=__doc__.split("\n\n")[0])
 
   rows = []
   print("| model | stages | b / h | image | params (built) | params (paper) | top-1 (paper) | "
@@ -39,7 +53,7 @@ def main():
     params = sum(int(np.prod(v.shape)) for v in model.trainable_variables) / 1e6
     row = dict(model=model_id, image_size=spec.image_size, params_m=round(params, 3),
                paper_params_m=spec.paper_params, paper_top1=spec.paper_top1)
-    if not args.no_forward:
+    if args.forward:
       x = tf.random.uniform([1, spec.image_size, spec.image_size, 3])
       fn = tf.function(lambda t: model(t, training=False))
       fn(x).numpy()  # trace and warm up
