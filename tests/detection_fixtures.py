@@ -5,12 +5,13 @@
 source id, normalised boxes, classes, is_crowd, PNG instance masks) with Model Garden's own
 `TfExampleBuilder` and `tfexample_utils.dump_to_tfrecord`.
 
-`register_tiny_backbones` adds test-only specs to `specs.MODELS`: each paper detection backbone
-shrunk (one block per stage, R101's deeper stage 3 kept deeper, 8 base channels) with its stage
-types, stem, attention kind, block / halo size and SE kept, so the real code path runs in seconds.
+`tiny_overrides` shrinks a paper detection backbone through the backbone config's shape overrides
+(HaloNetConfig blocks / base_width / stem_width / head_dim or num_heads: one block per stage unless
+told otherwise, 8 base channels), keeping its stage types, stem, attention kind, block / halo size
+and SE, so the real code path runs in seconds; `tiny_spec` is the spec that should build.
 """
 import dataclasses
-from typing import Dict, Sequence
+from typing import Any, Dict, Sequence
 
 import numpy as np
 
@@ -21,35 +22,20 @@ from official.vision.dataloaders import tfexample_utils
 from official.vision.evaluation import coco_utils
 from official_halonet.models import specs
 
-# test name -> (paper backbone, blocks per stage of the tiny version)
-TINY_BACKBONES: Dict[str, tuple] = {
-    "test_tiny_resnet50_se_halo_b8": ("resnet50_se_halo_b8", (1, 1, 1, 1)),
-    "test_tiny_resnet50_se_halo_b32": ("resnet50_se_halo_b32", (1, 1, 1, 1)),
-    "test_tiny_resnet101_se_halo_b8": ("resnet101_se_halo_b8", (1, 1, 2, 1)),
-    "test_tiny_sasa_resnet50": ("sasa_resnet50", (1, 1, 1, 1)),
-    "test_tiny_sasa_resnet50_attention_stem": ("sasa_resnet50_attention_stem", (1, 1, 1, 1)),
-}
+ONE_BLOCK_PER_STAGE = (1, 1, 1, 1)
 
 
-def tiny_spec(name: str) -> specs.ModelSpec:
-  """The tiny version of a paper detection backbone (see TINY_BACKBONES)."""
-  paper, blocks = TINY_BACKBONES[name]
-  spec = specs.get_spec(paper)
+def tiny_overrides(backbone: str, blocks: Sequence[int] = ONE_BLOCK_PER_STAGE) -> Dict[str, Any]:
+  """HaloNetConfig shape overrides shrinking the paper backbone `backbone` (plain YAML values)."""
+  heads = dict(head_dim=4) if specs.get_spec(backbone).head_dim else dict(num_heads=[2, 2, 2, 2])
+  return dict(blocks=list(blocks), base_width=8, stem_width=8, **heads)
+
+
+def tiny_spec(backbone: str, blocks: Sequence[int] = ONE_BLOCK_PER_STAGE) -> specs.ModelSpec:
+  """The spec those overrides should build: the named spec with its fields replaced directly."""
+  spec = specs.get_spec(backbone)
   heads = dict(head_dim=4) if spec.head_dim else dict(num_heads=(2, 2, 2, 2))
-  return dataclasses.replace(spec, blocks=blocks, base_width=8, stem_width=8, **heads)
-
-
-def register_tiny_backbones() -> Sequence[str]:
-  """Registers the TINY_BACKBONES specs in specs.MODELS (idempotent); returns their names."""
-  for name in TINY_BACKBONES:
-    specs.MODELS[name] = tiny_spec(name)
-  return tuple(TINY_BACKBONES)
-
-
-def unregister_tiny_backbones() -> None:
-  """Removes them again, so other tests see only the published models."""
-  for name in TINY_BACKBONES:
-    specs.MODELS.pop(name, None)
+  return dataclasses.replace(spec, blocks=tuple(blocks), base_width=8, stem_width=8, **heads)
 
 
 def detection_example(index: int, height: int, width: int, num_instances: int,

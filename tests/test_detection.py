@@ -2,9 +2,10 @@
 the halo and SASA backbones, trained and evaluated on synthetic COCO-format TFRecords on the CPU.
 
 Every gin file is parsed as main.py parses it, its `detection_experiment` builds the Model Garden
-ExperimentConfig, and Model Garden's task builds the detector; test bindings only shrink it (a tiny
-version of the file's backbone — same stage types, stem, b, h and SE — small heads, 128–192 px,
-batch 2). One configuration also runs through `train_lib.run_experiment`, main.py's entry.
+ExperimentConfig, and Model Garden's task builds the detector; test bindings only shrink it (the
+file's backbone resized by the backbone config's shape overrides through params_override — same
+stage types, stem, b, h and SE — small heads, 128–192 px, batch 2). One configuration also runs
+through `train_lib.run_experiment`, main.py's entry.
 """
 import glob
 import os
@@ -29,26 +30,24 @@ from official.vision.modeling import decoders as mg_decoders
 from official.vision.tasks import maskrcnn as mg_maskrcnn
 from official.vision.tasks import retinanet as mg_retinanet
 from official_halonet.layers import HaloAttention, SASAAttention, SpatiallyAwareAttention
-from official_halonet.models import HaloNet, factory, specs
+from official_halonet.models import HaloNet, factory
 from official_halonet.training import detection
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 GIN_DIR = os.path.join(REPO, "gin")
 
-# gin file -> (kind, paper backbone, tiny test backbone, test image size)
+ONE = fx.ONE_BLOCK_PER_STAGE
+# gin file -> (kind, paper backbone, blocks per stage of its tiny version, test image size)
 GIN_FILES = {
-    "maskrcnn_r50_halo_b8.gin": ("maskrcnn", "resnet50_se_halo_b8",
-                                 "test_tiny_resnet50_se_halo_b8", 128),
+    "maskrcnn_r50_halo_b8.gin": ("maskrcnn", "resnet50_se_halo_b8", ONE, 128),
     # 192 px: stage 4 maps are 12×12 and 6×6, not multiples of b=32 (padded inside the layer).
-    "maskrcnn_r50_halo_b32.gin": ("maskrcnn", "resnet50_se_halo_b32",
-                                  "test_tiny_resnet50_se_halo_b32", 192),
-    "maskrcnn_r101_halo_b8.gin": ("maskrcnn", "resnet101_se_halo_b8",
-                                  "test_tiny_resnet101_se_halo_b8", 128),
-    "retinanet_r50_halo_b8.gin": ("retinanet", "resnet50_se_halo_b8",
-                                  "test_tiny_resnet50_se_halo_b8", 128),
-    "retinanet_sasa_r50.gin": ("retinanet", "sasa_resnet50", "test_tiny_sasa_resnet50", 128),
-    "retinanet_sasa_r50_attention_stem.gin": ("retinanet", "sasa_resnet50_attention_stem",
-                                              "test_tiny_sasa_resnet50_attention_stem", 128),
+    "maskrcnn_r50_halo_b32.gin": ("maskrcnn", "resnet50_se_halo_b32", ONE, 192),
+    # R101's deeper stage 3 stays deeper.
+    "maskrcnn_r101_halo_b8.gin": ("maskrcnn", "resnet101_se_halo_b8", (1, 1, 2, 1), 128),
+    "retinanet_r50_halo_b8.gin": ("retinanet", "resnet50_se_halo_b8", ONE, 128),
+    "retinanet_sasa_r50.gin": ("retinanet", "sasa_resnet50", ONE, 128),
+    "retinanet_sasa_r50_attention_stem.gin": ("retinanet", "sasa_resnet50_attention_stem", ONE,
+                                              128),
 }
 NUM_CLASSES = 4
 NUM_EXAMPLES = 2
@@ -74,14 +73,6 @@ SMALL_HEADS = {
         "head": {"num_convs": 1, "num_filters": 16},
         "detection_generator": {"max_num_detections": 10}}}},
 }
-
-
-@pytest.fixture(scope="module", autouse=True)
-def tiny_backbones():
-  """The test-only tiny detection backbones, in specs.MODELS for this module only."""
-  names = fx.register_tiny_backbones()
-  yield names
-  fx.unregister_tiny_backbones()
 
 
 @pytest.fixture(scope="module")
@@ -157,9 +148,18 @@ def test_gin_file_binds_the_paper_recipe(name):
   assert reloaded.as_dict() == config.as_dict()
 
 
-def tiny_bindings(kind, tiny, image_size, records, annotations, extra=()):
+def tiny_model_override(backbone, blocks):
+  """task.model overrides that shrink `backbone` through the backbone config (HaloNetConfig)."""
+  return {"backbone": {"halonet": fx.tiny_overrides(backbone, blocks)}}
+
+
+def tiny_bindings(kind, backbone, blocks, image_size, records, annotations, extra=()):
+  """The file's backbone (bound again, so a test can name another) shrunk by the backbone config's
+  shape overrides, small heads, tiny data and intervals."""
+  model = dict(SMALL_HEADS[kind]["task"]["model"], **tiny_model_override(backbone, blocks))
+  override = {"task": {"model": model}}
   return [
-      f"detection_experiment.backbone = '{tiny}'",
+      f"detection_experiment.backbone = '{backbone}'",
       f"detection_experiment.image_size = {image_size}",
       f"detection_experiment.num_classes = {NUM_CLASSES}",
       f"detection_experiment.train_input_path = '{records}'",
@@ -176,33 +176,33 @@ def tiny_bindings(kind, tiny, image_size, records, annotations, extra=()):
       "detection_experiment.summary_interval = 1",
       "detection_experiment.checkpoint_interval = 1",
       "detection_experiment.validation_interval = 1",
-      f"detection_experiment.params_override = {SMALL_HEADS[kind]!r}",
+      f"detection_experiment.params_override = {override!r}",
   ] + list(extra)
 
 
-def assert_backbone(model, kind, tiny):
+def assert_backbone(model, kind, name, blocks):
   backbone = model.backbone
-  assert isinstance(backbone, HaloNet) and backbone.spec == specs.get_spec(tiny)
+  assert isinstance(backbone, HaloNet) and backbone.spec == fx.tiny_spec(name, blocks)
   kinds = {type(layer) for layer in backbone.layers}
-  if "halo" in tiny:
+  if "halo" in name:
     assert HaloAttention in kinds
-  if "sasa" in tiny:
+  if "sasa" in name:
     assert SASAAttention in kinds
-    assert (SpatiallyAwareAttention in kinds) == ("attention_stem" in tiny)
+    assert (SpatiallyAwareAttention in kinds) == ("attention_stem" in name)
   levels = range(2, 7) if kind == "maskrcnn" else range(3, 8)
   assert sorted(int(k) for k in model.decoder.output_specs) == list(levels)
 
 
 @pytest.mark.parametrize("name", sorted(GIN_FILES))
 def test_detector_trains_and_evaluates(name, coco, tmp_path):
-  kind, _, tiny, image_size = GIN_FILES[name]
+  kind, backbone, blocks, image_size = GIN_FILES[name]
   records, annotations = coco
-  parse_gin(name, tiny_bindings(kind, tiny, image_size, records, annotations))
+  parse_gin(name, tiny_bindings(kind, backbone, blocks, image_size, records, annotations))
   config = detection.detection_experiment()  # float32: main.py's default off TPU / GPU
   assert config.task.model.input_size == [image_size, image_size, 3]
   task = task_factory.get_task(config.task, logging_dir=str(tmp_path))
   model = task.build_model()
-  assert_backbone(model, kind, tiny)
+  assert_backbone(model, kind, backbone, blocks)
 
   optimizer = task.create_optimizer(config.trainer.optimizer_config, config.runtime)
   metrics = task.build_metrics(training=True)
@@ -234,9 +234,9 @@ def test_detector_trains_and_evaluates(name, coco, tmp_path):
 def test_run_experiment_trains_and_evaluates(coco, tmp_path):
   """main.py's route: gin -> detection_experiment -> Model Garden train_lib.run_experiment."""
   name = "maskrcnn_r50_halo_b32.gin"
-  kind, _, tiny, image_size = GIN_FILES[name]
+  kind, backbone, blocks, image_size = GIN_FILES[name]
   records, annotations = coco
-  parse_gin(name, tiny_bindings(kind, tiny, image_size, records, annotations))
+  parse_gin(name, tiny_bindings(kind, backbone, blocks, image_size, records, annotations))
   config = detection.detection_experiment()
   model_dir = str(tmp_path / "model")
   train_utils.serialize_config(config, model_dir)  # params.yaml, as Model Garden's train.py does
@@ -259,18 +259,22 @@ def test_run_experiment_trains_and_evaluates(coco, tmp_path):
   reloaded = hyperparams.override_params_dict(
       exp_factory.get_exp_config("maskrcnn_halonet_coco"), os.path.join(model_dir, "params.yaml"),
       is_strict=True)
-  assert reloaded.task.model.backbone.halonet.model_id == tiny
+  halonet = reloaded.task.model.backbone.halonet
+  assert halonet.model_id == backbone
+  assert {k: halonet.as_dict()[k] for k in fx.tiny_overrides(backbone)} == fx.tiny_overrides(
+      backbone)
   assert reloaded.as_dict() == config.as_dict()
 
 
 def test_classification_checkpoint_initialises_the_detection_backbone(coco, tmp_path):
-  tiny = "test_tiny_resnet50_se_halo_b8"
+  backbone = "resnet50_se_halo_b8"
   # A classification run's checkpoint, written the way Model Garden's trainer writes it
   # (global_step, model, optimizer and the model's checkpoint_items: `backbone`).
   cls_config = exp_factory.get_exp_config("resnet_imagenet")
   cls_config.task.model = mg_classification.ImageClassificationModel(
       num_classes=10, input_size=[64, 64, 3],
-      backbone=factory.Backbone(type="halonet", halonet=factory.HaloNetConfig(model_id=tiny)))
+      backbone=factory.Backbone(type="halonet", halonet=factory.HaloNetConfig(
+          model_id=backbone, **fx.tiny_overrides(backbone))))
   cls_task = task_factory.get_task(cls_config.task)
   cls_model = cls_task.build_model()
   rng = np.random.default_rng(0)
@@ -287,7 +291,7 @@ def test_classification_checkpoint_initialises_the_detection_backbone(coco, tmp_
   for name in ("maskrcnn_r50_halo_b8.gin", "retinanet_r50_halo_b8.gin"):
     kind = GIN_FILES[name][0]
     gin.clear_config()
-    parse_gin(name, tiny_bindings(kind, tiny, 128, records, annotations,
+    parse_gin(name, tiny_bindings(kind, backbone, ONE, 128, records, annotations,
                                   [f"detection_experiment.init_checkpoint = '{cls_dir}'"]))
     config = detection.detection_experiment()
     assert config.task.init_checkpoint == cls_dir
@@ -307,7 +311,7 @@ def test_classification_checkpoint_initialises_the_detection_backbone(coco, tmp_
   # A checkpoint of another backbone does not load silently.
   gin.clear_config()
   parse_gin("retinanet_sasa_r50.gin", tiny_bindings(
-      "retinanet", "test_tiny_sasa_resnet50", 128, records, annotations,
+      "retinanet", "sasa_resnet50", ONE, 128, records, annotations,
       [f"detection_experiment.init_checkpoint = '{cls_dir}'"]))
   config = detection.detection_experiment()
   task = task_factory.get_task(config.task)
@@ -315,19 +319,21 @@ def test_classification_checkpoint_initialises_the_detection_backbone(coco, tmp_
     task.initialize(task.build_model())
 
 
-@pytest.mark.parametrize("tiny,size", [("test_tiny_resnet50_se_halo_b32", 384),
-                                       ("test_tiny_resnet50_se_halo_b32", 1024),
-                                       ("test_tiny_resnet50_se_halo_b32", 1152),
-                                       ("test_tiny_sasa_resnet50", 640)])
-def test_fpn_accepts_the_backbone_at_any_size(tiny, size):
+@pytest.mark.parametrize("name,size", [("resnet50_se_halo_b32", 384),
+                                       ("resnet50_se_halo_b32", 1024),
+                                       ("resnet50_se_halo_b32", 1152),
+                                       ("sasa_resnet50", 640)])
+def test_fpn_accepts_the_backbone_at_any_size(name, size):
   """Model Garden's factories build backbone + FPN from output_specs; level l is ceil(S / 2^l)."""
   config = detection.detection_experiment(
-      kind="retinanet", backbone=tiny, image_size=size, annotation_file="unused.json")
+      kind="retinanet", backbone=name, image_size=size, annotation_file="unused.json",
+      params_override={"task": {"model": tiny_model_override(name, ONE)}})
   model_config = config.task.model
   input_specs = tf_keras.layers.InputSpec(shape=[None, size, size, 3])
   backbone = mg_backbones.factory.build_backbone(
       input_specs=input_specs, backbone_config=model_config.backbone,
       norm_activation_config=model_config.norm_activation)
+  assert backbone.spec == fx.tiny_spec(name)
   decoder = mg_decoders.factory.build_decoder(
       input_specs=backbone.output_specs, model_config=model_config)
   for level, shape in backbone.output_specs.items():
@@ -370,3 +376,6 @@ def test_invalid_settings_fail_before_any_work():
     detection.detection_experiment(mixed_precision="float8")
   with pytest.raises(KeyError):
     detection.detection_experiment(params_override={"task": {"model": {"no_such_field": 1}}})
+  with pytest.raises(ValueError, match="model 'resnet50_se_halo_b8': blocks must list 4"):
+    detection.detection_experiment(params_override={"task": {"model": {"backbone": {
+        "halonet": {"blocks": [1, 1, 1]}}}}})

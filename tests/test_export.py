@@ -270,6 +270,7 @@ def test_publish_writes_readme_and_metadata(run):
     assert meta["model_id"] == "tiny" and meta["image_size"] == 32 and meta["num_classes"] == 10
     assert meta["ema_weights"] is True and meta["checkpoint_step"] == 4
     assert meta["block_size"] == 4 and meta["halo_size"] == 1
+    assert meta["shape_overrides"] == {}  # the published 'tiny', not resized
     assert meta["training_data"]["input_path"].endswith("train-*")
     assert 0.0 <= meta["top1"] <= 1.0  # evaluated at the exported step (best_ckpt/info.json)
     assert meta["parameters"] > 0

@@ -1,5 +1,6 @@
 """The model family: parameter counts against the papers, endpoint shapes, config round trips and
 Model Garden factory builds."""
+import dataclasses
 import math
 
 import numpy as np
@@ -14,7 +15,7 @@ from official.vision.configs import image_classification as mg_cls_config
 from official.vision.modeling import factory as mg_model_factory
 from official.vision.modeling.backbones import factory as mg_backbone_factory
 from official_halonet import models
-from official_halonet.layers import HaloAttention, SpatiallyAwareAttention
+from official_halonet.layers import HaloAttention, SASAAttention, SpatiallyAwareAttention
 import tolerance
 
 
@@ -234,3 +235,86 @@ def test_build_public_api():
   logits = model(tf.zeros([2, 64, 64, 3]), training=False)
   assert logits.shape == (2, 5)
   assert len(model.losses) > 0
+
+
+# -- shape overrides: blocks, base_width, stem_width, head_dim, num_heads -----------------------
+
+def test_block_override_builds_the_deeper_or_shallower_published_model():
+  """sasa_resnet50 with SASA-26's blocks is sasa_resnet26 (the specs differ only there)."""
+  for deep, shallow in (("sasa_resnet50", "sasa_resnet26"),
+                        ("resnet50_se_halo_b8", "resnet101_se_halo_b8")):
+    tf_keras.backend.clear_session()
+    want = models.HaloNet(shallow)
+    got = models.HaloNet(deep, blocks=models.get_spec(shallow).blocks)
+    assert got.spec == dataclasses.replace(models.get_spec(shallow),
+                                           paper_params=models.get_spec(deep).paper_params)
+    assert [v.shape for v in got.trainable_variables] == [
+        v.shape for v in want.trainable_variables]
+    assert got.count_params() == want.count_params()
+
+
+def test_width_and_head_overrides_reach_the_layers():
+  named = models.get_spec("resnet50_se_halo_b8")  # conv stages 1-3, halo stage 4, head_dim 16
+  backbone = models.HaloNet("resnet50_se_halo_b8", blocks=(1, 1, 2, 1), base_width=8,
+                            stem_width=16, head_dim=4)
+  assert backbone.spec == dataclasses.replace(named, blocks=(1, 1, 2, 1), base_width=8,
+                                              stem_width=16, head_dim=4)
+  names = {l.name.split("_")[0] + "_" + l.name.split("_")[1] for l in backbone.layers
+           if l.name.startswith("stage")}
+  assert names == {"stage1_block1", "stage2_block1", "stage3_block1", "stage3_block2",
+                   "stage4_block1"}
+  assert backbone.get_layer("stem_conv").kernel.shape == (7, 7, 3, 16)
+  assert [backbone.output_specs[level][-1] for level in "2345"] == [32, 64, 128, 256]
+  (halo,) = [l for l in backbone.layers if isinstance(l, HaloAttention)]
+  assert (halo.num_heads, halo.key_dim) == (64 // 4, 64)
+  # num_heads replaces a head_dim rule: per-stage counts.
+  sasa = models.HaloNet("sasa_resnet26", base_width=8, stem_width=8, num_heads=(1, 2, 2, 4))
+  heads = [l.num_heads for l in sasa.layers if isinstance(l, SASAAttention)]
+  assert heads == [1] + [2] * 2 + [2] * 4 + [4]
+
+
+def test_shape_overrides_survive_get_config_and_the_model_garden_config():
+  shape = dict(blocks=[1, 2, 1, 1], base_width=8, stem_width=8, num_heads=[1, 2, 2, 2])
+  original = models.HaloNet("tiny", **shape)
+  assert {k: original.get_config()[k] for k in shape} == shape
+  clone = models.HaloNet.from_config(original.get_config())
+  assert clone.get_config() == original.get_config() and clone.spec == original.spec
+  clone.set_weights(original.get_weights())
+  x = tf.random.stateless_uniform([1, 32, 32, 3], seed=[8, 8])
+  np.testing.assert_array_equal(clone(x, training=False)["5"].numpy(),
+                                original(x, training=False)["5"].numpy())
+  # Model Garden's path: the one-of config overridden from a plain (YAML) dict, then the factory.
+  config = _mg_backbone_config("tiny")
+  config.override({"halonet": shape}, is_strict=True)
+  norm = mg_common.NormActivation(activation="swish")
+  via_factory = mg_backbone_factory.build_backbone(
+      input_specs=tf_keras.layers.InputSpec(shape=[None, None, None, 3]), backbone_config=config,
+      norm_activation_config=norm)
+  assert via_factory.spec == original.spec
+
+
+@pytest.mark.parametrize("model_id,overrides,message", [
+    ("resnet50_se_halo_b8", dict(blocks=(1, 1, 1)), "blocks must list 4 positive integers"),
+    ("resnet50_se_halo_b8", dict(blocks=(1, 0, 1, 1)), "blocks must list 4 positive integers"),
+    ("halonet26t", dict(blocks=(1, 1, 1, 1)), "blocks cannot be overridden.*block_types"),
+    ("resnet50_se_halo_b8", dict(base_width=0), "base_width must be a positive integer, got 0"),
+    ("resnet50_se_halo_b8", dict(stem_width=-8), "stem_width must be a positive integer"),
+    ("resnet50_se_halo_b8", dict(head_dim=2.5), "head_dim must be a positive integer"),
+    ("sasa_resnet26", dict(num_heads=[8, 8, 8]), "num_heads must list 4 positive integers"),
+    ("resnet50_se_halo_b8", dict(head_dim=4, num_heads=(2, 2, 2, 2)),
+     "give head_dim or num_heads, not both"),
+    ("resnet50_se_halo_b8", dict(head_dim=3), "head_dim 3 does not divide stage 4's width 512"),
+    ("sasa_resnet26", dict(base_width=12, num_heads=(8, 8, 8, 8)),
+     r"8 heads \(num_heads\) do not divide stage 1's attention width 12"),
+    ("h5", dict(base_width=8, num_heads=(8, 8, 8, 8)),
+     r"8 heads \(num_heads\) do not divide stage 1's value width 20"),
+    ("h5", dict(base_width=8, head_dim=1),
+     r"8 heads \(width / head_dim 1\) do not divide stage 1's value width 20"),
+    ("sasa_resnet26_attention_stem", dict(stem_width=6), "stem_width 6 must be a multiple of 4"),
+    ("halonet26t", dict(stem_width=2), "stem_width 2 is below 3"),
+    ("eca_halonext26ts", dict(base_width=8), "base_width 8 .* not a multiple of group_width 16"),
+])
+def test_a_bad_shape_override_is_one_line_naming_the_field(model_id, overrides, message):
+  with pytest.raises(ValueError, match=f"model '{model_id}': {message}") as raised:
+    models.HaloNet(model_id, **overrides)
+  assert "\n" not in str(raised.value)

@@ -113,7 +113,7 @@ def metadata(run: saved_model.RestoredRun, kind: str,
   """The metadata.json of one module."""
   config: cfg.ExperimentConfig = run.config
   halonet = config.task.model.backbone.halonet
-  spec = specs.resolve(halonet.model_id, halonet.block_size, halonet.halo_size)
+  spec = run.model.backbone.spec  # the named spec with the config's overrides applied
   train = config.task.train_data
   size = int(config.task.model.input_size[0])
   top1 = run.eval_accuracy if top1 is None else top1
@@ -123,6 +123,8 @@ def metadata(run: saved_model.RestoredRun, kind: str,
       "model_id": halonet.model_id,
       "block_size": spec.block_size,
       "halo_size": spec.halo_size,
+      "shape_overrides": {name: getattr(halonet, name) for name in specs.SHAPE_OVERRIDES
+                          if getattr(halonet, name) is not None},
       "num_classes": int(config.task.model.num_classes),
       "parameters": _params(source.trainable_variables),
       "image_size": size,
@@ -167,6 +169,7 @@ HaloNet / SASA local self-attention backbone `{meta['model_id']}` as a TF2 TF Hu
 | parameters | {meta['parameters']:,} |
 | classes trained on | {meta['num_classes']} |
 | block / halo size (halo stages) | {meta['block_size']} / {meta['halo_size']} |
+| shape overrides of the named model | {meta['shape_overrides'] or 'none'} |
 | training data | {meta['training_data']['input_path'] or meta['training_data']['tfds_name']} |
 | training steps | {meta['train_steps']} |
 | checkpoint | {meta['checkpoint']} (step {meta['checkpoint_step']}, {'EMA' if meta['ema_weights'] else 'raw'} weights) |

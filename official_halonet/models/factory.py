@@ -12,7 +12,7 @@ Outside Model Garden's tasks:
     model = official_halonet.models.build('h3', num_classes=1000)   # [B, 320, 320, 3] -> logits
 """
 import dataclasses
-from typing import Optional
+from typing import Any, List, Optional
 
 import tf_keras
 
@@ -28,13 +28,20 @@ from official_halonet.models.halonet import HaloNet
 class HaloNetConfig(hyperparams.Config):
   """The `halonet` backbone config: a named spec and its overrides.
 
-  None keeps the spec's value; se_ratio = 0 or final_width = 0 removes that layer.
+  None keeps the spec's value; se_ratio = 0 or final_width = 0 removes that layer. blocks
+  (4 per-stage counts), base_width, stem_width and head_dim or num_heads (4 per-stage counts)
+  resize the named model (specs.resolve validates them).
   """
   model_id: str = "h0"
   block_size: Optional[int] = None
   halo_size: Optional[int] = None
   se_ratio: Optional[float] = None
   final_width: Optional[int] = None
+  blocks: Optional[List[int]] = None
+  base_width: Optional[int] = None
+  stem_width: Optional[int] = None
+  head_dim: Optional[int] = None
+  num_heads: Optional[List[int]] = None
   stochastic_depth_drop_rate: float = 0.0
 
 
@@ -52,11 +59,16 @@ def model_garden_activation(name: str) -> str:
 def halonet_backbone(model_id: str, block_size: Optional[int] = None,
                      halo_size: Optional[int] = None, se_ratio: Optional[float] = None,
                      final_width: Optional[int] = None,
-                     stochastic_depth_drop_rate: float = 0.0) -> Backbone:
-  """`Backbone(type='halonet')` for a named model and its overrides (see HaloNetConfig)."""
+                     stochastic_depth_drop_rate: float = 0.0,
+                     **shape: Any) -> Backbone:
+  """`Backbone(type='halonet')` for a named model and its overrides (see HaloNetConfig).
+
+  **shape: the shape overrides blocks, base_width, stem_width, head_dim, num_heads.
+  """
   return Backbone(type="halonet", halonet=HaloNetConfig(
       model_id=model_id, block_size=block_size, halo_size=halo_size, se_ratio=se_ratio,
-      final_width=final_width, stochastic_depth_drop_rate=stochastic_depth_drop_rate))
+      final_width=final_width, stochastic_depth_drop_rate=stochastic_depth_drop_rate,
+      **{k: list(v) if isinstance(v, tuple) else v for k, v in shape.items()}))
 
 
 def activation_of(model_id: str, activation: Optional[str] = None) -> str:
@@ -80,6 +92,7 @@ def build_halonet(input_specs: tf_keras.layers.InputSpec,
       halo_size=config.halo_size,
       se_ratio=config.se_ratio,
       final_width=config.final_width,
+      **{name: getattr(config, name) for name in specs.SHAPE_OVERRIDES},
       stochastic_depth_drop_rate=config.stochastic_depth_drop_rate,
       activation=norm_activation_config.activation,
       use_sync_bn=norm_activation_config.use_sync_bn,
@@ -103,8 +116,9 @@ def build(model_id: str,
       accepted too: pass 0 for [B, None, None, 3].
     dropout_rate: dropout before the classifier.
     weight_decay: L2 factor on every kernel (Model Garden adds it as a regularization loss).
-    **backbone_kwargs: HaloNet overrides (block_size, halo_size, se_ratio, final_width,
-      stochastic_depth_drop_rate, activation, use_sync_bn, norm_momentum, norm_epsilon).
+    **backbone_kwargs: HaloNet overrides (block_size, halo_size, se_ratio, final_width, blocks,
+      base_width, stem_width, head_dim, num_heads, stochastic_depth_drop_rate, activation,
+      use_sync_bn, norm_momentum, norm_epsilon).
 
   Returns:
     Model Garden's ClassificationModel: [B, S, S, 3] float images -> [B, num_classes] logits.

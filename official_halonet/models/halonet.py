@@ -41,7 +41,7 @@ it is the value the next row (H4) lists, so the likeliest reading is that the H3
 trained and counted had d_f = 1280 and the table's 1024 is a slip. `h3` is built as the table says;
 `HaloNet('h3', final_width=1280)` builds the 12.3M reading.
 """
-from typing import Any, Dict, Optional
+from typing import Any, Dict, Optional, Sequence
 
 import tensorflow as tf
 import tf_keras
@@ -56,6 +56,12 @@ from official_halonet.models import specs
 layers = tf_keras.layers
 
 
+def _listed(values):
+  """Per-stage values as a list, as get_config's JSON and Model Garden's YAML give them back
+  (anything else is left for specs.resolve to refuse)."""
+  return list(values) if isinstance(values, tuple) else values
+
+
 @tf_keras.utils.register_keras_serializable(package="HaloNet")
 class HaloNet(tf_keras.Model):
   """HaloNet / SASA / hybrid backbone built from a named `ModelSpec` (see specs.py).
@@ -67,6 +73,9 @@ class HaloNet(tf_keras.Model):
       resolution); None keeps the spec's.
     se_ratio: override the spec's squeeze-excitation ratio for every block; None keeps it.
     final_width: override d_f, the 1×1 conv after the last stage (0 removes it); None keeps it.
+    blocks, base_width, stem_width, head_dim, num_heads: resize the named model (4 per-stage
+      block counts, d_0, the stem's width, and heads as d_i / head_dim or 4 per-stage counts);
+      None keeps the spec's. specs.resolve applies and validates them.
     stochastic_depth_drop_rate: drop rate of the last block; block k of N drops rate·(k+1)/N.
     activation, use_sync_bn, norm_momentum, norm_epsilon: Model Garden norm-activation settings;
       activation / norm_epsilon None take the spec's.
@@ -80,6 +89,11 @@ class HaloNet(tf_keras.Model):
                halo_size: Optional[int] = None,
                se_ratio: Optional[float] = None,
                final_width: Optional[int] = None,
+               blocks: Optional[Sequence[int]] = None,
+               base_width: Optional[int] = None,
+               stem_width: Optional[int] = None,
+               head_dim: Optional[int] = None,
+               num_heads: Optional[Sequence[int]] = None,
                stochastic_depth_drop_rate: float = 0.0,
                activation: Optional[str] = None,
                use_sync_bn: bool = False,
@@ -89,14 +103,16 @@ class HaloNet(tf_keras.Model):
                kernel_regularizer: Optional[tf_keras.regularizers.Regularizer] = None,
                bias_regularizer: Optional[tf_keras.regularizers.Regularizer] = None,
                **kwargs):
-    spec = specs.resolve(model_id, block_size, halo_size, se_ratio, final_width)
+    shape = dict(blocks=_listed(blocks), base_width=base_width, stem_width=stem_width,
+                 head_dim=head_dim, num_heads=_listed(num_heads))
+    spec = specs.resolve(model_id, block_size, halo_size, se_ratio, final_width, **shape)
     norm_epsilon = spec.norm_epsilon if norm_epsilon is None else norm_epsilon
     if not 0.0 <= stochastic_depth_drop_rate < 1.0:
       raise ValueError(f"stochastic_depth_drop_rate must be in [0, 1), got "
                        f"{stochastic_depth_drop_rate}.")
     self._config_dict = dict(
         model_id=model_id, input_specs=input_specs, block_size=block_size, halo_size=halo_size,
-        se_ratio=se_ratio, final_width=final_width,
+        se_ratio=se_ratio, final_width=final_width, **shape,
         stochastic_depth_drop_rate=stochastic_depth_drop_rate,
         activation=activation, use_sync_bn=use_sync_bn, norm_momentum=norm_momentum,
         norm_epsilon=norm_epsilon, kernel_initializer=kernel_initializer,

@@ -52,11 +52,13 @@ the ImageNet mean / std, as every model here does). Each has a reduced '<name>_m
 b=4) that the parity tests compare against timm's logits (tests/fixtures/timm).
 """
 import dataclasses
-from typing import Dict, Optional, Tuple
+from typing import Dict, Optional, Sequence, Tuple
 
 STAGE_TYPES = ("halo", "sasa", "conv")
 STEMS = ("conv", "patch", "sasa", "tiered")
 PADDINGS = ("same", "symmetric")
+# The backbone config fields (HaloNet arguments) that resize a named model; see resolve.
+SHAPE_OVERRIDES = ("blocks", "base_width", "stem_width", "head_dim", "num_heads")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -252,13 +254,85 @@ def get_spec(model_id: str) -> ModelSpec:
 
 
 def resolve(model_id: str, block_size: Optional[int] = None, halo_size: Optional[int] = None,
-            se_ratio: Optional[float] = None, final_width: Optional[int] = None) -> ModelSpec:
+            se_ratio: Optional[float] = None, final_width: Optional[int] = None, *,
+            blocks: Optional[Sequence[int]] = None, base_width: Optional[int] = None,
+            stem_width: Optional[int] = None, head_dim: Optional[int] = None,
+            num_heads: Optional[Sequence[int]] = None) -> ModelSpec:
   """The spec a model is built from: the named spec with the backbone config's overrides.
 
   None keeps the spec's value (block_size 0 too); halo_size 0 means no halo; se_ratio 0 and
   final_width 0 remove that layer (see models.factory.HaloNetConfig, HaloNet's arguments).
+  The shape overrides resize the named model, keeping its stage types, stem, b, h and SE: blocks
+  (4 per-stage block counts), base_width (d_0), stem_width, and the head rule, either head_dim
+  (heads = d_i / head_dim) or num_heads (4 per-stage counts), which replaces the spec's rule.
+  A bad override raises a one-line ValueError naming the model and the field.
   """
+  spec = get_spec(model_id)
+  where = f"model {model_id!r}"
+  if head_dim is not None and num_heads is not None:
+    raise ValueError(f"{where}: give head_dim or num_heads, not both (head_dim={head_dim}, "
+                     f"num_heads={num_heads!r})")
+  shape = {}
+  if blocks is not None:
+    if spec.block_types is not None:
+      raise ValueError(f"{where}: blocks cannot be overridden, the model lists its blocks one by "
+                       f"one (block_types)")
+    shape["blocks"] = _per_stage("blocks", blocks, where)
+  if num_heads is not None:
+    shape.update(num_heads=_per_stage("num_heads", num_heads, where), head_dim=None)
+  for name, value in (("base_width", base_width), ("stem_width", stem_width),
+                      ("head_dim", head_dim)):
+    if value is not None:
+      shape[name] = _positive(name, value, where)
   overrides = dict(block_size=block_size or None, halo_size=halo_size, se_ratio=se_ratio,
                    final_width=final_width)
-  return dataclasses.replace(get_spec(model_id),
-                             **{k: v for k, v in overrides.items() if v is not None})
+  resolved = dataclasses.replace(
+      spec, **shape, **{k: v for k, v in overrides.items() if v is not None})
+  if shape:
+    _check_widths(resolved, where)
+  return resolved
+
+
+def _positive(name: str, value, where: str) -> int:
+  if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+    raise ValueError(f"{where}: {name} must be a positive integer, got {value!r}")
+  return value
+
+
+def _per_stage(name: str, values, where: str) -> Tuple[int, int, int, int]:
+  if (isinstance(values, (str, bytes)) or not hasattr(values, "__len__") or len(values) != 4
+      or any(isinstance(v, bool) or not isinstance(v, int) or v < 1 for v in values)):
+    raise ValueError(f"{where}: {name} must list 4 positive integers, one per stage, "
+                     f"got {values!r}")
+  return tuple(values)
+
+
+def _check_widths(spec: ModelSpec, where: str) -> None:
+  """Every width the overridden spec gives must split into its heads and conv groups."""
+  if spec.stem == "sasa" and spec.stem_width % 4:
+    raise ValueError(f"{where}: stem_width {spec.stem_width} must be a multiple of 4, the SASA "
+                     f"stem's heads")
+  if spec.stem == "tiered" and 3 * spec.stem_width // 8 < 1:
+    raise ValueError(f"{where}: stem_width {spec.stem_width} is below 3, so the tiered stem's "
+                     f"first conv (3/8 of it) would have no channels")
+  for stage, repeats in enumerate(spec.blocks):
+    width = spec.base_width * 2**stage
+    types = {spec.block_type(stage, i) for i in range(repeats)}
+    if "conv" in types and spec.group_width and width % spec.group_width:
+      raise ValueError(f"{where}: base_width {spec.base_width} gives stage {stage + 1} width "
+                       f"{width}, not a multiple of group_width {spec.group_width}")
+    if not types & {"halo", "sasa"}:
+      continue
+    if spec.head_dim and width % spec.head_dim:
+      raise ValueError(f"{where}: head_dim {spec.head_dim} does not divide stage {stage + 1}'s "
+                       f"width {width} (base_width {spec.base_width} · 2^{stage})")
+    heads = width // spec.head_dim if spec.head_dim else spec.num_heads[stage]
+    dims = [("attention", width)] if "sasa" in types else []
+    if "halo" in types:
+      dims += [("query/key", heads * spec.key_head_dim if spec.key_head_dim else width),
+               ("value", int(round(spec.value_ratio * width)))]
+    rule = f"width / head_dim {spec.head_dim}" if spec.head_dim else "num_heads"
+    for kind, dim in dims:
+      if dim % heads:
+        raise ValueError(f"{where}: {heads} heads ({rule}) do not divide stage {stage + 1}'s "
+                         f"{kind} width {dim} (base_width {spec.base_width} · 2^{stage})")

@@ -142,7 +142,9 @@ def build_detection_experiment(
     mixed_precision_default: not gin-bindable; the dtype 'auto' stands for.
     validation_steps: evaluation steps; None evaluates num_eval_examples once (rounded up).
     validation_interval, steps_per_loop, summary_interval, checkpoint_interval: trainer intervals.
-    params_override: dict, YAML string or YAML file applied last to the whole ExperimentConfig.
+    params_override: dict, YAML string or YAML file applied last to the whole ExperimentConfig,
+      e.g. the backbone's shape overrides {'task': {'model': {'backbone': {'halonet': {'blocks':
+      [1, 1, 1, 1], 'base_width': 8}}}}} (checked here by specs.resolve).
 
   Returns:
     A validated ExperimentConfig whose task is Model Garden's MaskRCNNTask or RetinaNetTask.
@@ -219,6 +221,13 @@ def build_detection_experiment(
   if params_override:
     config = hyperparams.override_params_dict(config, params_override, is_strict=True)
   config.validate()
+  if config.task.model.backbone.type == "halonet":  # shape overrides may come in params_override
+    halonet = config.task.model.backbone.halonet
+    try:
+      specs.resolve(halonet.model_id, **{name: getattr(halonet, name)
+                                         for name in specs.SHAPE_OVERRIDES})
+    except ValueError as e:
+      raise ConfigError("params_override", str(e), CONFIGURABLE) from None
   return config
 
 
