@@ -17,7 +17,14 @@ roofline (an XLA-compiled 2048×2048 float32 matmul) is measured before and afte
              normalisation and elementwise ops are not counted. A train step counts 3× forward.
   peak MiB   the process's resident high-water mark during the timed calls minus its resident size
              just before them (/proc/self/clear_refs resets the mark): the step's working memory
-             beyond weights, optimizer state and compiled code.
+             beyond weights, optimizer state and compiled code. With the BFC allocator the TF rows
+             read the same quantity from TensorFlow's allocator (its peak minus what it held
+             before), since a pooling allocator keeps its memory resident between steps.
+
+TensorFlow's default CPU allocator returns large buffers to the OS, so every step page-faults its
+XLA temporaries in afresh (a 205 MB logits tensor: ~50,000 faults). --bfc_allocator (the default,
+as in main.py) sets TF_CPU_ALLOCATOR_USE_BFC=true in the TensorFlow children, which keeps them in a
+pool; --nobfc_allocator measures TensorFlow's default allocator.
 
 The table goes to stdout and the rows (with machine load and CPU count) to --out as JSON. Flags are
 absl's (official_halonet.data.command_line, like the data tools); a row's child process gets its
@@ -58,17 +65,31 @@ def _reset_peak() -> int:
   return _rss_kib("VmRSS")
 
 
-def _timed(call, warmup: int, repeats: int):
-  """(median seconds, min seconds, peak MiB above the resident size before the timed calls)."""
+def _bfc_allocator(env=os.environ) -> bool:
+  """Whether TensorFlow's CPU allocator under environment `env` is its BFC pool."""
+  return env.get("TF_CPU_ALLOCATOR_USE_BFC", "").lower() in ("1", "true")
+
+
+def _timed(call, warmup: int, repeats: int, pooled: bool = False):
+  """(median seconds, min seconds, peak MiB above the memory in use before the timed calls):
+  resident memory, or with `pooled` the bytes TensorFlow's CPU allocator holds."""
   for _ in range(warmup):
     call()
   base = _reset_peak()
+  if pooled:
+    import tensorflow as tf
+    tf.config.experimental.reset_memory_stats("CPU:0")
+    held = tf.config.experimental.get_memory_info("CPU:0")["current"]
   times = []
   for _ in range(repeats):
     start = time.perf_counter()
     call()
     times.append(time.perf_counter() - start)
-  return statistics.median(times), min(times), (_rss_kib("VmHWM") - base) / 1024
+  if pooled:
+    peak = (tf.config.experimental.get_memory_info("CPU:0")["peak"] - held) / 2**20
+  else:
+    peak = (_rss_kib("VmHWM") - base) / 1024
+  return statistics.median(times), min(times), peak
 
 
 # -- analytic FLOPs -----------------------------------------------------------------------------
@@ -152,7 +173,7 @@ def run_project(args) -> dict:
       return loss
     fn = tf.function(step, jit_compile=True)
     call = lambda: fn(x, labels).numpy()
-  median, best, peak = _timed(call, args.warmup, args.repeats)
+  median, best, peak = _timed(call, args.warmup, args.repeats, _bfc_allocator())
   forward = model_flops(model) / 1e9
   gflop = forward * (3 if args.mode == "train" else 1)
   return dict(impl="tf-xla", model=args.model, mode=args.mode, batch=args.batch,
@@ -228,6 +249,10 @@ def _define_flags(values) -> None:
   flags.DEFINE_integer("warmup", 2, "Untimed calls first.", flag_values=values)
   flags.DEFINE_string("timm_python", None, "A Python with torch and timm (e.g. /tmp/timm-venv/"
                       "bin/python); timm rows are skipped without it.", flag_values=values)
+  flags.DEFINE_boolean("bfc_allocator", True, "TensorFlow children pool their CPU memory "
+                       "(TF_CPU_ALLOCATOR_USE_BFC=true, as main.py sets it) instead of returning it "
+                       "to the OS after every step; --nobfc_allocator for TensorFlow's default.",
+                       flag_values=values)
   flags.DEFINE_string("out", str(ROOT / "bench" / "results" / "compare.json"),
                       "Where the JSON rows go.", flag_values=values)
 
@@ -237,6 +262,8 @@ def main(argv=None):
   args = command_line.parse(_define_flags, argv, prog="python bench/compare.py",
                             description=__doc__.split("\n\n")[0])
   env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
+  env["TF_CPU_ALLOCATOR_USE_BFC"] = "true" if args.bfc_allocator else "false"
+  allocator = "bfc" if _bfc_allocator(env) else "default"
   timm_env = dict(env, PYTHONPATH="/tmp/timm-tvstub")  # timm_env.sh's torchvision stand-in
   shared = dict(batch=args.batch, image_size=args.image_size, repeats=args.repeats,
                 warmup=args.warmup)
@@ -267,7 +294,7 @@ def main(argv=None):
 
   print(f"\nCPU: {os.cpu_count()} cores, load average {load_before[0]:.2f} before / "
         f"{load_after[0]:.2f} after; batch {args.batch} at {args.image_size} px, median of "
-        f"{args.repeats}\n")
+        f"{args.repeats}; TensorFlow CPU allocator: {allocator}\n")
   each = " / ".join(f"{r.get('gflops', float('nan')):.1f}" for r in roof)
   print(f"float32 matmul 2048², XLA: {roofline:.1f} GFLOP/s ({each} before / after)\n")
   print("| model | step | img/s | GFLOP/img | GFLOP/s | % roofline | peak MiB |")
@@ -283,6 +310,7 @@ def main(argv=None):
   out = pathlib.Path(args.out)
   out.parent.mkdir(parents=True, exist_ok=True)
   out.write_text(json.dumps(dict(machine=platform.platform(), cpus=os.cpu_count(),
+                                 tf_cpu_allocator=allocator,
                                  load_before=load_before, load_after=load_after,
                                  roofline_gflops=roofline, roofline_runs=roof, rows=rows,
                                  ratios=ratios), indent=2))
