@@ -18,6 +18,12 @@ import sys
 # descriptor 2 goes to the run's main.log (training/console.py).
 VERBOSE = any(arg in ("--verbose", "--verbose=true", "--verbose=True") for arg in sys.argv[1:])
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "0" if VERBOSE else "2")
+# TensorFlow's default CPU allocator gives large buffers back to the OS after every step, so each
+# step page-faults its attention logits in again; the pooling (BFC) allocator keeps them. On the
+# 2-core development CPU: H1 train step 0.99 -> 1.63 img/s, HaloNet-50 0.30 -> 0.61 img/s
+# (bench/compare.py). Host memory only: TPU and GPU device memory are not affected.
+# TF_CPU_ALLOCATOR_USE_BFC=false in the environment keeps TensorFlow's default.
+os.environ.setdefault("TF_CPU_ALLOCATOR_USE_BFC", "true")
 import official_halonet  # noqa: F401  (selects tf_keras before TensorFlow is imported)
 
 from absl import app

@@ -23,6 +23,10 @@ from official_halonet.export import saved_model
 import demo
 from official_halonet.training import runner
 
+# One xdist worker runs all of this module (make test: --dist loadgroup), so its module-scoped
+# fixtures (training runs, exports) are built once, not once per worker.
+pytestmark = pytest.mark.xdist_group("export")
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PYTHON = sys.executable
 SAVED_MODEL_CLI = os.path.join(os.path.dirname(sys.executable), "saved_model_cli")

@@ -20,6 +20,10 @@ import demo
 from official_halonet.layers import relative_position
 from official_halonet.training import runner
 
+# One xdist worker runs all of this module (make test: --dist loadgroup), so its module-scoped
+# fixtures (training runs, exports) are built once, not once per worker.
+pytestmark = pytest.mark.xdist_group("finetune")
+
 GIN_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "gin")
 
 

@@ -33,6 +33,10 @@ import data_fixtures
 import tolerance
 from tools import timm_parity
 
+# One xdist worker runs all of this module (make test: --dist loadgroup), so its module-scoped
+# fixtures (training runs, exports) are built once, not once per worker.
+pytestmark = pytest.mark.xdist_group("timm_import")
+
 FIXTURES = os.path.join(os.path.dirname(__file__), "fixtures", "timm")
 MINI = sorted(os.path.basename(p)[:-5] for p in glob.glob(os.path.join(FIXTURES, "*_mini.json")))
 FULL = ("halonet_h1", "halonet26t", "sehalonet33ts", "halonet50ts", "eca_halonext26ts")

@@ -249,10 +249,15 @@ def test_train_and_eval_end_to_end_on_two_cpu_devices(digits, tmp_path):
   assert glob.glob(os.path.join(model_dir, "validation", "events.out.tfevents.*"))
 
 
+# The killed run polls for the step-8 checkpoint every 0.2 s and is killed at once; the 32 steps
+# (8 checkpoint saves) left after step 8 take seconds, so it never finishes first.
+KILL_RUN_STEPS = 40
+
+
 def test_killed_run_resumes_from_its_last_checkpoint(digits, tmp_path):
   model_dir = str(tmp_path / "run")
   args = _gin_args(_data_bindings(digits) + [
-      "experiment.train_steps = 120", "experiment.steps_per_loop = 2",
+      f"experiment.train_steps = {KILL_RUN_STEPS}", "experiment.steps_per_loop = 2",
       "experiment.checkpoint_interval = 4", "experiment.validation_interval = 1000"]) + [
           "--mode=train", f"--model_dir={model_dir}", "--strategy=one_device"]
   environment = dict(os.environ, PYTHONPATH=ROOT, TF_CPP_MIN_LOG_LEVEL="2")
@@ -265,7 +270,7 @@ def test_killed_run_resumes_from_its_last_checkpoint(digits, tmp_path):
   process.send_signal(signal.SIGKILL)
   process.wait()
   killed_at = runner.latest_checkpoint_step(model_dir)
-  assert killed_at is not None and 8 <= killed_at < 120, killed_at
+  assert killed_at is not None and 8 <= killed_at < KILL_RUN_STEPS, killed_at
   # What a kill at a worse moment leaves: a half-written sharded save and a truncated
   # best_ckpt/info.json (Model Garden rewrites it in place).
   os.makedirs(os.path.join(model_dir, f"ckpt-{killed_at + 4}_temp"))
@@ -277,9 +282,9 @@ def test_killed_run_resumes_from_its_last_checkpoint(digits, tmp_path):
   assert "Removed the unreadable" in result.stdout
   resumed = int(re.search(r"Resuming from the checkpoint at step (\d+)", result.stdout).group(1))
   assert resumed >= killed_at
-  first_step = int(re.search(r"^step (\d+)/120", result.stdout, re.M).group(1))
+  first_step = int(re.search(rf"^step (\d+)/{KILL_RUN_STEPS}", result.stdout, re.M).group(1))
   assert first_step == resumed + 2, result.stdout  # continues; does not start again at 0
-  assert runner.latest_checkpoint_step(model_dir) == 120
+  assert runner.latest_checkpoint_step(model_dir) == KILL_RUN_STEPS
 
 
 def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(digits, tmp_path):

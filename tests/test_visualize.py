@@ -19,6 +19,10 @@ from official_halonet.models import attention_maps
 from official_halonet.models import factory
 import demo
 
+# One xdist worker runs all of this module (make test: --dist loadgroup), so its module-scoped
+# fixtures (training runs, exports) are built once, not once per worker.
+pytestmark = pytest.mark.xdist_group("visualize")
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY_RUN = ["experiment.train_steps = 6", "experiment.warmup_epochs = 0",
             "experiment.steps_per_loop = 2", "experiment.checkpoint_interval = 6",

@@ -27,18 +27,20 @@ def eval_line(logs: Mapping[str, Any]) -> str:
 
 
 class EvalLine:
-  """Prints one line per evaluation (the global step last); Model Garden's post-training
-  evaluation of the step just evaluated is not printed again."""
+  """Prints one line per evaluation (the global step last) and keeps the last evaluation's logs
+  (`logs`, None before the first); an evaluation of the step just evaluated is not printed again."""
 
   def __init__(self, global_step: tf.Variable):
     self._global_step = global_step
     self._printed_step = None
+    self.logs = None
 
   def __call__(self, logs: Mapping[str, Any]) -> None:
     step = int(self._global_step.numpy())
     if step != self._printed_step:
       print(f"{eval_line(logs)} | step {step}", flush=True)
     self._printed_step = step
+    self.logs = logs
 
 
 def fixed_images(dataset: tf.data.Dataset, count: int) -> np.ndarray:

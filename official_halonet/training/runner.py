@@ -12,8 +12,9 @@ Order of work, so that a bad setting costs seconds, not a TPU reservation:
 A killed run started again with the same command resumes from the last checkpoint in model_dir
 (Model Garden's checkpoint manager); a NaN / too-large loss stops it before a checkpoint is written.
 """
+import atexit
 import dataclasses
-import json
+import logging as python_logging
 import os
 import traceback
 from typing import Any, Dict, Optional, Sequence
@@ -212,17 +213,22 @@ def run(options: RunOptions) -> Dict[str, Any]:
   if config.trainer.recovery_max_trials == 0:  # stop at once; > 0: Model Garden's reload-and-retry
     train_actions.append(loss_guard.LossGuard(trainer.global_step, config.trainer.loss_upper_bound,
                                               config.trainer.recovery_begin_steps))
-  eval_actions = [attention_summary.EvalLine(trainer.global_step)]
+  last_eval = attention_summary.EvalLine(trainer.global_step)
+  eval_actions = [last_eval]
   if "eval" in options.mode and _is_chief(strategy) and attention_maps.attention_layers(
       trainer.model):
     images = attention_summary.fixed_images(task.build_inputs(config.task.validation_data),
                                             ATTENTION_IMAGES)
     eval_actions.append(attention_summary.AttentionSummary(trainer.model, images, model_dir,
                                                            trainer.global_step))
+  # Orbit evaluates after the last training chunk and --mode=eval evaluates once, so Model Garden's
+  # post-training evaluation would repeat the last one (a whole validation pass); it runs only
+  # when a finished run is started again and nothing is trained.
+  finished = resumed is not None and resumed >= config.trainer.train_steps
   try:
     _, eval_logs = train_lib.run_experiment(
         distribution_strategy=strategy, task=task, mode=options.mode, params=config,
-        model_dir=model_dir, run_post_eval="eval" in options.mode,
+        model_dir=model_dir, run_post_eval=options.mode == "train_and_eval" and finished,
         train_actions=train_actions, eval_actions=eval_actions, trainer=trainer)
   except loss_guard.LossBlowupError as e:
     last = latest_checkpoint_step(model_dir)
@@ -231,7 +237,7 @@ def run(options: RunOptions) -> Dict[str, Any]:
         f"{'is step ' + str(last) if last is not None else 'does not exist yet'} in {model_dir}; "
         f"nothing was written after it. Lower the learning rate or check the data, then run "
         f"the same command to resume.") from None
-  eval_logs = {k: float(v) for k, v in (eval_logs or {}).items()
+  eval_logs = {k: float(v) for k, v in (eval_logs or last_eval.logs or {}).items()
                if tf.size(v) == 1}
   if eval_logs:
     # The latest checkpoint's numbers, then the best one's: --mode=export takes the latest
@@ -275,8 +281,16 @@ def configure_logging(model_dir: str, verbose: bool = False) -> str:
     console.quiet_orbit()
   if flags.FLAGS.is_parsed() and not flags.FLAGS["stderrthreshold"].present:
     flags.FLAGS.stderrthreshold = "error"
+  atexit.register(_drop_records_after_shutdown)
   print(f"Logging to {path}", flush=True)
   return path
+
+
+def _drop_records_after_shutdown() -> None:
+  """TensorFlow's checkpoints log the values they never restored when they are collected at
+  interpreter exit, after logging.shutdown has closed the log file: drop those records rather
+  than print a 'Logging error' traceback for each on the terminal."""
+  python_logging.raiseExceptions = False
 
 
 def log_exception(error: BaseException) -> None:
