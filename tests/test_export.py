@@ -16,6 +16,7 @@ import data_fixtures as fx
 import tolerance
 import official_halonet  # noqa: F401
 import tensorflow as tf
+from tensorflow.python.framework import config as tf_framework_config
 
 from official_halonet.checkpoints import match as checkpoints
 from official_halonet.export import hub as hub_export
@@ -264,6 +265,13 @@ def test_export_uses_the_ema_weights(run):
     logits[use_ema] = module.serve_image_tensor(tf.constant(pixels))["logits"].numpy()
   tolerance.assert_close(served, logits[True], tolerance.network_chain(model))
   assert np.abs(served - logits[False]).max() > 1e-3  # 4 steps at decay 0.5: not the raw weights
+
+
+def test_a_deterministic_run_turns_op_determinism_off_again(run):
+  # It is process-wide, and TensorFlow's tf.data rewrites under it broke the RetinaNet input
+  # pipeline of a later test in the same process.
+  assert "Deterministic: op determinism on" in run["printed"]
+  assert not tf_framework_config.is_op_determinism_enabled()
 
 
 def test_publish_writes_readme_and_metadata(run):

@@ -22,6 +22,7 @@ from typing import Any, Dict, Optional, Sequence
 from absl import flags
 from absl import logging
 import tensorflow as tf
+from tensorflow.python.framework import config as tf_framework_config  # op determinism off again
 import tf_keras
 
 from official.common import distribute_utils
@@ -200,60 +201,67 @@ def run(options: RunOptions) -> Dict[str, Any]:
   seed = getattr(config.task.train_data, "seed", None)
   if seed is not None:  # the same initial weights on every run with this seed
     tf_keras.utils.set_random_seed(seed)
+  # Op determinism is process-wide: on for this run only, so a caller in the same process (a
+  # notebook, a test) keeps its own setting, as TensorFlow's tf.data rewrites depend on it.
+  determinism_was_on = tf_framework_config.is_op_determinism_enabled()
   if getattr(config.task.train_data, "deterministic", None):  # experiment.deterministic
     tf.config.experimental.enable_op_determinism()
     print(f"Deterministic: op determinism on, seed {seed}", flush=True)
-  with strategy.scope():
-    task = task_factory.get_task(config.task, logging_dir=model_dir)
-    trainer = train_utils.create_trainer(
-        config, task, train="train" in options.mode, evaluate="eval" in options.mode,
-        checkpoint_exporter=run_files.maybe_create_best_ckpt_exporter(config, model_dir))
-  train_actions = [progress.ProgressLogger(trainer.global_step, config.trainer.train_steps,
-                                           config.task.train_data.global_batch_size)]
-  if config.trainer.recovery_max_trials == 0:  # stop at once; > 0: Model Garden's reload-and-retry
-    train_actions.append(loss_guard.LossGuard(trainer.global_step, config.trainer.loss_upper_bound,
-                                              config.trainer.recovery_begin_steps))
-  last_eval = attention_summary.EvalLine(trainer.global_step)
-  eval_actions = [last_eval]
-  if "eval" in options.mode and _is_chief(strategy) and attention_maps.attention_layers(
-      trainer.model):
-    images = attention_summary.fixed_images(task.build_inputs(config.task.validation_data),
-                                            ATTENTION_IMAGES)
-    eval_actions.append(attention_summary.AttentionSummary(trainer.model, images, model_dir,
-                                                           trainer.global_step))
-  # Orbit evaluates after the last training chunk and --mode=eval evaluates once, so Model Garden's
-  # post-training evaluation would repeat the last one (a whole validation pass); it runs only
-  # when a finished run is started again and nothing is trained.
-  finished = resumed is not None and resumed >= config.trainer.train_steps
   try:
-    _, eval_logs = train_lib.run_experiment(
-        distribution_strategy=strategy, task=task, mode=options.mode, params=config,
-        model_dir=model_dir, run_post_eval=options.mode == "train_and_eval" and finished,
-        train_actions=train_actions, eval_actions=eval_actions, trainer=trainer)
-  except loss_guard.LossBlowupError as e:
-    last = latest_checkpoint_step(model_dir)
-    raise RunError(
-        f"training stopped: {e} The last good checkpoint "
-        f"{'is step ' + str(last) if last is not None else 'does not exist yet'} in {model_dir}; "
-        f"nothing was written after it. Lower the learning rate or check the data, then run "
-        f"the same command to resume.") from None
-  eval_logs = {k: float(v) for k, v in (eval_logs or last_eval.logs or {}).items()
-               if tf.size(v) == 1}
-  if eval_logs:
-    # The latest checkpoint's numbers, then the best one's: --mode=export takes the latest
-    # unless told --checkpoint=best.
-    summary = " | ".join(f"{k} {v:.4f}" for k, v in sorted(eval_logs.items())
-                         if not k.startswith("best_"))
-    print(f"final | latest checkpoint, step {latest_checkpoint_step(model_dir)} | {summary}",
-          flush=True)
-    best_subdir = config.trainer.best_checkpoint_export_subdir
-    best = run_files.best_checkpoint_record(model_dir, best_subdir)
-    metric = config.trainer.best_checkpoint_eval_metric
-    if best is not None and metric in best:
-      print(f"best | {metric} {best[metric]:.4f} at step {int(best['best_ckpt_global_step'])}, "
-            f"kept in {os.path.join(model_dir, best_subdir)}: export it with --checkpoint=best",
+    with strategy.scope():
+      task = task_factory.get_task(config.task, logging_dir=model_dir)
+      trainer = train_utils.create_trainer(
+          config, task, train="train" in options.mode, evaluate="eval" in options.mode,
+          checkpoint_exporter=run_files.maybe_create_best_ckpt_exporter(config, model_dir))
+    train_actions = [progress.ProgressLogger(trainer.global_step, config.trainer.train_steps,
+                                             config.task.train_data.global_batch_size)]
+    if config.trainer.recovery_max_trials == 0:  # stop at once; > 0: Model Garden's reload-and-retry
+      train_actions.append(loss_guard.LossGuard(trainer.global_step, config.trainer.loss_upper_bound,
+                                                config.trainer.recovery_begin_steps))
+    last_eval = attention_summary.EvalLine(trainer.global_step)
+    eval_actions = [last_eval]
+    if "eval" in options.mode and _is_chief(strategy) and attention_maps.attention_layers(
+        trainer.model):
+      images = attention_summary.fixed_images(task.build_inputs(config.task.validation_data),
+                                              ATTENTION_IMAGES)
+      eval_actions.append(attention_summary.AttentionSummary(trainer.model, images, model_dir,
+                                                             trainer.global_step))
+    # Orbit evaluates after the last training chunk and --mode=eval evaluates once, so Model Garden's
+    # post-training evaluation would repeat the last one (a whole validation pass); it runs only
+    # when a finished run is started again and nothing is trained.
+    finished = resumed is not None and resumed >= config.trainer.train_steps
+    try:
+      _, eval_logs = train_lib.run_experiment(
+          distribution_strategy=strategy, task=task, mode=options.mode, params=config,
+          model_dir=model_dir, run_post_eval=options.mode == "train_and_eval" and finished,
+          train_actions=train_actions, eval_actions=eval_actions, trainer=trainer)
+    except loss_guard.LossBlowupError as e:
+      last = latest_checkpoint_step(model_dir)
+      raise RunError(
+          f"training stopped: {e} The last good checkpoint "
+          f"{'is step ' + str(last) if last is not None else 'does not exist yet'} in {model_dir}; "
+          f"nothing was written after it. Lower the learning rate or check the data, then run "
+          f"the same command to resume.") from None
+    eval_logs = {k: float(v) for k, v in (eval_logs or last_eval.logs or {}).items()
+                 if tf.size(v) == 1}
+    if eval_logs:
+      # The latest checkpoint's numbers, then the best one's: --mode=export takes the latest
+      # unless told --checkpoint=best.
+      summary = " | ".join(f"{k} {v:.4f}" for k, v in sorted(eval_logs.items())
+                           if not k.startswith("best_"))
+      print(f"final | latest checkpoint, step {latest_checkpoint_step(model_dir)} | {summary}",
             flush=True)
-  return eval_logs
+      best_subdir = config.trainer.best_checkpoint_export_subdir
+      best = run_files.best_checkpoint_record(model_dir, best_subdir)
+      metric = config.trainer.best_checkpoint_eval_metric
+      if best is not None and metric in best:
+        print(f"best | {metric} {best[metric]:.4f} at step {int(best['best_ckpt_global_step'])}, "
+              f"kept in {os.path.join(model_dir, best_subdir)}: export it with --checkpoint=best",
+              flush=True)
+    return eval_logs
+  finally:
+    if not determinism_was_on:
+      tf_framework_config.disable_op_determinism()
 
 
 def _is_chief(strategy: tf.distribute.Strategy) -> bool:
