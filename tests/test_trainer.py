@@ -21,6 +21,8 @@ import tf_keras
 
 import tolerance
 
+from official.core import base_task
+from official.core import config_definitions
 from official.core import task_factory
 from official.modeling import optimization
 from official_halonet.export import saved_model
@@ -28,6 +30,7 @@ import demo
 from official_halonet.training import experiment as experiment_lib
 from official_halonet.training import gin_config
 from official_halonet.training import loss_guard
+from official_halonet.training import optimizer as optimizer_lib
 from official_halonet.training import runner
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -306,6 +309,40 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(digits, tmp_path):
         value = reader.get_tensor(name)
         if np.issubdtype(np.asarray(value).dtype, np.floating):
           assert np.isfinite(value).all(), f"non-finite {name} in the kept checkpoint"
+
+
+def _model_garden_optimizer(ema_decay, dtype):
+  """The recipe's SGD as Model Garden's task builds it: legacy Keras SGD, in Model Garden's EMA
+  wrapper when ema_decay > 0 and Keras' loss-scale wrapper for float16."""
+  config = optimizer_lib.sgd_with_warmup({"type": "constant", "constant": {"learning_rate": 0.1}},
+                                         warmup_steps=1, momentum=0.9, ema_decay=ema_decay)
+  return base_task.Task.create_optimizer(
+      config, config_definitions.RuntimeConfig(mixed_precision_dtype=dtype))
+
+
+@pytest.mark.parametrize("make_optimizer", [
+    lambda: _model_garden_optimizer(0.0, "float32"), lambda: _model_garden_optimizer(0.5, "float32"),
+    lambda: _model_garden_optimizer(0.0, "float16"),
+    lambda: tf_keras.optimizers.SGD(0.1, momentum=0.9)],  # Keras' current optimizer: build()
+    ids=["sgd", "ema", "loss_scale", "keras_sgd"])
+def test_optimizer_weights_are_created_before_the_train_step_is_traced(make_optimizer):
+  """A tf.function that creates variables traces twice; runner.run creates the slots first."""
+  optimizer = make_optimizer()
+  model = tf_keras.Sequential([tf_keras.Input([3]), tf_keras.layers.Dense(2)])
+  if hasattr(optimizer, "shadow_copy"):
+    optimizer.shadow_copy(model)  # as Model Garden's trainer does for EMA
+  runner.create_optimizer_weights(optimizer, model)
+  created = len(optimizer.variables())
+
+  @tf.function
+  def step():
+    optimizer.apply_gradients([(tf.ones_like(v), v) for v in model.trainable_variables])
+
+  step()
+  step()
+  assert step.experimental_get_tracing_count() == 1
+  assert len(optimizer.variables()) == created
+  assert created > len(model.trainable_variables)  # a momentum slot for each, and the step count
 
 
 @pytest.mark.parametrize("loss, step, stops", [

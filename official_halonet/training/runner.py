@@ -213,6 +213,8 @@ def run(options: RunOptions) -> Dict[str, Any]:
       trainer = train_utils.create_trainer(
           config, task, train="train" in options.mode, evaluate="eval" in options.mode,
           checkpoint_exporter=run_files.maybe_create_best_ckpt_exporter(config, model_dir))
+      if "train" in options.mode:
+        create_optimizer_weights(trainer.optimizer, trainer.model)
     train_actions = [progress.ProgressLogger(trainer.global_step, config.trainer.train_steps,
                                              config.task.train_data.global_batch_size)]
     if config.trainer.recovery_max_trials == 0:  # stop at once; > 0: Model Garden's reload-and-retry
@@ -262,6 +264,23 @@ def run(options: RunOptions) -> Dict[str, Any]:
   finally:
     if not determinism_was_on:
       tf_framework_config.disable_op_determinism()
+
+
+def create_optimizer_weights(optimizer, model: tf_keras.Model) -> None:
+  """Creates the optimizer's slots (momentum, ...) for every trainable variable of `model` now.
+
+  Left to the first `apply_gradients`, they are created inside the first trace of Orbit's train
+  loop, and a tf.function that created variables traces itself a second time. Created here, under
+  the strategy's scope, the loop is traced once. The slots are the same variables either way
+  (checkpoints key them by their weight, so older checkpoints restore). Keras' own way: `build` for
+  the current optimizers, `_create_all_weights` for the legacy ones Model Garden builds by default
+  (Model Garden's EMA and Keras' loss-scale wrappers pass it on to the optimizer they wrap).
+  """
+  variables = model.trainable_variables
+  if isinstance(optimizer, tf_keras.optimizers.Optimizer):
+    optimizer.build(variables)
+  else:
+    optimizer._create_all_weights(variables)  # pylint: disable=protected-access
 
 
 def _is_chief(strategy: tf.distribute.Strategy) -> bool:
