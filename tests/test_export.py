@@ -68,6 +68,13 @@ def run(tmp_path_factory):
               modules=modules, options=options, printed=printed.getvalue())
 
 
+@pytest.fixture(scope="module")
+def served(run):
+  """The run's SavedModel, loaded once for the serving tests below (as a server loads it): its
+  signatures keep no state between calls, and each load costs seconds."""
+  return tf.saved_model.load(run["export_dir"])
+
+
 FRESH_PROCESS_CHECK = r'''
 import json, sys
 import numpy as np
@@ -249,22 +256,21 @@ def test_saved_model_cli_runs_the_bytes_signature(run, fresh, tmp_path):
   assert np.load(tmp_path / "out" / "top_k_classes.npy").shape == (1, 5)
 
 
-def test_export_uses_the_ema_weights(run):
+def test_export_uses_the_ema_weights(run, served):
   config, _ = saved_model.load_config(runner.RunOptions(gin_files=[], model_dir=run["model_dir"]))
   model = saved_model.build_model(config)
   found = checkpoints.match(model, tf.train.latest_checkpoint(run["model_dir"]))
   assert found.has_ema and saved_model.uses_ema(config)
   pixels = np.random.default_rng(1).uniform(0, 255, (2, 32, 32, 3)).astype(np.float32)
-  served = tf.saved_model.load(run["export_dir"]).signatures["image_tensor"](
-      inputs=tf.constant(pixels))["logits"].numpy()
+  exported = served.signatures["image_tensor"](inputs=tf.constant(pixels))["logits"].numpy()
   module = saved_model.ClassifierModule(config, model)  # the exported preprocessing
   logits = {}
   for use_ema in (True, False):
     for entry in found.entries:
       entry.variable.assign(found.value(entry, use_ema))
     logits[use_ema] = module.serve_image_tensor(tf.constant(pixels))["logits"].numpy()
-  tolerance.assert_close(served, logits[True], tolerance.network_chain(model))
-  assert np.abs(served - logits[False]).max() > 1e-3  # 4 steps at decay 0.5: not the raw weights
+  tolerance.assert_close(exported, logits[True], tolerance.network_chain(model))
+  assert np.abs(exported - logits[False]).max() > 1e-3  # 4 steps at decay 0.5: not the raw weights
 
 
 def test_a_deterministic_run_turns_op_determinism_off_again(run):
@@ -358,7 +364,7 @@ def test_run_summary_and_export_say_which_checkpoint_and_its_accuracy(run):
                                       "validation") is None
 
 
-def test_export_of_the_best_checkpoint_serves_the_accuracy_it_was_kept_for(run, capsys):
+def test_export_of_the_best_checkpoint_serves_the_accuracy_it_was_kept_for(run, served, capsys):
   best = _best_record(run)
   export_dir = saved_model.export_from_run(
       runner.RunOptions(gin_files=[], model_dir=run["model_dir"]),
@@ -374,10 +380,10 @@ def test_export_of_the_best_checkpoint_serves_the_accuracy_it_was_kept_for(run, 
   # Model Garden wrote best_ckpt while the EMA averages were swapped into the model: exported
   # right, it equals the latest export (same step 4, EMA weights), not the raw weights.
   records = _eval_records(run, 150)  # the run evaluated these 150 (eval_examples)
-  served = tf.saved_model.load(export_dir).signatures["tf_example"]
-  logits = np.concatenate([served(inputs=tf.constant(records[i:i + 50]))["logits"].numpy()
+  best_served = tf.saved_model.load(export_dir).signatures["tf_example"]
+  logits = np.concatenate([best_served(inputs=tf.constant(records[i:i + 50]))["logits"].numpy()
                            for i in range(0, 150, 50)])
-  latest = tf.saved_model.load(run["export_dir"]).signatures["tf_example"]
+  latest = served.signatures["tf_example"]
   np.testing.assert_allclose(logits[:50], latest(inputs=tf.constant(records[:50]))["logits"],
                              rtol=1e-5, atol=1e-5)
   labels = np.array([tf.io.parse_single_example(r, {
@@ -416,11 +422,10 @@ def _serving_images():
   return named, same
 
 
-def test_serving_decodes_gif_webp_and_1x1_images_as_the_same_pixels(run):
+def test_serving_decodes_gif_webp_and_1x1_images_as_the_same_pixels(served):
   named, same = _serving_images()
   names = [n for n, _ in named]
-  outputs = tf.saved_model.load(run["export_dir"]).signatures["image_bytes"](
-      inputs=tf.constant([e for _, e in named]))
+  outputs = served.signatures["image_bytes"](inputs=tf.constant([e for _, e in named]))
   logits = outputs["logits"].numpy()
   assert logits.shape == (len(named), 10) and np.isfinite(logits).all()
   for a, b in same:
@@ -429,10 +434,10 @@ def test_serving_decodes_gif_webp_and_1x1_images_as_the_same_pixels(run):
 
 
 @pytest.mark.parametrize("signature", ["image_bytes", "image_tensor", "tf_example"])
-def test_serving_an_empty_batch_gives_empty_outputs(run, signature):
+def test_serving_an_empty_batch_gives_empty_outputs(served, signature):
   inputs = (tf.zeros([0, 32, 32, 3], tf.float32) if signature == "image_tensor"
             else tf.constant([], tf.string))
-  outputs = tf.saved_model.load(run["export_dir"]).signatures[signature](inputs=inputs)
+  outputs = served.signatures[signature](inputs=inputs)
   shapes = {k: tuple(v.shape) for k, v in outputs.items()}
   assert shapes == {"logits": (0, 10), "probabilities": (0, 10), "top_k_classes": (0, 5),
                     "top_k_probabilities": (0, 5)}
@@ -464,9 +469,9 @@ def _bad_inputs(run, case):
     ("nan_pixels", "has NaN or infinite pixel values"),
     ("missing_image", "empty (0 bytes)"),
 ])
-def test_serving_names_the_bad_input_and_why(run, case, reason):
+def test_serving_names_the_bad_input_and_why(run, served, case, reason):
   signature, inputs, index = _bad_inputs(run, case)
-  serve = tf.saved_model.load(run["export_dir"]).signatures[signature]
+  serve = served.signatures[signature]
   with pytest.raises(tf.errors.InvalidArgumentError) as error:
     serve(inputs=inputs)
   message = error.value.message

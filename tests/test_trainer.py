@@ -321,7 +321,8 @@ def _model_garden_optimizer(ema_decay, dtype):
 
 
 @pytest.mark.parametrize("make_optimizer", [
-    lambda: _model_garden_optimizer(0.0, "float32"), lambda: _model_garden_optimizer(0.5, "float32"),
+    lambda: _model_garden_optimizer(0.0, "float32"),
+    lambda: _model_garden_optimizer(0.5, "float32"),
     lambda: _model_garden_optimizer(0.0, "float16"),
     lambda: tf_keras.optimizers.SGD(0.1, momentum=0.9)],  # Keras' current optimizer: build()
     ids=["sgd", "ema", "loss_scale", "keras_sgd"])
