@@ -58,9 +58,11 @@ def _windows_along(x: tf.Tensor, axis: int, block: int, halo: int) -> tf.Tensor:
   """Splits `axis` (length n·b) into n overlapping windows of b + 2h: [..., n, b + 2h, ...].
 
   Window t covers positions t·b - h .. t·b + b + h - 1 of the axis; positions outside the axis are
-  zero. The axis is zero-padded by m = ceil(h / b) whole blocks on each side, cut into n + 2m blocks,
-  the 2m + 1 neighbouring blocks of each block are concatenated (2m + 1 slices of the block axis) and
-  the window is sliced out of the middle. For h <= b (every published model) that is three slices.
+  zero. The axis is zero-padded by m = ceil(h / b) whole blocks on each side and cut into n + 2m
+  blocks; window t is then the last h - (m - 1)·b positions of block t, blocks t + 1 .. t + 2m - 1
+  whole and the first h - (m - 1)·b positions of block t + 2m (in padded block numbering), so each
+  window is built at its exact width. For h <= b (every published model): the last h positions of
+  the block before, the block, the first h of the block after.
   """
   shape = dims(x)
   n = shape[axis] // block
@@ -73,10 +75,13 @@ def _windows_along(x: tf.Tensor, axis: int, block: int, halo: int) -> tf.Tensor:
   if not extra:
     return x
   lead = (slice(None),) * axis
-  neighbours = [x[lead + (slice(j, j + n),)] for j in range(2 * extra + 1)]
-  x = tf.concat(neighbours, axis=axis + 1)  # [..., n, (2m + 1)·b, ...]
-  start = extra * block - halo
-  return x[lead + (slice(None), slice(start, start + block + 2 * halo))]
+  first, end = extra * block - halo, extra * block + block + halo  # the window in blocks t .. t + 2m
+  pieces = []
+  for j in range(2 * extra + 1):  # the part of neighbour j inside the window
+    start, stop = max(first - j * block, 0), min(end - j * block, block)
+    if start < stop:
+      pieces.append(x[lead + (slice(j, j + n), slice(start, stop))])
+  return tf.concat(pieces, axis=axis + 1)  # [..., n, b + 2h, ...]
 
 
 def halo_windows(x: tf.Tensor, block: int, halo: int) -> tf.Tensor:

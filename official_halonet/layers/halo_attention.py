@@ -32,10 +32,10 @@ import numpy as np
 import tensorflow as tf
 import tf_keras
 
+from official_halonet.layers import block_attention
 from official_halonet.layers import blocking
 from official_halonet.layers import relative_position
 
-_MASKED_LOGIT = -1e9
 WINDOWS = ("block", "centered")
 DOWNSAMPLES = ("auto", "avg_pool")
 QUERY_POSITIONS = ("input", "subsampled")
@@ -224,50 +224,45 @@ class HaloAttention(tf_keras.layers.Layer):
     k = tf.reshape(tf.cast(k, logit_dtype), [batch, blocks, -1, n, d])
 
     # The D^-1/2 scale goes on q (bq² values per block) rather than on the w² logits per query.
-    logits = tf.einsum("bzqnd,bzknd->bznqk", q * (d**-0.5), k)  # [B, X·Y, N, bq², w²]
+    scaled = q * (d**-0.5)
+    rows = cols = None
     if self.rel_pos != "none":
-      q_grid = tf.reshape(q * (d**-0.5) if self.scale_rel_logits else q,
-                          [batch, blocks, bq, bq, n, d])
-      logits += relative_position.relative_logits(
+      q_grid = tf.reshape(scaled if self.scale_rel_logits else q, [batch, blocks, bq, bq, n, d])
+      rows, cols = relative_position.relative_terms(  # each [B, X·Y, N, bq², w]
           q_grid, tf.cast(self.rel_pos_h, logit_dtype), tf.cast(self.rel_pos_w, logit_dtype),
           b, h, s, self.rel_pos, self.query_positions == "subsampled")
-
-    mask = self._window_mask()
-    if mask is not None:
-      logits = tf.where(tf.constant(mask), logits, _MASKED_LOGIT)
-    if self.mask_out_of_image:
-      inside = tf.ones([1, height, width, 1], logit_dtype)
-      inside = blocking.halo_windows(blocking.pad_to_multiple(inside, b), b, h)  # [1, X, Y, w², 1]
-      inside = tf.reshape(inside, [1, blocks, 1, 1, -1]) > 0.5
-      logits = tf.where(inside, logits, _MASKED_LOGIT)
-
-    # Softmax with the normalisation deferred: the values are summed with exp(logit - max) and the
-    # [.., bq², N, Dv] result is divided by the sum of the exponentials, which saves a pass over
-    # the w²-wide weights. The max is a constant shift, so it needs no gradient.
-    top = tf.stop_gradient(tf.reduce_max(logits, axis=-1, keepdims=True))
-    weights = tf.exp(logits - top)
-    sums = tf.reduce_sum(weights, axis=-1)  # [B, X·Y, N, bq²]
-    total = tf.transpose(sums, [0, 1, 3, 2])  # [B, X·Y, bq², N]
-    out = self._aggregate(tf.cast(weights, v.dtype),
-                          tf.reshape(v, [batch, blocks, (b + 2 * h)**2, -1]))
-    out = out / tf.cast(total[..., None], out.dtype)  # [B, X·Y, bq², N, Dv]
+    mask = self._key_mask(height, width, blocks, logit_dtype)
+    v = self._values(tf.reshape(v, [batch, blocks, (b + 2 * h)**2, -1]))  # [B, X·Y, w², N, Dv]
+    out = block_attention.attend(scaled, k, v, rows, cols, mask)  # [B, X·Y, bq², N, Dv]
     out = tf.reshape(out, [batch, n_x, n_y, bq * bq, self.value_dim])
     out = blocking.from_blocks(out, bq)[:, :out_h, :out_w, :]
     if self.pool_after:
       out = tf.nn.avg_pool2d(out, self.strides, self.strides, "SAME")
-    if return_attention_scores:  # the softmax the output used, normalised explicitly
-      return out, weights / sums[..., None]
+    if return_attention_scores:  # the softmax the output used
+      return out, block_attention.probabilities(scaled, k, rows, cols, mask)
     return out
+
+  def _key_mask(self, height, width, blocks, dtype) -> Optional[tf.Tensor]:
+    """Bool [1 or B, X·Y, 1, bq², w²] (broadcastable), False for keys a query may not attend to:
+    outside its centred window (window='centered') or outside the image (mask_out_of_image)."""
+    mask = self._window_mask()
+    mask = None if mask is None else tf.constant(mask)
+    if self.mask_out_of_image:
+      b, h = self.block_size, self.halo_size
+      inside = tf.ones([1, height, width, 1], dtype)
+      inside = blocking.halo_windows(blocking.pad_to_multiple(inside, b), b, h)  # [1, X, Y, w², 1]
+      inside = tf.reshape(inside, [1, blocks, 1, 1, -1]) > 0.5
+      mask = inside if mask is None else tf.logical_and(mask, inside)
+    return mask
 
   def _value_projection_width(self) -> int:
     """Channels of the value projection (a subclass may project several values per pixel)."""
     return self.value_dim
 
-  def _aggregate(self, weights: tf.Tensor, v: tf.Tensor) -> tf.Tensor:
-    """sum_k weights · v per head: [B, Z, N, Q, K] × [B, Z, K, N·Dv] -> [B, Z, Q, N, Dv]."""
+  def _values(self, v: tf.Tensor) -> tf.Tensor:
+    """The values each key offers, per head: [B, Z, K, value projection] -> [B, Z, K, N, Dv]."""
     batch, blocks, keys, _ = blocking.dims(v)
-    v = tf.reshape(v, [batch, blocks, keys, self.num_heads, self.value_dim // self.num_heads])
-    return tf.einsum("bznqk,bzknd->bzqnd", weights, v)
+    return tf.reshape(v, [batch, blocks, keys, self.num_heads, self.value_dim // self.num_heads])
 
   def compute_output_shape(self, input_shape):
     shape = tf.TensorShape(input_shape).as_list()

@@ -63,9 +63,12 @@ def window_index(block: int, halo: int, stride: int, subsampled: bool = False) -
   return (keys - halo - queries + window - 1).astype(np.int32)
 
 
-def relative_logits(q: tf.Tensor, table_h: tf.Tensor, table_w: tf.Tensor, block: int, halo: int,
-                    stride: int, mode: str, subsampled: bool = False) -> tf.Tensor:
-  """Relative-position logits of every query in a block against every key of its window.
+def relative_terms(q: tf.Tensor, table_h: tf.Tensor, table_w: tf.Tensor, block: int, halo: int,
+                   stride: int, mode: str, subsampled: bool = False) -> Tuple[tf.Tensor, tf.Tensor]:
+  """The two factors of every query's relative-position logits against its window's keys.
+
+  The logit of query (i, j) for the key at window row a, column c is rows[.., a] + cols[.., c];
+  the [w, w] grid is never formed here (block_attention adds it to the content logits).
 
   Args:
     q: [B, n_h·n_w, bq, bq, N, D] queries (bq = b / stride query rows and columns per block).
@@ -75,7 +78,7 @@ def relative_logits(q: tf.Tensor, table_h: tf.Tensor, table_w: tf.Tensor, block:
     subsampled: index the tables by subsampled query position (see `window_index`).
 
   Returns:
-    [B, n_h·n_w, N, bq·bq, w·w] logits, in the dtype of the tables.
+    (rows, cols), each [B, n_h·n_w, N, bq·bq, w], in the dtype of the tables.
   """
   index = window_index(block, halo, stride, subsampled)
   rel_h = tf.gather(table_h, index)  # [bq, w, D']
@@ -85,13 +88,12 @@ def relative_logits(q: tf.Tensor, table_h: tf.Tensor, table_w: tf.Tensor, block:
     q_h, q_w = q[..., :half], q[..., half:]
   else:
     q_h = q_w = q
-  logits_h = tf.einsum("bzijnd,ikd->bznijk", q_h, rel_h)  # query (i, j), key row k
-  logits_w = tf.einsum("bzijnd,jld->bznijl", q_w, rel_w)  # query (i, j), key column l
-  logits = logits_h[..., :, None] + logits_w[..., None, :]  # [..., bq, bq, w, w]
-  shape = tf.shape(logits)
-  window = block + 2 * halo
-  bq = index.shape[0]
-  return tf.reshape(logits, tf.concat([shape[:3], [bq * bq, window * window]], axis=0))
+  rows = tf.einsum("bzijnd,ikd->bznijk", q_h, rel_h)  # query (i, j), key row k
+  cols = tf.einsum("bzijnd,jld->bznijl", q_w, rel_w)  # query (i, j), key column l
+  shape = tf.shape(rows)
+  bq, window = index.shape
+  flat = tf.concat([shape[:3], [bq * bq, window]], axis=0)
+  return tf.reshape(rows, flat), tf.reshape(cols, flat)
 
 
 # Resizing a trained table for another window (fine-tuning at another b / h; see

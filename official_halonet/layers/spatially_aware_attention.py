@@ -86,12 +86,13 @@ class SpatiallyAwareAttention(HaloAttention):
     logits = tf.einsum("rce,em->rcm", embedding, self.mixture_nu)
     return tf.reshape(tf.nn.softmax(logits, axis=-1), [self.pool_size**2, self.value_mixtures])
 
-  def _aggregate(self, weights: tf.Tensor, v: tf.Tensor) -> tf.Tensor:
-    """Mixes the M value maps of each key by its window position, then attends as usual."""
+  def _values(self, v: tf.Tensor) -> tf.Tensor:
+    """Mixes the M value maps of each key by its window position:
+    [B, Z, K, M·value_dim] -> [B, Z, K, N, value_dim / N]."""
     batch, blocks, keys, _ = blocking.dims(v)
     v = tf.reshape(v, [batch, blocks, keys, self.value_mixtures, self.value_dim])
     mixed = tf.einsum("bzkmd,km->bzkd", v, tf.cast(self.mixture_weights(), v.dtype))
-    return super()._aggregate(weights, mixed)
+    return super()._values(mixed)
 
   def get_config(self) -> Dict[str, Any]:
     config = super().get_config()
