@@ -1,9 +1,10 @@
 """Side-by-side speed in one run: the machine's float32 matmul roofline, this project's models
-(forward and train step) and, where a Python with torch + timm is given, timm's models beside them.
+(forward, train step, and optionally the train step with recompute_attention) and, where a Python with torch + timm is given, timm's models beside them.
 
     python bench/compare.py                                   # h1, halonet50, resnet50; batch 8 at 256 px
     python bench/compare.py --models=h1 --repeats=3 --timm_python=/tmp/timm-venv/bin/python
     python bench/compare.py --models=h0,h1 --modes=forward --batch=1
+    python bench/compare.py --models=h1 --modes=train,train_recompute   # memory for time
 
 Every row is measured in its own subprocess (so its memory is its own), one after the other, and the
 roofline (an XLA-compiled 2048×2048 float32 matmul) is measured before and after them; each row's
@@ -46,7 +47,8 @@ sys.path.insert(0, str(ROOT))
 
 DEFAULT_MODELS = ("h1", "halonet50", "resnet50")
 TIMM_NAMES = {"h1": "halonet_h1", "resnet50": "resnet50", "halonet50": "halonet50ts"}
-MODES = ("forward", "train")
+MODES = ("forward", "train", "train_recompute")  # train_recompute: recompute_attention=True
+DEFAULT_MODES = ("forward", "train")
 
 
 # -- memory -------------------------------------------------------------------------------------
@@ -153,7 +155,8 @@ def run_project(args) -> dict:
   import tf_keras
   from official_halonet import models
 
-  model = models.build(args.model, num_classes=1000, image_size=args.image_size)
+  model = models.build(args.model, num_classes=1000, image_size=args.image_size,
+                       recompute_attention=args.mode == "train_recompute")
   x = tf.random.uniform([args.batch, args.image_size, args.image_size, 3])
   labels = tf.random.uniform([args.batch], 0, 1000, dtype=tf.int32)
   optimizer = tf_keras.optimizers.SGD(0.01, momentum=0.9)
@@ -175,7 +178,7 @@ def run_project(args) -> dict:
     call = lambda: fn(x, labels).numpy()
   median, best, peak = _timed(call, args.warmup, args.repeats, _bfc_allocator())
   forward = model_flops(model) / 1e9
-  gflop = forward * (3 if args.mode == "train" else 1)
+  gflop = forward * (1 if args.mode == "forward" else 3)  # recomputation is not counted
   return dict(impl="tf-xla", model=args.model, mode=args.mode, batch=args.batch,
               image_size=args.image_size, gflop_per_image=gflop, median_s=median, min_s=best,
               img_s=args.batch / median, gflops=gflop * args.batch / median, peak_mib=peak)
@@ -239,7 +242,7 @@ def _define_flags(values) -> None:
   from absl import flags
   flags.DEFINE_list("models", list(DEFAULT_MODELS), "Named models, comma-separated.",
                     flag_values=values)
-  flags.DEFINE_list("modes", list(MODES), f"Steps to time, comma-separated: {', '.join(MODES)}.",
+  flags.DEFINE_list("modes", list(DEFAULT_MODES), f"Steps to time, comma-separated: {', '.join(MODES)}.",
                     flag_values=values)
   flags.register_validator("modes", lambda modes: set(modes) <= set(MODES),
                            f"every entry must be one of {', '.join(MODES)}", flag_values=values)
@@ -275,7 +278,7 @@ def main(argv=None):
       rows.append(_child(sys.executable, "project", dict(shared, model=model, mode=mode), env))
       rows[-1].setdefault("model", model), rows[-1].setdefault("mode", mode)
       rows[-1].setdefault("impl", "tf-xla")
-      if args.timm_python and model in TIMM_NAMES:
+      if args.timm_python and model in TIMM_NAMES and mode in DEFAULT_MODES:
         rows.append(_child(args.timm_python, "timm", dict(shared, model=model, mode=mode),
                            timm_env))
         rows[-1].setdefault("model", model), rows[-1].setdefault("mode", mode)

@@ -472,3 +472,55 @@ def test_benchmark_naive_baseline_is_the_same_math():
   glob = HaloAttention(num_heads=2, key_dim=8, block_size=6, halo_size=0)
   glob(tf.zeros([1, 6, 6, 3]))
   assert bench._global(glob, tf.zeros([1, 6, 6, 3])).shape == (1, 6, 6, 8)
+
+
+def _exp_count(concrete) -> int:
+  """Exp ops in a traced function and every function it calls (the softmax's exponentials)."""
+  graphs = [concrete.graph] + [f.graph for f in concrete.graph._functions.values()
+                               if hasattr(f, "graph")]
+  return sum(op.type == "Exp" for g in graphs for op in g.get_operations())
+
+
+@pytest.mark.parametrize("layer_fn", [
+    lambda **kw: HaloAttention(num_heads=2, key_dim=8, value_dim=6, block_size=4, halo_size=1,
+                               strides=2, **kw),
+    lambda **kw: HaloAttention(num_heads=2, key_dim=8, block_size=4, halo_size=2, window="centered",
+                               mask_out_of_image=True, **kw),
+    lambda **kw: SASAAttention(key_dim=8, num_heads=2, kernel_size=3, strides=2, **kw),
+    lambda **kw: SpatiallyAwareAttention(key_dim=8, value_dim=6, pool_size=2, num_heads=2, **kw),
+], ids=["halo_strided", "halo_centered_masked", "sasa", "attention_stem"])
+@pytest.mark.parametrize("jit", [False, True], ids=["graph", "xla"])
+def test_recompute_gives_the_same_outputs_and_gradients(layer_fn, jit):
+  """recompute=True re-runs the forward pass in the backward pass: the same numbers, and the
+  gradient graph really holds a second softmax (the memory saving is measured by bench/compare.py)."""
+  plain, recomputed = layer_fn(), layer_fn(recompute=True)
+  x = _build(plain, [2, 9, 11, 5], seed=21)
+  recomputed(x)
+  recomputed.set_weights(plain.get_weights())
+  assert recomputed.get_config()["recompute"] and not plain.get_config()["recompute"]
+  cotangent = tf.random.stateless_normal(plain.compute_output_shape(x.shape), seed=[6, 6])
+
+  def step_of(layer):
+    def step(t):
+      with tf.GradientTape() as tape:
+        tape.watch(t)
+        y = layer(t, training=True)
+        loss = tf.reduce_sum(y * cotangent)
+      grads = tape.gradient(loss, [t] + layer.trainable_variables)
+      return [y] + [tf.convert_to_tensor(g) for g in grads]  # table gradients are IndexedSlices
+    return tf.function(step, jit_compile=jit)
+
+  steps = [step_of(plain), step_of(recomputed)]
+  want, got = (s(x) for s in steps)
+  names = ["output", "input"] + [v.name for v in plain.trainable_variables]
+  assert len(got) == len(want) == len(names) > 3
+  for name, g, w in zip(names, got, want):
+    scale = max(1.0, float(np.abs(w.numpy()).max()))
+    np.testing.assert_allclose(g.numpy(), w.numpy(), atol=FLOAT32_TOL * scale, rtol=0,
+                               err_msg=name)
+  exps = [_exp_count(s.get_concrete_function(tf.TensorSpec(x.shape))) for s in steps]
+  assert exps[1] > exps[0] >= 1, exps
+  # Inference (training=False or unset) never wraps the layer: same graph as without recompute.
+  infer = [_exp_count(tf.function(l).get_concrete_function(tf.TensorSpec(x.shape)))
+           for l in (plain, recomputed)]
+  assert infer[0] == infer[1] >= 1, infer

@@ -318,3 +318,45 @@ def test_a_bad_shape_override_is_one_line_naming_the_field(model_id, overrides, 
   with pytest.raises(ValueError, match=f"model '{model_id}': {message}") as raised:
     models.HaloNet(model_id, **overrides)
   assert "\n" not in str(raised.value)
+
+
+def test_recompute_attention_reaches_every_attention_layer_and_keeps_the_gradients():
+  """Model Garden's config -> factory -> HaloNet(recompute_attention) -> every attention layer's
+  `recompute`; a training step's loss and gradients are those of the same weights without it."""
+  specs = tf_keras.layers.InputSpec(shape=[None, 32, 32, 3])
+  norm = mg_common.NormActivation(activation="swish")
+  built = [mg_backbone_factory.build_backbone(
+      input_specs=specs, backbone_config=_mg_backbone_config(
+          model_id, recompute_attention=flag, **shape), norm_activation_config=norm)
+      for model_id, flag, shape in
+      (("tiny", False, {}), ("tiny", True, {}),
+       ("sasa_resnet26_attention_stem", True,  # small: only its layers' flags are read
+        dict(blocks=[1, 1, 1, 1], base_width=16, stem_width=16, head_dim=8)))]
+  plain, recomputed, stem = built
+  for model, flag in zip(built, (False, True, True)):
+    attention = [l for l in model.layers if isinstance(l, HaloAttention)]
+    assert attention and all(l.recompute is flag for l in attention), model.spec.name
+    assert model.get_config()["recompute_attention"] is flag
+  assert any(isinstance(l, SpatiallyAwareAttention) for l in stem.layers)
+  # A config saved before the option existed still builds (the default: no recomputation).
+  old = plain.get_config()
+  del old["recompute_attention"]
+  assert models.HaloNet.from_config(old).get_config() == plain.get_config()
+
+  recomputed.set_weights(plain.get_weights())
+  x = tf.random.stateless_uniform([2, 32, 32, 3], seed=[9, 9])
+
+  def loss_and_gradients(model):
+    with tf.GradientTape() as tape:
+      loss = tf.reduce_mean(tf.square(model(x, training=True)["5"]))
+    return [loss] + tape.gradient(loss, model.trainable_variables)
+
+  want, got = (tf.function(loss_and_gradients)(m) for m in (plain, recomputed))
+  assert len(got) == len(want) == len(plain.trainable_variables) + 1
+  # Both compute the same float32 chain; the gradients' reductions run over the batch and every
+  # position as well (2 × 32²).
+  n = tolerance.network_chain(plain) + 2 * 32 * 32
+  names = ["loss"] + [v.name for v in plain.trainable_variables]
+  for name, g, w in zip(names, got, want):
+    tolerance.assert_close(tf.convert_to_tensor(g).numpy(), tf.convert_to_tensor(w).numpy(), n,
+                           err_msg=name)

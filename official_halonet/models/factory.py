@@ -30,7 +30,8 @@ class HaloNetConfig(hyperparams.Config):
 
   None keeps the spec's value; se_ratio = 0 or final_width = 0 removes that layer. blocks
   (4 per-stage counts), base_width, stem_width and head_dim or num_heads (4 per-stage counts)
-  resize the named model (specs.resolve validates them).
+  resize the named model (specs.resolve validates them). recompute_attention trades time for
+  memory (HaloNet's argument of that name).
   """
   model_id: str = "h0"
   block_size: Optional[int] = None
@@ -43,6 +44,7 @@ class HaloNetConfig(hyperparams.Config):
   head_dim: Optional[int] = None
   num_heads: Optional[List[int]] = None
   stochastic_depth_drop_rate: float = 0.0
+  recompute_attention: bool = False
 
 
 @dataclasses.dataclass
@@ -60,6 +62,7 @@ def halonet_backbone(model_id: str, block_size: Optional[int] = None,
                      halo_size: Optional[int] = None, se_ratio: Optional[float] = None,
                      final_width: Optional[int] = None,
                      stochastic_depth_drop_rate: float = 0.0,
+                     recompute_attention: bool = False,
                      **shape: Any) -> Backbone:
   """`Backbone(type='halonet')` for a named model and its overrides (see HaloNetConfig).
 
@@ -68,6 +71,7 @@ def halonet_backbone(model_id: str, block_size: Optional[int] = None,
   return Backbone(type="halonet", halonet=HaloNetConfig(
       model_id=model_id, block_size=block_size, halo_size=halo_size, se_ratio=se_ratio,
       final_width=final_width, stochastic_depth_drop_rate=stochastic_depth_drop_rate,
+      recompute_attention=recompute_attention,
       **{k: list(v) if isinstance(v, tuple) else v for k, v in shape.items()}))
 
 
@@ -98,7 +102,8 @@ def build_halonet(input_specs: tf_keras.layers.InputSpec,
       use_sync_bn=norm_activation_config.use_sync_bn,
       norm_momentum=norm_activation_config.norm_momentum,
       norm_epsilon=norm_activation_config.norm_epsilon,
-      kernel_regularizer=l2_regularizer)
+      kernel_regularizer=l2_regularizer,
+      recompute_attention=config.recompute_attention)
 
 
 def build(model_id: str,

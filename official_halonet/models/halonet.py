@@ -80,6 +80,8 @@ class HaloNet(tf_keras.Model):
     activation, use_sync_bn, norm_momentum, norm_epsilon: Model Garden norm-activation settings;
       activation / norm_epsilon None take the spec's.
     kernel_initializer, kernel_regularizer, bias_regularizer: for every conv and projection.
+    recompute_attention: every attention layer keeps only its input for the backward pass and
+      recomputes the rest there (HaloAttention's `recompute`): less memory, more time.
   """
 
   def __init__(self,
@@ -102,6 +104,7 @@ class HaloNet(tf_keras.Model):
                kernel_initializer: str = "VarianceScaling",
                kernel_regularizer: Optional[tf_keras.regularizers.Regularizer] = None,
                bias_regularizer: Optional[tf_keras.regularizers.Regularizer] = None,
+               recompute_attention: bool = False,
                **kwargs):
     shape = dict(blocks=_listed(blocks), base_width=base_width, stem_width=stem_width,
                  head_dim=head_dim, num_heads=_listed(num_heads))
@@ -116,7 +119,8 @@ class HaloNet(tf_keras.Model):
         stochastic_depth_drop_rate=stochastic_depth_drop_rate,
         activation=activation, use_sync_bn=use_sync_bn, norm_momentum=norm_momentum,
         norm_epsilon=norm_epsilon, kernel_initializer=kernel_initializer,
-        kernel_regularizer=kernel_regularizer, bias_regularizer=bias_regularizer)
+        kernel_regularizer=kernel_regularizer, bias_regularizer=bias_regularizer,
+        recompute_attention=recompute_attention)
     self._spec = spec
     self._activation = activation or spec.activation
     self._norm_kwargs = dict(axis=-1, momentum=norm_momentum, epsilon=norm_epsilon,
@@ -127,6 +131,7 @@ class HaloNet(tf_keras.Model):
     self._kernel_initializer = kernel_initializer
     self._kernel_regularizer = kernel_regularizer
     self._bias_regularizer = bias_regularizer
+    self._recompute = bool(recompute_attention)
 
     inputs = tf_keras.Input(shape=input_specs.shape[1:])
     x = self._stem(inputs)
@@ -174,7 +179,8 @@ class HaloNet(tf_keras.Model):
     if spec.stem == "sasa":  # SASA §3.2: attention inside each 4×4 pooling window, BN, max pool
       x = SpatiallyAwareAttention(key_dim=spec.stem_width, pool_size=4,
                                   kernel_initializer=self._kernel_initializer,
-                                  kernel_regularizer=self._kernel_regularizer, name="stem_sasa")(x)
+                                  kernel_regularizer=self._kernel_regularizer,
+                                  recompute=self._recompute, name="stem_sasa")(x)
       x = layers.BatchNormalization(name="stem_bn", **self._norm_kwargs)(x)
       x = self._act("stem_act")(x)
       # Pad bottom / right with the dtype's minimum and pool 'valid', so every pooling window is
@@ -203,7 +209,7 @@ class HaloNet(tf_keras.Model):
       return self._conv(x, width, 3, strides, name=f"{name}_conv2", groups=groups), width
     heads = width // spec.head_dim if spec.head_dim else spec.num_heads[stage]
     projection = dict(kernel_initializer=self._kernel_initializer,
-                      kernel_regularizer=self._kernel_regularizer)
+                      kernel_regularizer=self._kernel_regularizer, recompute=self._recompute)
     if stage_type == "sasa":
       return SASAAttention(key_dim=width, value_dim=width, kernel_size=spec.sasa_kernel,
                            num_heads=heads, strides=strides,

@@ -76,6 +76,7 @@ def build_detection_experiment(
     se_ratio: Optional[float] = None,
     final_width: Optional[int] = None,
     stochastic_depth_drop_rate: float = 0.0,
+    recompute_attention: bool = False,
     num_classes: int = 91,
     image_size: int = 1024,
     train_input_path: Union[str, Sequence[str]] = "coco/train*",
@@ -114,6 +115,8 @@ def build_detection_experiment(
     backbone: a model name from official_halonet.models.MODELS, e.g. 'resnet50_se_halo_b8'.
     block_size, halo_size, se_ratio, final_width, stochastic_depth_drop_rate: HaloNetConfig
       overrides of the named spec (None keeps the spec's value).
+    recompute_attention: attention layers recompute their forward pass in the backward pass
+      (less memory, more time; HaloNetConfig.recompute_attention).
     num_classes: detector classes including background (COCO: 91).
     image_size: square input side the parser scales and pads images to.
     train_input_path, eval_input_path: COCO-format tf.Example TFRecord file patterns.
@@ -180,7 +183,8 @@ def build_detection_experiment(
   model = task.model
   model.backbone = factory.halonet_backbone(
       backbone, block_size=block_size, halo_size=halo_size, se_ratio=se_ratio,
-      final_width=final_width, stochastic_depth_drop_rate=stochastic_depth_drop_rate)
+      final_width=final_width, stochastic_depth_drop_rate=stochastic_depth_drop_rate,
+      recompute_attention=recompute_attention)
   model.num_classes = num_classes
   model.input_size = [image_size, image_size, 3]
   model.norm_activation.use_sync_bn = use_sync_bn

@@ -53,6 +53,7 @@ def experiment(
     activation: Optional[str] = None,
     stochastic_depth_rate: float = 0.0,
     dropout_rate: float = 0.0,
+    recompute_attention: bool = False,
     # Data.
     train_input_path: str = "",
     eval_input_path: str = "",
@@ -110,6 +111,9 @@ def experiment(
     num_classes, image_size (None: the model's published size), block_size / halo_size /
       final_width / se_ratio (None: the model's), activation (None: the model's, SiLU for H0-H7),
       stochastic_depth_rate (last block's drop rate), dropout_rate (before the classifier).
+    recompute_attention: the attention layers keep only their inputs for the backward pass and
+      recompute the rest there: about half the training memory of an H model, about a third more
+      time (same results; for batches that do not fit otherwise).
     train_input_path / eval_input_path: TFRecord file patterns (comma-separated allowed), or
       tfds_name (+ tfds_data_dir, train_split, eval_split) for a TFDS-built dataset.
     label_offset: the stored label of class 0: 1 for the standard ImageNet converter, 0 for TFDS.
@@ -173,7 +177,8 @@ def experiment(
           input_size=[image_size, image_size, 3],
           backbone=model_factory.halonet_backbone(
               model_id, block_size=block_size, halo_size=halo_size, se_ratio=se_ratio,
-              final_width=final_width, stochastic_depth_drop_rate=stochastic_depth_rate),
+              final_width=final_width, stochastic_depth_drop_rate=stochastic_depth_rate,
+              recompute_attention=recompute_attention),
           dropout_rate=dropout_rate,
           norm_activation=common.NormActivation(
               activation=model_factory.activation_of(model_id, activation),
