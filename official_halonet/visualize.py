@@ -61,7 +61,10 @@ def _assign_saved_model_weights(model, saved_model: str) -> None:
   (layer names may differ by Keras' uniquifying suffix, dense vs dense_1)."""
   import tensorflow as tf
   from official_halonet.training import runner
-  exported = list(tf.saved_model.load(saved_model).model.variables)
+  loaded = tf.saved_model.load(saved_model)
+  # Exports list them as model_variables; earlier ones only through Keras's traces of the model.
+  exported = list(loaded.model_variables if hasattr(loaded, "model_variables") else
+                  loaded.model.variables)
   ours = model.variables
   if len(exported) != len(ours):
     raise runner.RunError(f"SavedModel {saved_model} holds {len(exported)} model variables, the "

@@ -273,6 +273,14 @@ def test_export_uses_the_ema_weights(run, served):
   assert np.abs(exported - logits[False]).max() > 1e-3  # 4 steps at decay 0.5: not the raw weights
 
 
+def test_the_export_holds_signatures_and_weights_but_no_per_layer_traces(run, served):
+  assert {"serving_default", "image_bytes", "image_tensor", "tf_example"} <= set(served.signatures)
+  assert len(served.model_variables) > 20  # what visualize reads from an export
+  # Keras's traces would put every layer's call functions into the SavedModel's object graph.
+  graph = open(os.path.join(run["export_dir"], "saved_model.pb"), "rb").read()
+  assert b"call_and_return_conditional_losses" not in graph
+
+
 def test_a_deterministic_run_turns_op_determinism_off_again(run):
   # It is process-wide, and TensorFlow's tf.data rewrites under it broke the RetinaNet input
   # pipeline of a later test in the same process.

@@ -205,10 +205,14 @@ def test_block_conventions():
 
 
 def test_hybrid_stage_types():
+  # Which stages are convolutional comes from the spec, not from the widths: built narrow and one
+  # block per stage (the full-width hybrids are built for their parameter counts above).
+  small = dict(blocks=[1, 1, 1, 1], base_width=16, stem_width=16, head_dim=8)
   for model_id, conv_stages in (("h7_c1", 1), ("h7_c12", 2), ("h7_c123", 3)):
     tf_keras.backend.clear_session()
     backbone = models.HaloNet(model_id, input_specs=tf_keras.layers.InputSpec(
-        shape=[None, 64, 64, 3]))
+        shape=[None, 64, 64, 3]), **small)
+    assert backbone.spec.stage_types == models.get_spec(model_id).stage_types
     halo_stages = {l.name.split("_")[0] for l in backbone.layers if isinstance(l, HaloAttention)}
     assert halo_stages == {f"stage{i}" for i in range(conv_stages + 1, 5)}, model_id
 

@@ -40,7 +40,15 @@ Outputs:
   top_k_classes         int32 [B, k]: class ids (0-based, i.e. stored label - label_offset),
                         most probable first, k = min(5, num_classes)
   top_k_probabilities   float32 [B, k]
+
+The SavedModel holds the signatures and the model's variables (`loaded.model_variables`, in the
+model's variable order), not
+Keras's per-layer call traces: serving needs only the signatures, and those traces (every layer's
+call, in training and inference mode) made the export slower by half and a third larger. To get a
+Keras model back, rebuild it from the run (official_halonet.visualize.load_model, or the
+checkpoint) rather than tf_keras.models.load_model on the export.
 """
+import contextlib
 import dataclasses
 import json
 import os
@@ -249,6 +257,17 @@ class ClassifierModule(export_base.ExportModule):
     return signatures
 
 
+def _without_keras_traces():
+  """tf_keras's own switch (Model.save's save_traces=False) for a tf.saved_model.save of an object
+  that tracks a Keras model; a no-op context if a future tf_keras moves it."""
+  try:
+    from tf_keras.src.saving.legacy.saved_model import utils  # pylint: disable=g-import-not-at-top
+  except ImportError:
+    return contextlib.nullcontext()
+  scope = getattr(utils, "keras_option_scope", None)
+  return scope(save_traces=False) if scope else contextlib.nullcontext()
+
+
 def export_saved_model(model: tf_keras.Model, config: cfg.ExperimentConfig, export_dir: str,
                        gin_text: str = "", meta: Optional[Dict[str, Any]] = None) -> str:
   """Writes the SavedModel with every signature (+ params.yaml, operative_config.gin and, given
@@ -257,8 +276,10 @@ def export_saved_model(model: tf_keras.Model, config: cfg.ExperimentConfig, expo
   signatures = module.get_inference_signatures(
       {"image_bytes": "image_bytes", "image_tensor": "image_tensor", "tf_example": "tf_example"})
   signatures["serving_default"] = signatures["image_bytes"]
+  module.model_variables = list(model.variables)  # in the model's order (visualize reads them)
   tf.io.gfile.makedirs(export_dir)
-  tf.saved_model.save(module, export_dir, signatures=signatures)
+  with _without_keras_traces():
+    tf.saved_model.save(module, export_dir, signatures=signatures)
   train_utils.serialize_config(config, export_dir)
   if gin_text:
     with tf.io.gfile.GFile(os.path.join(export_dir, gin_config.OPERATIVE_CONFIG), "w") as f:
