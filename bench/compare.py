@@ -1,5 +1,6 @@
 """Side-by-side speed in one run: the machine's float32 matmul roofline, this project's models
-(forward, train step, and optionally the train step with recompute_attention) and, where a Python with torch + timm is given, timm's models beside them.
+(forward, train step, and optionally the train step with recompute_attention) and, where a Python
+with torch + timm is given, timm's models beside them.
 
     python bench/compare.py                                   # h1, halonet50, resnet50; batch 8 at 256 px
     python bench/compare.py --models=h1 --repeats=3 --timm_python=/tmp/timm-venv/bin/python
@@ -242,8 +243,8 @@ def _define_flags(values) -> None:
   from absl import flags
   flags.DEFINE_list("models", list(DEFAULT_MODELS), "Named models, comma-separated.",
                     flag_values=values)
-  flags.DEFINE_list("modes", list(DEFAULT_MODES), f"Steps to time, comma-separated: {', '.join(MODES)}.",
-                    flag_values=values)
+  flags.DEFINE_list("modes", list(DEFAULT_MODES),
+                    f"Steps to time, comma-separated: {', '.join(MODES)}.", flag_values=values)
   flags.register_validator("modes", lambda modes: set(modes) <= set(MODES),
                            f"every entry must be one of {', '.join(MODES)}", flag_values=values)
   flags.DEFINE_integer("batch", 8, "Images per call.", flag_values=values)

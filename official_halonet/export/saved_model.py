@@ -42,9 +42,9 @@ Outputs:
   top_k_probabilities   float32 [B, k]
 
 The SavedModel holds the signatures and the model's variables (`loaded.model_variables`, in the
-model's variable order), not
-Keras's per-layer call traces: serving needs only the signatures, and those traces (every layer's
-call, in training and inference mode) made the export slower by half and a third larger. To get a
+model's variable order), not Keras's per-layer call traces: serving needs only the signatures, and
+those traces (every layer's call, in training and inference mode) made the export slower by half
+and a third larger. To get a
 Keras model back, rebuild it from the run (official_halonet.visualize.load_model, or the
 checkpoint) rather than tf_keras.models.load_model on the export.
 """

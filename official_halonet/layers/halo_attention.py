@@ -89,7 +89,7 @@ class HaloAttention(tf_keras.layers.Layer):
     query_positions: 'input' or 'subsampled': which row of a strided query indexes the tables.
     recompute: in training, keep only the layer's input for the backward pass and recompute the
       windows, logits and softmax there (tf.recompute_grad): less memory for more time (H1 at
-      batch 8: train-step peak 2.2 -> 1.0 GB, time +32% on CPU; see README 'Speed'). Same results.
+      batch 8: train-step peak 2.2 -> 1.0 GB, 30% fewer img/s on CPU; README 'Speed'). Same results.
   """
 
   def __init__(self,

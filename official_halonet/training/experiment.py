@@ -112,8 +112,8 @@ def experiment(
       final_width / se_ratio (None: the model's), activation (None: the model's, SiLU for H0-H7),
       stochastic_depth_rate (last block's drop rate), dropout_rate (before the classifier).
     recompute_attention: the attention layers keep only their inputs for the backward pass and
-      recompute the rest there: about half the training memory of an H model, about a third more
-      time (same results; for batches that do not fit otherwise).
+      recompute the rest there: about half the training memory of an H model, 30% fewer images
+      per second (same results; for batches that do not fit otherwise).
     train_input_path / eval_input_path: TFRecord file patterns (comma-separated allowed), or
       tfds_name (+ tfds_data_dir, train_split, eval_split) for a TFDS-built dataset.
     label_offset: the stored label of class 0: 1 for the standard ImageNet converter, 0 for TFDS.
