@@ -63,6 +63,17 @@ def window_index(block: int, halo: int, stride: int, subsampled: bool = False) -
   return (keys - halo - queries + window - 1).astype(np.int32)
 
 
+def _rows_at(table: tf.Tensor, index: np.ndarray) -> tf.Tensor:
+  """table[index] as a product with a constant one-hot [*index.shape, rows] (exact).
+
+  A gather would make the table's gradient sparse (IndexedSlices), which an optimizer applies
+  with sparse update ops that XLA cannot compile (jit_compile on CPU / GPU, or a TPU step before
+  the cross-replica sum densifies it); this gradient is dense.
+  """
+  one_hot = np.eye(table.shape[0], dtype=table.dtype.as_numpy_dtype)[index]
+  return tf.einsum("ikr,rd->ikd", one_hot, table)
+
+
 def relative_terms(q: tf.Tensor, table_h: tf.Tensor, table_w: tf.Tensor, block: int, halo: int,
                    stride: int, mode: str, subsampled: bool = False) -> Tuple[tf.Tensor, tf.Tensor]:
   """The two factors of every query's relative-position logits against its window's keys.
@@ -81,8 +92,7 @@ def relative_terms(q: tf.Tensor, table_h: tf.Tensor, table_w: tf.Tensor, block: 
     (rows, cols), each [B, n_h·n_w, N, bq·bq, w], in the dtype of the tables.
   """
   index = window_index(block, halo, stride, subsampled)
-  rel_h = tf.gather(table_h, index)  # [bq, w, D']
-  rel_w = tf.gather(table_w, index)
+  rel_h, rel_w = _rows_at(table_h, index), _rows_at(table_w, index)  # [bq, w, D']
   if mode == "split":
     half = q.shape[-1] // 2
     q_h, q_w = q[..., :half], q[..., half:]
