@@ -4,6 +4,7 @@
     python main.py --gin_file=gin/h0.gin --strategy=mirrored --model_dir=/tmp/h0          # GPUs/CPU
     python main.py --gin_file=gin/h0.gin --gin_bindings="experiment.epochs=90" ...         # override
     python main.py --demo                    # builds a tiny dataset, trains, evaluates, exports
+    python main.py --mode=tpu_check --gin_file=gin/h7.gin --tpu_topology=v4-32   # compile for a TPU
 
 Gin is the single configuration surface (see official_halonet/training/experiment.py for every
 setting); the run goes through Model Garden's train_lib / Orbit loop, checkpointing and
@@ -34,9 +35,11 @@ flags.DEFINE_multi_string("gin_file", [], "Gin configuration file(s); later ones
 flags.DEFINE_multi_string("gin_bindings", [], "Gin bindings, e.g. 'experiment.epochs = 90'.")
 flags.DEFINE_multi_string("gin_params", [], "Model Garden's spelling of --gin_bindings.")
 flags.DEFINE_enum("mode", "train_and_eval",
-                  ["train", "eval", "train_and_eval", "export", "publish"],
+                  ["train", "eval", "train_and_eval", "export", "publish", "tpu_check"],
                   "What to run: export writes a SavedModel with serving signatures; publish "
-                  "writes TF Hub classifier and feature-vector modules.")
+                  "writes TF Hub classifier and feature-vector modules; tpu_check compiles the "
+                  "train and eval steps for --tpu_topology with XLA's TPU compiler (no TPU "
+                  "needed) and reports fit, HBM, FLOPs, bytes and a roofline step time.")
 flags.DEFINE_string("model_dir", "", "Checkpoints, summaries and the operative config go here.")
 flags.DEFINE_string("tpu", "", "TPU name or 'local' (on a TPU VM); implies --strategy=tpu.")
 flags.DEFINE_enum("strategy", None, ["tpu", "mirrored", "multi_worker_mirrored", "one_device"],
@@ -49,6 +52,9 @@ flags.DEFINE_string("export_dir", "", "--mode=export / publish: where the SavedM
 flags.DEFINE_string("checkpoint", "latest", "--mode=export / publish: which checkpoint: "
                     "'latest' (the newest in --model_dir), 'best' (the best-evaluated one, "
                     "<model_dir>/best_ckpt) or a checkpoint path.")
+flags.DEFINE_string("tpu_topology", "", "--mode=tpu_check: a Cloud TPU slice name, e.g. v4-32, "
+                    "v5litepod-16, v5p-8, v6e-8, v3-8.")
+flags.DEFINE_string("output", "", "--mode=tpu_check: also write the report as JSON here.")
 flags.DEFINE_bool("demo", False, "Run the built-in demo end to end (needs nothing else).")
 flags.DEFINE_bool("verbose", False, "Show TensorFlow's C++ lines and Orbit's per-loop output on "
                   "the console (by default they go to <model_dir>/main.log only).")
@@ -57,7 +63,7 @@ flags.DEFINE_bool("verbose", False, "Show TensorFlow's C++ lines and Orbit's per
 def main(argv):
   del argv
   from official_halonet.training import console
-  if not FLAGS.verbose and FLAGS.mode not in ("export", "publish"):
+  if not FLAGS.verbose and FLAGS.mode not in ("export", "publish", "tpu_check"):
     import demo as demo_lib
     console.native_stderr_to(console.log_path(
         FLAGS.model_dir or (demo_lib.MODEL_DIR if FLAGS.demo else "")))
@@ -79,6 +85,8 @@ def main(argv):
       path = saved_model.export_from_run(options, export_dir=FLAGS.export_dir,
                                          checkpoint_path=FLAGS.checkpoint)
       print(f"SavedModel written to {path}", flush=True)
+    elif FLAGS.mode == "tpu_check":
+      return tpu_check(options)
     elif FLAGS.mode == "publish":
       from official_halonet.export import hub
       path = hub.publish_from_run(options, output_dir=FLAGS.export_dir,
@@ -99,6 +107,25 @@ def main(argv):
     print(f"error: {problem.summary()}", file=sys.stderr, flush=True)
     return 2
   return 0
+
+
+def tpu_check(options) -> int:
+  """--mode=tpu_check: the report on the console (and as JSON with --output)."""
+  from official_halonet.tpu import check
+  if not FLAGS.tpu_topology:
+    print("error: --mode=tpu_check needs --tpu_topology, a Cloud TPU slice name such as "
+          f"{', '.join(check.chips.EXAMPLES)}", file=sys.stderr, flush=True)
+    return 2
+  try:
+    report = check.check(options, FLAGS.tpu_topology, say=lambda line: print(line, flush=True))
+  except check.CheckError as e:
+    print(f"error: {e}", file=sys.stderr, flush=True)
+    return 2
+  print(check.table(report), flush=True)
+  if FLAGS.output:
+    check.write_json(report, FLAGS.output)
+    print(f"report written to {FLAGS.output}", flush=True)
+  return 0 if all(step.compiled for step in report.steps) else 1
 
 
 if __name__ == "__main__":

@@ -402,6 +402,22 @@ def build_dataset(config: config_lib.DataConfig,
   return reader.read(input_context=input_context)
 
 
+def element_spec(config: config_lib.DataConfig, batch_size: int) -> Tuple[Any, Any]:
+  """The `element_spec` of `build_dataset(config)` at a per-replica `batch_size`, with no files.
+
+  What a compiled step takes (the batch structure of the module docstring), for tracing a step
+  ahead of time (official_halonet.tpu); tests check it against real datasets.
+  """
+  images = tf.TensorSpec([batch_size, config.image_size, config.image_size, 3],
+                         tf.dtypes.as_dtype(config.dtype))
+  dense = config.is_multilabel or (config.is_training and _mixup_cutmix(config) is not None)
+  labels = (tf.TensorSpec([batch_size, config.num_classes], tf.float32) if dense
+            else tf.TensorSpec([batch_size], tf.int32))
+  if config.is_training:
+    return images, labels
+  return images, {LABELS: labels, MASK: tf.TensorSpec([batch_size], tf.float32)}
+
+
 def _mixup_cutmix(config: config_lib.DataConfig) -> Optional[Callable[..., Any]]:
   """Model Garden MixupAndCutmix from the alphas or the `mixup_and_cutmix` config, or None."""
   if config.mixup_and_cutmix is not None:

@@ -1,0 +1,14 @@
+"""TPU without a TPU: compile a configuration's real steps with XLA's TPU compiler, on any machine.
+
+  chips.py         Cloud TPU generations: the slice names users type, per-device HBM, peak bfloat16
+                   FLOP/s and HBM bandwidth (each cited), the topology the compiler is given
+  steps.py         TensorFlow side: the train and eval steps Model Garden's trainer runs, built
+                   from the gin configuration under the TPU precision policy, as XLA HLO
+  compile_only.py  the side environment's half (jax + libtpu, Python 3.12): compiles HLO for a
+                   named topology with no TPU attached; the only module that touches JAX's
+                   private APIs
+  check.py         `main.py --mode=tpu_check`: both halves, fits / does not fit, the largest
+                   batch that fits, FLOP and byte counts and the roofline step-time bound
+
+The package sits above training (it builds Model Garden's trainer) and below main.py.
+"""

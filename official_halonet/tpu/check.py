@@ -1,0 +1,250 @@
+"""`main.py --mode=tpu_check`: does a configuration compile and fit a Cloud TPU, and what will it cost?
+
+    python main.py --mode=tpu_check --gin_file=gin/h7.gin --tpu_topology=v4-32 [--output=x.json]
+
+For the named slice: the per-device batch (global batch / devices; not divisible is an error), the
+train and eval steps traced as HLO (steps.py) and compiled for one device of that TPU generation
+by XLA's TPU compiler in the side environment (compile_only.py). Reported per step: compiled or the
+first error line; HBM per device (arguments: parameters, optimizer slots and the batch; outputs not
+aliased to arguments; temporaries; their total) against the chip's; TFLOP and bytes accessed,
+FLOP per byte, and the roofline bound max(FLOP / peak, bytes / HBM bandwidth) with the images/s per
+chip it implies. A train step that does not fit is bisected for the largest per-device batch that
+does, and compiled once more with `recompute_attention`. XLA's cost analysis counts a while loop's
+body once: a step whose compiled program has loops says its estimate does not cover them.
+
+What the numbers are not: TensorFlow's CPU lowering of one replica's step, compiled by the TPU
+compiler (no TPUStrategy all-reduce, no infeed), and a roofline lower bound, not a measured time.
+"""
+import dataclasses
+import json
+import os
+import re
+import subprocess
+import tempfile
+from typing import Callable, Dict, List, Optional
+
+from official_halonet.tpu import chips
+from official_halonet.tpu import steps as steps_lib
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+SIDE_PYTHON = os.path.join(ROOT, ".tpu-venv", "bin", "python")
+COMPILE_ONLY = os.path.join(os.path.dirname(os.path.abspath(__file__)), "compile_only.py")
+MAX_COMPILES = 12  # bisection budget
+
+
+class CheckError(RuntimeError):
+  """tpu_check cannot run as asked; the message says what to change."""
+
+
+def side_python() -> str:
+  """The side environment's interpreter ($OFFICIAL_HALONET_TPU_PYTHON overrides)."""
+  python = os.environ.get("OFFICIAL_HALONET_TPU_PYTHON", SIDE_PYTHON)
+  if not os.access(python, os.X_OK):
+    raise CheckError(f"the TPU compiler's side environment is missing ({python}): run "
+                     f"`make tpu-env` in {ROOT}")
+  return python
+
+
+def compile_for(hlo: bytes, generation: chips.Generation, optimized_hlo: str = "") -> Dict:
+  """compile_only.py's RESULT for `hlo` on one device of `generation` (a crash is an error)."""
+  with tempfile.TemporaryDirectory(prefix="tpu_check_") as tmp:
+    paths = {name: os.path.join(tmp, name) for name in ("step.hlo.pb", "request", "result")}
+    with open(paths["step.hlo.pb"], "wb") as f:
+      f.write(hlo)
+    with open(paths["request"], "w", encoding="utf-8") as f:
+      json.dump({"hlo": paths["step.hlo.pb"], "topology": generation.topology,
+                 "optimized_hlo": optimized_hlo}, f)
+    done = subprocess.run([side_python(), COMPILE_ONLY, paths["request"], paths["result"]],
+                          capture_output=True, text=True, check=False)
+    if os.path.exists(paths["result"]):
+      with open(paths["result"], encoding="utf-8") as f:
+        return json.load(f)
+  fatal = re.findall(r"^F\d{4} [^\]]*\] (.*)$", done.stderr, re.M)
+  last = [line for line in done.stderr.splitlines() if line.strip()][-1:] or ["no output"]
+  return {"compiled": False, "out_of_memory": False,
+          "error": f"the TPU compiler crashed (exit {done.returncode}): "
+                   f"{(fatal or last)[0].strip()}"}
+
+
+@dataclasses.dataclass
+class StepReport:
+  """One compiled (or failed) step at one per-device batch, with the roofline."""
+  kind: str
+  batch: int
+  compiled: bool
+  error: str = ""
+  out_of_memory: bool = False
+  hbm: Dict[str, int] = dataclasses.field(default_factory=dict)
+  flops: float = 0.0
+  bytes_accessed: float = 0.0
+  while_loops: int = 0
+  compile_seconds: float = 0.0
+
+  @property
+  def fits(self) -> bool:
+    return self.compiled
+
+  def roofline(self, generation: chips.Generation) -> Dict[str, float]:
+    """Step-time bound (s) = max(FLOP / peak, bytes / bandwidth); images/s per chip from it."""
+    seconds = max(self.flops / generation.peak_flops,
+                  self.bytes_accessed / generation.hbm_bandwidth)
+    return {"flop_per_byte": self.flops / self.bytes_accessed if self.bytes_accessed else 0.0,
+            "step_seconds": seconds,
+            "images_per_second_per_chip": (self.batch * generation.devices_per_chip / seconds
+                                           if seconds else 0.0)}
+
+
+def step_report(kind: str, batch: int, result: Dict) -> StepReport:
+  """A StepReport from compile_only's RESULT dict."""
+  if not result.get("compiled"):
+    return StepReport(kind, batch, False, error=_first_line(result.get("error", "")),
+                      out_of_memory=bool(result.get("out_of_memory")))
+  hbm = {"arguments": result["argument_bytes"],
+         "outputs": result["output_bytes"] - result["alias_bytes"],
+         "temporaries": result["temp_bytes"]}
+  hbm["total"] = sum(hbm.values())
+  return StepReport(kind, batch, True, hbm=hbm, flops=result["flops"],
+                    bytes_accessed=result["bytes_accessed"], while_loops=result["while_loops"],
+                    compile_seconds=result["compile_seconds"])
+
+
+def _first_line(message: str) -> str:
+  """The compiler's message cut to its first sentence that says what failed."""
+  text = " ".join(message.split())
+  oom = re.search(r"(Ran out of memory[^.]*\.[^.]*\(([\d.]+\w)\)[^.]*\(([\d.]+\w)\))", text)
+  return oom.group(1) if oom else text[:400]
+
+
+def per_device_batch(global_batch: int, tpu: chips.Slice, setting: str) -> int:
+  """global_batch / the slice's devices; CheckError when it does not divide."""
+  if global_batch % tpu.devices:
+    raise CheckError(f"{setting}={global_batch} is not divisible by the {tpu.devices} devices of "
+                     f"{tpu.name}: each replica needs the same static batch")
+  return global_batch // tpu.devices
+
+
+def compile_step(steps: steps_lib.Steps, kind: str, batch: int, tpu: chips.Slice,
+                 optimized_hlo: str = "") -> StepReport:
+  """Traces `kind` at `batch` and compiles it for the slice's generation."""
+  try:
+    traced = steps.hlo(kind, batch)
+  except steps_lib.StepError as e:
+    return StepReport(kind, batch, False, error=str(e))
+  return step_report(kind, batch, compile_for(traced.hlo, tpu.generation, optimized_hlo))
+
+
+def largest_fitting_batch(fits: Callable[[int], bool], too_big: int) -> Optional[int]:
+  """The largest batch below `too_big` for which `fits` holds (multiples of 8 from 16 up, as a
+  TPU batch should be), by bisection within MAX_COMPILES calls; None when not even 1 fits."""
+  unit = 8 if too_big >= 16 else 1
+  low, high = 0, too_big  # low fits (0: none known yet), high does not
+  for _ in range(MAX_COMPILES):
+    middle = max(unit, (low + high) // 2 // unit * unit)
+    if middle <= low or middle >= high:
+      break
+    if fits(middle):
+      low = middle
+    else:
+      high = middle
+  if low == 0 and unit > 1 and fits(1):
+    return largest_fitting_batch(fits, unit)
+  return low or None
+
+
+@dataclasses.dataclass
+class CheckReport:
+  """Everything tpu_check found for one configuration on one slice."""
+  topology: str
+  generation: chips.Generation
+  devices: int
+  precision: str
+  parameters: int
+  steps: List[StepReport]
+  largest_fitting_batch: Optional[int] = None
+  recompute: Optional[StepReport] = None
+
+  def to_json(self) -> Dict:
+    def step(report: StepReport) -> Dict:
+      row = dataclasses.asdict(report)
+      row["fits"] = report.fits
+      return {**row, **(report.roofline(self.generation) if report.compiled else {})}
+    return {"topology": self.topology, "device_kind": self.generation.device_kind,
+            "devices": self.devices, "precision": self.precision, "parameters": self.parameters,
+            "hbm_available_bytes": self.generation.hbm_bytes,
+            "peak_flops_per_device": self.generation.peak_flops,
+            "hbm_bandwidth_per_device": self.generation.hbm_bandwidth,
+            "steps": [step(s) for s in self.steps],
+            "largest_fitting_batch": self.largest_fitting_batch,
+            "recompute_attention": step(self.recompute) if self.recompute else None}
+
+
+def check(options, topology: str, say: Callable[[str], None] = print,
+          optimized_hlo_dir: str = "") -> CheckReport:
+  """Runs tpu_check for `options` (runner.RunOptions) on the slice named `topology`."""
+  try:
+    tpu = chips.parse_slice(topology)
+  except ValueError as e:
+    raise CheckError(str(e)) from None
+  side_python()  # before minutes of tracing
+  try:
+    steps = steps_lib.Steps(options)
+  except steps_lib.StepError as e:
+    raise CheckError(str(e)) from None
+  batches = {"train": per_device_batch(steps.global_batch_size, tpu, "global_batch_size"),
+             "eval": per_device_batch(steps.eval_batch_size, tpu, "eval_batch_size")}
+  precision = steps.config.runtime.mixed_precision_dtype or "float32"
+  report = CheckReport(tpu.name, tpu.generation, tpu.devices, precision, steps.num_parameters, [])
+  for kind, batch in batches.items():
+    say(f"compiling the {kind} step, {batch} images per device, for {tpu.generation.device_kind}")
+    hlo_path = os.path.join(optimized_hlo_dir, f"{kind}.hlo.txt") if optimized_hlo_dir else ""
+    report.steps.append(compile_step(steps, kind, batch, tpu, hlo_path))
+  train = report.steps[0]
+  if train.out_of_memory:
+    say(f"the train step does not fit at {train.batch} per device: bisecting for the largest "
+        f"batch that does")
+    report.largest_fitting_batch = largest_fitting_batch(
+        lambda b: compile_step(steps, "train", b, tpu).fits, train.batch)
+    if steps.has_attention:
+      say("compiling the train step once more with recompute_attention")
+      report.recompute = compile_step(steps_lib.Steps(options, recompute=True), "train",
+                                      train.batch, tpu)
+  return report
+
+
+def _gb(value: float) -> str:
+  return f"{value / 1e9:.2f}"
+
+
+def table(report: CheckReport) -> str:
+  """The console summary: one line per step, then the bisection and recompute answers."""
+  g = report.generation
+  lines = [f"{report.topology}: {report.devices} x {g.device_kind} ({g.hbm_gib:.2f} GiB HBM, "
+           f"{g.peak_flops / 1e12:.0f} bf16 TFLOP/s, {g.hbm_bandwidth / 1e9:.0f} GB/s per device), "
+           f"{report.precision}, {report.parameters / 1e6:.2f}M parameters",
+           "step   batch/device  fits  HBM GB: args + outputs + temps = total  TFLOP  "
+           "GB accessed  FLOP/B  roofline ms  img/s/chip"]
+  for step in report.steps + ([report.recompute] if report.recompute else []):
+    name = "recompute" if step is report.recompute else step.kind
+    if not step.compiled:
+      lines.append(f"{name:6s} {step.batch:12d}  no    {step.error}")
+      continue
+    hbm, roof = step.hbm, step.roofline(g)
+    lines.append(
+        f"{name:6s} {step.batch:12d}  yes   {_gb(hbm['arguments'])} + {_gb(hbm['outputs'])} + "
+        f"{_gb(hbm['temporaries'])} = {_gb(hbm['total'])}  {step.flops / 1e12:.3f}  "
+        f"{step.bytes_accessed / 1e9:.1f}  {roof['flop_per_byte']:.1f}  "
+        f"{roof['step_seconds'] * 1e3:.1f}  {roof['images_per_second_per_chip']:.0f}")
+    if step.while_loops:
+      lines.append(f"       the compiled {name} step has {step.while_loops} while loop(s): XLA's "
+                   f"cost analysis counts each body once, so these FLOP / byte / time figures "
+                   f"do not cover their repeats")
+  if report.steps and report.steps[0].out_of_memory:
+    best = report.largest_fitting_batch
+    lines.append(f"largest train batch per device that fits: {best}" if best else
+                 "no train batch per device fits, not even 1")
+  return "\n".join(lines)
+
+
+def write_json(report: CheckReport, path: str) -> None:
+  with open(path, "w", encoding="utf-8") as f:
+    json.dump(report.to_json(), f, indent=1, default=str)

@@ -1,0 +1,92 @@
+"""Cloud TPU generations: what a slice name means and what one device can hold and do.
+
+A slice name is what `gcloud compute tpus tpu-vm create --accelerator-type` takes: `v4-32`,
+`v5litepod-16`, `v5p-8`, `v6e-8`, `v3-8`, `v2-8`. Its number counts TensorCores for v2, v3, v4 and
+v5p, chips for v5e and v6e. A *device* is what one data-parallel replica runs on, which is also
+what the compile-only client exposes for the generation: one TensorCore on v2, v3 and v4 (15.25 GiB
+of HBM each on v4), one chip of two TensorCores on v5p, one single-core chip on v5e and v6e.
+The per-device batch is global_batch_size / devices in the slice.
+
+`hbm_gib` is the HBM one device offers a program, as the TPU compiler states it when a program
+does not fit ("exceeds available HBM (15.75G)" on v5e; libtpu 0.0.51): a little under the chip's
+published capacity, which the runtime keeps some of.
+Peak bfloat16 FLOP/s and HBM bandwidth are the published per-chip figures of the Cloud TPU
+documentation's page for each generation (system architecture: "TPU v2", "TPU v3", "TPU v4",
+"TPU v5e", "TPU v5p", "TPU v6e"), divided by the devices per chip.
+"""
+import dataclasses
+import re
+from typing import Dict
+
+
+@dataclasses.dataclass(frozen=True)
+class Generation:
+  """One TPU generation as the compiler and the roofline see it."""
+  name: str                 # slice-name prefix, e.g. 'v5litepod'
+  topology: str             # the small topology compiled for (one device of it is used)
+  device_kind: str          # what the compile-only client reports for that device
+  devices_per_chip: int
+  slice_counts: str         # what the number in a slice name counts: 'cores' or 'chips'
+  hbm_gib: float            # per device, as the compiler offers it
+  peak_bf16_flops_per_chip: float
+  hbm_bytes_per_second_per_chip: float
+
+  @property
+  def hbm_bytes(self) -> int:
+    return int(self.hbm_gib * 2**30)
+
+  @property
+  def peak_flops(self) -> float:
+    """Peak bfloat16 FLOP/s of one device."""
+    return self.peak_bf16_flops_per_chip / self.devices_per_chip
+
+  @property
+  def hbm_bandwidth(self) -> float:
+    """HBM bytes/s of one device."""
+    return self.hbm_bytes_per_second_per_chip / self.devices_per_chip
+
+  def devices_in(self, count: int) -> int:
+    """Devices (replicas) in a slice whose name carries `count`."""
+    cores_per_device = 2 if self.devices_per_chip == 1 and self.slice_counts == "cores" else 1
+    return count // cores_per_device
+
+
+GENERATIONS: Dict[str, Generation] = {g.name: g for g in (
+    # v2: 45 TFLOP/s, 16 GiB, 600 GB/s per chip of two cores.
+    Generation("v2", "v2:2x2", "TPU v2", 2, "cores", 7.48, 45e12, 600e9),
+    # v3: 123 TFLOP/s, 32 GiB, 900 GB/s per chip of two cores (the paper's hardware).
+    Generation("v3", "v3:2x2", "TPU v3", 2, "cores", 15.48, 123e12, 900e9),
+    # v4: 275 TFLOP/s, 32 GiB, 1200 GB/s per chip of two cores.
+    Generation("v4", "v4:2x2x1", "TPU v4", 2, "cores", 15.25, 275e12, 1200e9),
+    # v5e: 197 TFLOP/s, 16 GB, 819 GB/s per single-core chip.
+    Generation("v5litepod", "v5e:2x2", "TPU v5 lite", 1, "chips", 15.75, 197e12, 819e9),
+    # v5p: 459 TFLOP/s, 95 GB, 2765 GB/s per chip (two cores, one megacore device).
+    Generation("v5p", "v5p:2x2x1", "TPU v5", 1, "cores", 95.73, 459e12, 2765e9),
+    # v6e (Trillium): 918 TFLOP/s, 32 GB, 1640 GB/s per single-core chip.
+    Generation("v6e", "v6e:2x2", "TPU v6 lite", 1, "chips", 31.24, 918e12, 1640e9),
+)}
+ALIASES = {"v5e": "v5litepod"}
+EXAMPLES = ("v2-8", "v3-8", "v4-8", "v4-32", "v5litepod-16", "v5p-8", "v6e-8")
+
+
+@dataclasses.dataclass(frozen=True)
+class Slice:
+  """A named Cloud TPU slice: its generation and how many devices (replicas) it has."""
+  name: str
+  generation: Generation
+  devices: int
+
+
+def parse_slice(name: str) -> Slice:
+  """'v4-32' -> Slice(v4, 32 devices); 'v5p-8' -> 4 devices. ValueError lists the known names."""
+  match = re.fullmatch(r"(v\d+[a-z]*)-(\d+)", name.strip().lower())
+  generation = GENERATIONS.get(ALIASES.get(match.group(1), match.group(1))) if match else None
+  if generation is None:
+    raise ValueError(f"unknown TPU topology {name!r}: use a Cloud slice name such as "
+                     f"{', '.join(EXAMPLES)} (generations: {', '.join(GENERATIONS)})")
+  count = int(match.group(2))
+  devices = generation.devices_in(count)
+  if devices < 1:
+    raise ValueError(f"TPU topology {name!r} has no whole device ({generation.name} slice names "
+                     f"count {generation.slice_counts})")
+  return Slice(name.strip().lower(), generation, devices)

@@ -1,0 +1,101 @@
+"""The side environment's half of tpu_check: compile XLA HLO for a Cloud TPU with no TPU attached.
+
+Runs in the pinned side environment (requirements-tpu.txt: jax, jaxlib and libtpu, Python 3.12;
+`make tpu-env`), never in the project's: it imports nothing of TensorFlow or of this package.
+
+    python compile_only.py REQUEST.json RESULT.json
+    REQUEST  {"hlo": path of a serialized HloModuleProto, "topology": e.g. "v5e:2x2",
+              "optimized_hlo": optional path to write the compiled module's text to}
+    RESULT   {"compiled": true, "device_kind", "argument_bytes", "output_bytes", "alias_bytes",
+              "temp_bytes", "generated_code_bytes", "flops", "bytes_accessed", "transcendentals",
+              "while_loops", "compile_seconds"}
+          or {"compiled": false, "error": the compiler's message, "out_of_memory": bool}
+
+This is the only module that uses JAX's private APIs (a version bump touches it alone):
+`_jax.mlir.hlo_to_stablehlo` (HLO proto -> StableHLO), the compile-only client's `compile`, and
+`jax._src.compiler.get_compile_options`. Measured with the versions pinned there.
+"""
+import json
+import os
+import re
+import sys
+import time
+
+# libtpu takes /tmp/libtpu_lockfile to keep one process per TPU host; a compile-only client
+# touches no TPU, and several compiles (parallel tests, two checks) may run at once.
+os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
+
+
+def _without_copies(module_text: str) -> str:
+  """TensorFlow's bridge returns values through HLO `copy`, which jaxlib's StableHLO legalizer
+  rejects; an identity reshape of the same shape is the same value."""
+  text = re.sub(r"mhlo\.copy (%[\w#.]+) : (tensor<[^>]*>)",
+                r"stablehlo.reshape \1 : (\2) -> \2", module_text)
+  return re.sub(r'"mhlo\.copy"\((%[\w#.]+)\) : \((tensor<[^>]*>)\) -> (tensor<[^>]*>)',
+                r"stablehlo.reshape \1 : (\2) -> \3", text)
+
+
+def _compile(hlo: bytes, topology: str):
+  """(executable, device) for one device of the named topology."""
+  from jax.experimental import topologies  # pylint: disable=g-import-not-at-top
+  from jax._src import compiler  # pylint: disable=g-import-not-at-top
+  from jax._src.interpreters import mlir  # pylint: disable=g-import-not-at-top
+  from jax._src.lib import _jax  # pylint: disable=g-import-not-at-top
+  from jax._src.lib import xla_client  # pylint: disable=g-import-not-at-top
+  from jax._src.lib.mlir import ir  # pylint: disable=g-import-not-at-top
+  device = topologies.get_topology_desc(topology_name=topology, platform="tpu").devices[0]
+  options = compiler.get_compile_options(num_replicas=1, num_partitions=1,
+                                         device_assignment=[device])
+  with mlir.make_ir_context():
+    text = _without_copies(str(ir.Module.parse(_jax.mlir.hlo_to_stablehlo(hlo))))
+    executable = device.client.compile(ir.Module.parse(text),
+                                       executable_devices=xla_client.DeviceList((device,)),
+                                       compile_options=options)
+  return executable, device
+
+
+def compile_hlo(request: dict) -> dict:
+  """Compiles request['hlo'] for request['topology']; the RESULT dict of the module docstring."""
+  with open(request["hlo"], "rb") as f:
+    hlo = f.read()
+  start = time.time()
+  try:
+    executable, device = _compile(hlo, request["topology"])
+  except Exception as e:  # pylint: disable=broad-except  (the compiler's own errors)
+    message = " ".join(str(e).split())
+    return {"compiled": False, "error": message,
+            "out_of_memory": "RESOURCE_EXHAUSTED" in message or "HbmOom" in message}
+  memory = executable.get_compiled_memory_stats()
+  cost = executable.cost_analysis()
+  cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+  text = executable.hlo_modules()[0].to_string()
+  if request.get("optimized_hlo"):
+    with open(request["optimized_hlo"], "w", encoding="utf-8") as f:
+      f.write(text)
+  return {"compiled": True, "device_kind": device.device_kind,
+          "argument_bytes": memory.argument_size_in_bytes,
+          "output_bytes": memory.output_size_in_bytes,
+          "alias_bytes": memory.alias_size_in_bytes,
+          "temp_bytes": memory.temp_size_in_bytes,
+          "generated_code_bytes": memory.generated_code_size_in_bytes,
+          "flops": float(cost.get("flops", 0.0)),
+          "bytes_accessed": float(cost.get("bytes accessed", 0.0)),
+          "transcendentals": float(cost.get("transcendentals", 0.0)),
+          "while_loops": len(re.findall(r"= \S+ while\(", text)),
+          "compile_seconds": round(time.time() - start, 2)}
+
+
+def main(argv) -> int:
+  if len(argv) != 3:
+    print(__doc__, file=sys.stderr)
+    return 2
+  with open(argv[1], encoding="utf-8") as f:
+    request = json.load(f)
+  result = compile_hlo(request)
+  with open(argv[2], "w", encoding="utf-8") as f:
+    json.dump(result, f)
+  return 0
+
+
+if __name__ == "__main__":
+  sys.exit(main(sys.argv))
