@@ -63,7 +63,7 @@ flags.DEFINE_bool("verbose", False, "Show TensorFlow's C++ lines and Orbit's per
 def main(argv):
   del argv
   from official_halonet.training import console
-  if not FLAGS.verbose and FLAGS.mode not in ("export", "publish", "tpu_check"):
+  if not FLAGS.verbose and FLAGS.mode not in ("export", "publish"):
     import demo as demo_lib
     console.native_stderr_to(console.log_path(
         FLAGS.model_dir or (demo_lib.MODEL_DIR if FLAGS.demo else "")))

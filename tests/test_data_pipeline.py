@@ -213,3 +213,16 @@ def test_distribute_datasets_from_function(imagenet_shards):
     assert images.shape == (4, IMAGE_SIZE, IMAGE_SIZE, 3)
     seen.extend(int(l) for l, m in zip(target['labels'].numpy(), target['mask'].numpy()) if m)
   assert sorted(seen) == list(range(NUM_EXAMPLES))
+
+
+@pytest.mark.parametrize('kind, extra', [
+    ('train', {}), ('eval', {}), ('train', {'mixup_alpha': 0.8}),
+    ('train', {'dtype': 'bfloat16'}), ('eval', {'is_multilabel': True})])
+def test_element_spec_without_files_equals_the_built_dataset(imagenet_shards, kind, extra):
+  """pipeline.element_spec (what tpu_check traces with) is the real pipeline's batch structure."""
+  split = 'train' if kind == 'train' else 'validation'
+  config = config_lib.DataConfig(
+      input_path=f'{imagenet_shards}/{split}-*', is_training=kind == 'train', global_batch_size=4,
+      image_size=IMAGE_SIZE, num_classes=NUM_EXAMPLES, label_offset=1, shuffle_buffer_size=4,
+      **extra)
+  assert pipeline.element_spec(config, 4) == pipeline.build_dataset(config).element_spec

@@ -1,4 +1,4 @@
-"""Dependencies point one way: layers <- models <- data <- checkpoints <- training <- export.
+"""Dependencies point one way: layers <- models <- data <- checkpoints <- training <- export <- tpu.
 
 Reads every module of official_halonet with `ast` (nothing is imported, so it takes milliseconds)
 and collects the official_halonet packages each one imports, at module level or inside a function.
@@ -11,7 +11,7 @@ import os
 import pytest
 
 ROOT = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "official_halonet")
-LAYERS = ("layers", "models", "data", "checkpoints", "training", "export")
+LAYERS = ("layers", "models", "data", "checkpoints", "training", "export", "tpu")
 
 
 def _package_of(module: str) -> str:

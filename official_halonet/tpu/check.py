@@ -29,7 +29,7 @@ from official_halonet.tpu import steps as steps_lib
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 SIDE_PYTHON = os.path.join(ROOT, ".tpu-venv", "bin", "python")
 COMPILE_ONLY = os.path.join(os.path.dirname(os.path.abspath(__file__)), "compile_only.py")
-MAX_COMPILES = 12  # bisection budget
+MAX_COMPILES = 16  # bisection budget: enough for 2**16 / 8 multiples of 8
 
 
 class CheckError(RuntimeError):
@@ -109,10 +109,25 @@ def step_report(kind: str, batch: int, result: Dict) -> StepReport:
 
 
 def _first_line(message: str) -> str:
-  """The compiler's message cut to its first sentence that says what failed."""
+  """The compiler's message cut to the sentence that says what failed."""
   text = " ".join(message.split())
-  oom = re.search(r"(Ran out of memory[^.]*\.[^.]*\(([\d.]+\w)\)[^.]*\(([\d.]+\w)\))", text)
-  return oom.group(1) if oom else text[:400]
+  oom = re.search(r"Ran out of memory.*?exceeds available HBM \([\d.]+\w*\)", text)
+  return oom.group(0) if oom else text[:400]
+
+
+def _bytes(number: str, unit: str) -> float:
+  return float(number) * 1024 ** "BKMGT".index(unit or "B")
+
+
+def batch_guess(report: StepReport) -> Optional[int]:
+  """From an out-of-memory report ('temporaries (17.52G) exceeds available HBM (15.75G)'): the
+  batch at which the temporaries, taken as proportional to the batch, would just fit."""
+  found = re.search(r"temporaries \(([\d.]+)([KMGT]?)\) exceeds available HBM \(([\d.]+)([KMGT]?)\)",
+                    report.error)
+  if not found:
+    return None
+  needed, available = _bytes(*found.group(1, 2)), _bytes(*found.group(3, 4))
+  return int(report.batch * available / needed)
 
 
 def per_device_batch(global_batch: int, tpu: chips.Slice, setting: str) -> int:
@@ -133,22 +148,26 @@ def compile_step(steps: steps_lib.Steps, kind: str, batch: int, tpu: chips.Slice
   return step_report(kind, batch, compile_for(traced.hlo, tpu.generation, optimized_hlo))
 
 
-def largest_fitting_batch(fits: Callable[[int], bool], too_big: int) -> Optional[int]:
-  """The largest batch below `too_big` for which `fits` holds (multiples of 8 from 16 up, as a
-  TPU batch should be), by bisection within MAX_COMPILES calls; None when not even 1 fits."""
+def largest_fitting_batch(fits: Callable[[int], bool], too_big: int,
+                          guess: Optional[int] = None) -> Optional[int]:
+  """The largest batch below `too_big` for which `fits` holds, in multiples of 8 from 16 up (as a
+  TPU batch should be), or None when not even 1 fits. Tries `guess` and the next multiple first
+  (two compiles when the guess is right), then bisects; at most MAX_COMPILES calls of `fits`."""
   unit = 8 if too_big >= 16 else 1
-  low, high = 0, too_big  # low fits (0: none known yet), high does not
+  low, high = 0, (too_big - 1) // unit + 1  # in units: low fits (0: none known), high does not
+  probes = [guess // unit, guess // unit + 1] if guess else []
   for _ in range(MAX_COMPILES):
-    middle = max(unit, (low + high) // 2 // unit * unit)
-    if middle <= low or middle >= high:
+    candidates = [p for p in probes if low < p < high]
+    middle = candidates[0] if candidates else (low + high) // 2
+    if not low < middle < high:
       break
-    if fits(middle):
+    if fits(middle * unit):
       low = middle
     else:
       high = middle
-  if low == 0 and unit > 1 and fits(1):
+  if low == 0 and unit > 1:
     return largest_fitting_batch(fits, unit)
-  return low or None
+  return low * unit or None
 
 
 @dataclasses.dataclass
@@ -161,7 +180,13 @@ class CheckReport:
   parameters: int
   steps: List[StepReport]
   largest_fitting_batch: Optional[int] = None
+  probes: Dict[int, bool] = dataclasses.field(default_factory=dict)  # bisection: batch -> fits
   recompute: Optional[StepReport] = None
+
+  def probe(self, step: StepReport) -> bool:
+    """Records one bisection compile; whether it fit."""
+    self.probes[step.batch] = step.fits
+    return step.fits
 
   def to_json(self) -> Dict:
     def step(report: StepReport) -> Dict:
@@ -175,12 +200,14 @@ class CheckReport:
             "hbm_bandwidth_per_device": self.generation.hbm_bandwidth,
             "steps": [step(s) for s in self.steps],
             "largest_fitting_batch": self.largest_fitting_batch,
+            "bisection": {str(b): fits for b, fits in sorted(self.probes.items())},
             "recompute_attention": step(self.recompute) if self.recompute else None}
 
 
 def check(options, topology: str, say: Callable[[str], None] = print,
-          optimized_hlo_dir: str = "") -> CheckReport:
-  """Runs tpu_check for `options` (runner.RunOptions) on the slice named `topology`."""
+          optimized_hlo_dir: str = "", bisect: bool = True) -> CheckReport:
+  """Runs tpu_check for `options` (runner.RunOptions) on the slice named `topology`; `bisect`
+  False skips the search for the largest fitting batch and the recompute compile."""
   try:
     tpu = chips.parse_slice(topology)
   except ValueError as e:
@@ -199,11 +226,12 @@ def check(options, topology: str, say: Callable[[str], None] = print,
     hlo_path = os.path.join(optimized_hlo_dir, f"{kind}.hlo.txt") if optimized_hlo_dir else ""
     report.steps.append(compile_step(steps, kind, batch, tpu, hlo_path))
   train = report.steps[0]
-  if train.out_of_memory:
+  if train.out_of_memory and bisect:
     say(f"the train step does not fit at {train.batch} per device: bisecting for the largest "
         f"batch that does")
     report.largest_fitting_batch = largest_fitting_batch(
-        lambda b: compile_step(steps, "train", b, tpu).fits, train.batch)
+        lambda b: report.probe(compile_step(steps, "train", b, tpu)), train.batch,
+        batch_guess(train))
     if steps.has_attention:
       say("compiling the train step once more with recompute_attention")
       report.recompute = compile_step(steps_lib.Steps(options, recompute=True), "train",

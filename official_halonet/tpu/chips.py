@@ -45,10 +45,18 @@ class Generation:
     """HBM bytes/s of one device."""
     return self.hbm_bytes_per_second_per_chip / self.devices_per_chip
 
+  @property
+  def _counted_per_device(self) -> int:
+    """How much of a slice name's number one device is: 2 cores on v5p, else 1."""
+    return 2 if self.devices_per_chip == 1 and self.slice_counts == "cores" else 1
+
   def devices_in(self, count: int) -> int:
     """Devices (replicas) in a slice whose name carries `count`."""
-    cores_per_device = 2 if self.devices_per_chip == 1 and self.slice_counts == "cores" else 1
-    return count // cores_per_device
+    return count // self._counted_per_device
+
+  def slice_name(self, devices: int) -> str:
+    """The Cloud name of a slice of `devices` devices ('v5p-8' for 4)."""
+    return f"{self.name}-{devices * self._counted_per_device}"
 
 
 GENERATIONS: Dict[str, Generation] = {g.name: g for g in (

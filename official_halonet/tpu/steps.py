@@ -15,15 +15,22 @@ The HLO is TensorFlow's CPU lowering of one replica's step (TensorFlow refuses t
 it does not see): TPUStrategy's cross-replica gradient sum and infeed are not in it.
 """
 import dataclasses
-from typing import Any, Optional
+import functools
+import os
+import tempfile
+from typing import Any, Dict
 
 import gin
+import numpy as np
 import tensorflow as tf
+import tf_keras
 
 from official.core import base_trainer
 from official.core import task_factory
 from official.core import train_utils
 from official.modeling import performance
+from official.vision.data import tf_example_builder
+from official.vision.dataloaders import tfexample_utils
 from official_halonet.data import pipeline
 from official_halonet.models import attention_maps
 from official_halonet.training import precision
@@ -44,7 +51,6 @@ class Traced:
   kind: str
   batch: int
   hlo: bytes
-  num_parameters: int
 
 
 class Steps:
@@ -54,22 +60,52 @@ class Steps:
     options = dataclasses.replace(options, gin_bindings=list(options.gin_bindings) +
                                   _compile_only_bindings(options, recompute))
     built = runner.build_config(options, precision.default_dtype("tpu", 0))
-    if built.configurable != registry.CLASSIFICATION:
-      raise StepError(f"tpu_check compiles classification experiments (`{registry.CLASSIFICATION}`"
-                      f"); this configuration binds `{built.configurable}`")
     self.config = built.config
     self.configurable = built.configurable
+    if getattr(self.config.task, "annotation_file", None):
+      # COCO metrics read the file on the host after the eval step; the step's program is the same
+      # without it, and the file need not exist where the check runs.
+      self.config.task.annotation_file = None
+    self.task = task_factory.get_task(self.config.task)
+
+  @functools.cached_property
+  def _input_specs(self) -> Dict[str, Any]:
+    """'train' / 'eval' -> the element_spec of that step's input pipeline at batch 1."""
+    data = {"train": self.config.task.train_data, "eval": self.config.task.validation_data}
+    if self.configurable == registry.CLASSIFICATION:
+      return {kind: pipeline.element_spec(config, 1) for kind, config in data.items()}
+    return _pipeline_specs(self.task, data)
+
+  def input_spec(self, kind: str, batch: int) -> Any:
+    """The batch structure `kind`'s step takes, `batch` examples per replica."""
+    return tf.nest.map_structure(lambda s: tf.TensorSpec([batch] + s.shape[1:], s.dtype),
+                                 self._input_specs[kind])
+
+  @functools.cached_property
+  def trainer(self) -> base_trainer.Trainer:
+    """Model Garden's trainer (create_trainer's, with stand-in datasets: its loops never run),
+    built on first use under the run's precision policy (the process's global policy is put back
+    afterwards: layers keep the policy they were built with), optimizer slots created."""
+    previous = tf_keras.mixed_precision.global_policy()
     performance.set_mixed_precision_policy(self.config.runtime.mixed_precision_dtype)
-    task = task_factory.get_task(self.config.task)
-    # Model Garden's create_trainer, with stand-in datasets: the trainer's loops are never run.
-    self.trainer = base_trainer.Trainer(
-        self.config, task, model=task.build_model(),
-        optimizer=train_utils.create_optimizer(task, self.config), train=True, evaluate=True,
-        train_dataset=_stand_in(self.config.task.train_data),
-        validation_dataset=_stand_in(self.config.task.validation_data))
-    runner.create_optimizer_weights(self.trainer.optimizer, self.trainer.model)
-    self.num_parameters = int(sum(v.shape.num_elements() for v in self.trainer.model.weights))
-    self.has_attention = bool(attention_maps.attention_layers(self.trainer.model))
+    try:
+      trainer = base_trainer.Trainer(
+          self.config, self.task, model=self.task.build_model(),
+          optimizer=train_utils.create_optimizer(self.task, self.config), train=True,
+          evaluate=True, train_dataset=_stand_in(self.input_spec("train", 1)),
+          validation_dataset=_stand_in(self.input_spec("eval", 1)))
+      runner.create_optimizer_weights(trainer.optimizer, trainer.model)
+    finally:
+      tf_keras.mixed_precision.set_global_policy(previous)
+    return trainer
+
+  @property
+  def num_parameters(self) -> int:
+    return int(sum(v.shape.num_elements() for v in self.trainer.model.weights))
+
+  @property
+  def has_attention(self) -> bool:
+    return bool(attention_maps.attention_layers(self.trainer.model))
 
   @property
   def global_batch_size(self) -> int:
@@ -79,13 +115,13 @@ class Steps:
   def eval_batch_size(self) -> int:
     return self.config.task.validation_data.global_batch_size
 
-  def hlo(self, kind: str, batch: int) -> Traced:
-    """The serialized HLO of one replica's `kind` step ('train' or 'eval') at `batch` images."""
+  def hlo(self, kind: str, batch: int, stage: str = "hlo_serialized") -> Traced:
+    """The HLO of one replica's `kind` step ('train' or 'eval') at `batch` images: a serialized
+    HloModuleProto, or text with stage='hlo'."""
     if kind not in KINDS:
       raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
     trainer = self.trainer
-    data = self.config.task.train_data if kind == "train" else self.config.task.validation_data
-    spec = pipeline.element_spec(data, batch)
+    spec = self.input_spec(kind, batch)
 
     def train(inputs):
       logs = trainer.task.train_step(inputs, model=trainer.model, optimizer=trainer.optimizer,
@@ -97,18 +133,19 @@ class Steps:
     def evaluate(inputs):
       logs = trainer.task.validation_step(inputs, model=trainer.model,
                                           metrics=trainer.validation_metrics)
-      trainer.validation_loss.update_state(logs[trainer.task.loss])
-      return logs[trainer.task.loss]
+      if trainer.task.loss in logs:
+        trainer.validation_loss.update_state(logs[trainer.task.loss])
+      return [t for t in tf.nest.flatten(logs) if isinstance(t, tf.Tensor)]  # sent to the host
 
     body = train if kind == "train" else evaluate
     # The compiler-IR call takes flat TensorSpecs, not the batch's nested structure.
     step = tf.function(lambda *flat: body(tf.nest.pack_sequence_as(spec, flat)), jit_compile=True)
     try:
-      hlo = step.experimental_get_compiler_ir(*tf.nest.flatten(spec))(stage="hlo_serialized")
+      hlo = step.experimental_get_compiler_ir(*tf.nest.flatten(spec))(stage=stage)
     except (tf.errors.OpError, ValueError) as e:
       raise StepError(f"{kind} step at batch {batch} does not lower to XLA: "
                       f"{_first_line(e)}") from None
-    return Traced(kind, batch, hlo, self.num_parameters)
+    return Traced(kind, batch, hlo)
 
 
 def _compile_only_bindings(options: runner.RunOptions, recompute: bool):
@@ -124,11 +161,29 @@ def _compile_only_bindings(options: runner.RunOptions, recompute: bool):
   return extra
 
 
-def _stand_in(data) -> tf.data.Dataset:
-  """One batch of zeros with the structure of `data`'s pipeline (never iterated)."""
-  spec = pipeline.element_spec(data, 1)
+def _stand_in(spec: Any) -> tf.data.Dataset:
+  """One batch of zeros with the structure `spec` (the trainer's datasets are never iterated)."""
   return tf.data.Dataset.from_tensors(tf.nest.map_structure(
       lambda s: tf.zeros(s.shape, s.dtype), spec))
+
+
+def _pipeline_specs(task, data: Dict[str, Any]) -> Dict[str, Any]:
+  """element_spec of Model Garden's own input pipeline for each data config, read from one
+  synthetic COCO-format record (a 64x64 image with one box and its mask): detection parsers
+  resize to the model's size, so the record's content does not change the shapes."""
+  example = (tf_example_builder.TfExampleBuilder()
+             .add_image_matrix_feature(np.zeros([64, 64, 3], np.uint8), image_format="PNG",
+                                       image_source_id=b"1")
+             .add_boxes_feature([0.25], [0.75], [0.25], [0.75], [1])
+             .add_ints_feature("image/object/is_crowd", [0])
+             .add_instance_mask_matrices_feature(np.ones([1, 64, 64], np.uint8))
+             .example)
+  with tempfile.TemporaryDirectory(prefix="tpu_check_") as tmp:
+    path = os.path.join(tmp, "one.tfrecord")
+    tfexample_utils.dump_to_tfrecord(path, [example])
+    return {kind: task.build_inputs(config.replace(input_path=path, global_batch_size=1,
+                                                   tfds_name="")).element_spec
+            for kind, config in data.items()}
 
 
 def _first_line(error: Any) -> str:

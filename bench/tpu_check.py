@@ -1,0 +1,85 @@
+"""The README's TPU table: published gin files through `--mode=tpu_check` at a chosen per-device
+batch on each named TPU generation, one markdown row per (file, generation) and the JSON reports.
+
+    python bench/tpu_check.py --gin_files=h1,halonet50,resnet50 --generations=v5litepod,v4
+    python bench/tpu_check.py --per_device_batch=32 --nobisect
+
+The slice is chosen so that the file's global batch gives --per_device_batch images per device
+(e.g. 4096 / 32 = 128 devices: v4-128, v5litepod-128); the eval batch is bound to the same. The
+figures are the TPU compiler's (official_halonet/tpu/check.py says what they are and are not).
+Flags are absl's (official_halonet.data.command_line, like the other bench scripts).
+"""
+import json
+import pathlib
+import sys
+import time
+
+from absl import flags
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+PUBLISHED = ("h0", "h1", "h2", "h3", "h4", "h5", "h6", "h7", "h7_c1", "h7_c12", "h7_c123",
+             "halonet50", "resnet50", "h4_i21k_pretrain", "h4_i21k_finetune_384",
+             "h4_i21k_finetune_512", "sasa_resnet26", "sasa_resnet38", "sasa_resnet50",
+             "resnet50_se_halo_b8", "resnet50_se_halo_b32", "resnet101_se_halo_b8")
+
+
+def _define_flags(values: flags.FlagValues) -> None:
+  flags.DEFINE_list("gin_files", list(PUBLISHED), "Files under gin/, without .gin.",
+                    flag_values=values)
+  flags.DEFINE_list("generations", ["v5litepod", "v4"], "TPU generations (slice-name prefixes).",
+                    flag_values=values)
+  flags.DEFINE_integer("per_device_batch", 32, "Images per device (the paper's 32 per core).",
+                       flag_values=values)
+  flags.DEFINE_bool("bisect", False, "Search the largest batch that fits when one does not.",
+                    flag_values=values)
+  flags.DEFINE_string("out", str(ROOT / "bench" / "results" / "tpu_check.json"),
+                      "Where the JSON reports go (merged with rows already there).",
+                      flag_values=values)
+
+
+def row(name: str, report, seconds: float) -> str:
+  """One markdown row: file, slice, fits, HBM, TFLOP, GB accessed, FLOP/B, roofline ms."""
+  step = report.steps[0]
+  if not step.compiled:
+    return f"| {name} | {report.topology} | {step.batch} | no: {step.error[:90]} | | | | | |"
+  roof = step.roofline(report.generation)
+  return (f"| {name} | {report.topology} | {step.batch} | yes | {step.hbm['total'] / 1e9:.1f} | "
+          f"{step.flops / 1e12:.2f} | {step.bytes_accessed / 1e9:.1f} | "
+          f"{roof['flop_per_byte']:.1f} | {roof['step_seconds'] * 1e3:.0f} | {seconds:.0f} s |")
+
+
+def main(argv=None):
+  import official_halonet  # noqa: F401
+  from official_halonet.data import command_line
+  from official_halonet.tpu import check
+  from official_halonet.tpu import chips
+  from official_halonet.tpu import steps as steps_lib
+  from official_halonet.training import runner
+
+  args = command_line.parse(_define_flags, argv, prog="python bench/tpu_check.py",
+                            description=__doc__.split("\n\n")[0])
+  out = pathlib.Path(args.out)
+  saved = json.loads(out.read_text()) if out.exists() else {}
+  print("| gin file | slice | train batch / device | fits | HBM GB | TFLOP | GB accessed | "
+        "FLOP/B | roofline ms | compile (host) |")
+  print("|---|---|---|---|---|---|---|---|---|---|")
+  for name in args.gin_files:
+    gin_file = str(ROOT / "gin" / f"{name}.gin")
+    options = runner.RunOptions(gin_files=[gin_file])
+    global_batch = steps_lib.Steps(options).global_batch_size
+    devices = max(1, global_batch // args.per_device_batch)
+    options.gin_bindings = [f"experiment.eval_batch_size = {devices * args.per_device_batch}",
+                            f"experiment.global_batch_size = {devices * args.per_device_batch}"]
+    for generation in args.generations:
+      start = time.time()
+      report = check.check(options, chips.GENERATIONS[generation].slice_name(devices),
+                           say=lambda line: None,
+                           bisect=args.bisect)
+      print(row(name, report, time.time() - start), flush=True)
+      saved[f"{name}@{report.topology}"] = report.to_json()
+      out.write_text(json.dumps(saved, indent=1, default=str))
+
+
+if __name__ == "__main__":
+  main()

@@ -1,0 +1,152 @@
+"""main.py --mode=tpu_check: the HLO half (TensorFlow) and the compile half (libtpu, side env).
+
+The compile tests need the side environment that `make test` builds (`make tpu-env`, .tpu-venv).
+One check of the demo's tiny model at a batch sized to overflow a v5e chip's HBM gives every
+compile the tests read: the eval step that fits, the train step that does not, the bisection's
+compiles on both sides of the largest batch that fits, and the recompute_attention compile.
+"""
+import json
+import os
+import re
+import subprocess
+import sys
+
+import pytest
+
+import official_halonet  # noqa: F401
+from official_halonet.tpu import check
+from official_halonet.tpu import chips
+from official_halonet.tpu import steps as steps_lib
+from official_halonet.training import runner
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+DEMO = os.path.join(ROOT, "gin", "demo.gin")
+TOPOLOGY = "v5litepod-4"  # 4 single-core v5e chips: the demo's batch of 64 is 16 per device
+# 65536 images of 32x32 per device: the demo's train step then needs ~17.5 GB of temporaries on a
+# v5e (15.75 GiB available); its eval batch stays the demo's 100 (25 per device).
+OVERFLOW = [f"experiment.global_batch_size = {4 * 65536}", "experiment.eval_batch_size = 100"]
+
+
+def _options(*bindings):
+  return runner.RunOptions(gin_files=[DEMO], gin_bindings=list(bindings))
+
+
+@pytest.mark.parametrize("name, generation, devices", [
+    ("v4-32", "v4", 32), ("v5litepod-16", "v5litepod", 16), ("v5e-8", "v5litepod", 8),
+    ("v5p-8", "v5p", 4), ("v6e-8", "v6e", 8), ("v3-8", "v3", 8), ("V2-8", "v2", 8)])
+def test_cloud_slice_names(name, generation, devices):
+  tpu = chips.parse_slice(name)
+  assert (tpu.generation.name, tpu.devices) == (generation, devices)
+
+
+@pytest.mark.parametrize("name", ["v9-8", "v4", "tpu-v4-8", "v5p-1"])
+def test_unknown_slice_names_list_the_known_ones(name):
+  with pytest.raises(ValueError, match="v4-32.*v5litepod-16") if name != "v5p-1" else \
+      pytest.raises(ValueError, match="no whole device"):
+    chips.parse_slice(name)
+
+
+@pytest.mark.parametrize("too_big", [1, 7, 16, 17, 100, 65536])
+def test_largest_fitting_batch_bisects_to_the_boundary(too_big):
+  """Against every true limit: multiples of 8 from 16 up, never a probe at or above too_big."""
+  unit = 8 if too_big >= 16 else 1
+  for limit in sorted({0, 1, 7, 8, 9, too_big // 3, too_big - 1} & set(range(too_big))):
+    for guess in (None, limit, limit + 9, too_big - 1):
+      probes = []
+      found = check.largest_fitting_batch(lambda b: probes.append(b) or b <= limit, too_big, guess)
+      assert found == (limit // unit * unit if limit >= unit else limit or None)
+      assert all(0 < b < too_big for b in probes) and len(probes) <= check.MAX_COMPILES + 4
+
+
+def test_batch_guess_from_the_compilers_out_of_memory_message():
+  report = check.StepReport("train", 1000, False, error=(
+      "Ran out of memory on HBM, the total memory required for HLO temporaries (20.00G) exceeds "
+      "available HBM (15.00G)"), out_of_memory=True)
+  assert check.batch_guess(report) == 750
+
+
+def test_errors_before_any_compile(monkeypatch):
+  with pytest.raises(check.CheckError, match="unknown TPU topology 'v9-8'"):
+    check.check(_options(), "v9-8")
+  with pytest.raises(check.CheckError, match="global_batch_size=64 is not divisible by the 6 "
+                                             "devices of v5litepod-6"):
+    check.check(_options(), "v5litepod-6")
+  monkeypatch.setenv("OFFICIAL_HALONET_TPU_PYTHON", "/nonexistent/python")
+  with pytest.raises(check.CheckError, match="make tpu-env"):
+    check.check(_options(), TOPOLOGY)
+
+
+def test_the_command_line_says_what_is_wrong_in_one_line():
+  done = subprocess.run(
+      [sys.executable, "main.py", "--mode=tpu_check", f"--gin_file={DEMO}",
+       "--tpu_topology=v9-8"], cwd=ROOT, capture_output=True, text=True, timeout=300, check=False)
+  assert done.returncode == 2
+  assert done.stderr.strip().splitlines() == [
+      "error: unknown TPU topology 'v9-8': use a Cloud slice name such as "
+      f"{', '.join(chips.EXAMPLES)} (generations: {', '.join(chips.GENERATIONS)})"]
+
+
+def test_train_step_hlo_takes_the_batch_and_every_variable_it_updates():
+  """The HLO half: Model Garden's whole train step (optimizer slots, metrics, step counter)."""
+  steps = steps_lib.Steps(_options())
+  text = steps.hlo("train", 8, stage="hlo").hlo
+  entry = text[text.index("\nENTRY "):]
+  entry = entry[:entry.index("\n}")]
+  parameters = re.findall(r"= (\w+\[[\d,]*\])\{?[\d,]*\}? parameter\((\d+)\)", entry)
+  trainer = steps.trainer
+  variables = (trainer.model.trainable_weights + trainer.optimizer.variables() +
+               trainer.model.non_trainable_weights)
+  assert "f32[8,32,32,3]" in [shape for shape, _ in parameters]  # the images
+  assert "s32[8]" in [shape for shape, _ in parameters]  # the labels
+  slots = [v for v in trainer.optimizer.variables() if "momentum" in v.name]
+  assert len(slots) == len(trainer.model.trainable_weights)  # Nesterov momentum, one per weight
+  # Each variable the step reads is one parameter: at least the model's weights, the optimizer's
+  # slots and iterations, the metrics and the global step, and the batch's two tensors.
+  assert len(parameters) >= len(variables) + 2
+
+
+@pytest.fixture(scope="module")
+def overflow_report():
+  return check.check(_options(*OVERFLOW), TOPOLOGY, say=lambda line: None)
+
+
+def test_eval_step_compiles_fits_and_has_a_consistent_roofline(overflow_report):
+  report = overflow_report
+  evaluate = next(s for s in report.steps if s.kind == "eval")
+  assert evaluate.compiled and evaluate.fits and evaluate.batch == 25
+  assert 0 < evaluate.hbm["total"] <= report.generation.hbm_bytes
+  assert evaluate.hbm["total"] == sum(evaluate.hbm[k] for k in ("arguments", "outputs",
+                                                                 "temporaries"))
+  assert evaluate.flops > 0 and evaluate.bytes_accessed > 0 and evaluate.while_loops == 0
+  roof = evaluate.roofline(report.generation)
+  g = report.generation
+  assert roof["step_seconds"] == max(evaluate.flops / g.peak_flops,
+                                     evaluate.bytes_accessed / g.hbm_bandwidth)
+  assert roof["images_per_second_per_chip"] == pytest.approx(25 / roof["step_seconds"])
+
+
+def test_an_overflowing_batch_does_not_fit_and_the_largest_that_does_is_found(overflow_report):
+  report = overflow_report
+  train = report.steps[0]
+  assert train.kind == "train" and train.batch == 65536
+  assert not train.compiled and train.out_of_memory
+  assert re.search(r"temporaries \([\d.]+G\) exceeds available HBM \(15.75G\)", train.error)
+  largest = report.largest_fitting_batch
+  assert largest is not None and largest % 8 == 0 and 0 < largest < 65536
+  assert report.probes[largest] is True  # compiled and fit at the answer ...
+  assert report.probes.get(largest + 8) is False  # ... and not 8 images more
+  assert report.recompute is not None and report.recompute.batch == 65536
+  assert f"largest train batch per device that fits: {largest}" in check.table(report)
+
+
+def test_the_json_report_holds_the_table(overflow_report, tmp_path):
+  path = str(tmp_path / "report.json")
+  check.write_json(overflow_report, path)
+  with open(path, encoding="utf-8") as f:
+    saved = json.load(f)
+  assert saved["topology"] == TOPOLOGY and saved["devices"] == 4
+  assert saved["precision"] == "bfloat16"
+  assert [s["kind"] for s in saved["steps"]] == ["train", "eval"]
+  assert saved["steps"][1]["fits"] and not saved["steps"][0]["fits"]
+  assert saved["largest_fitting_batch"] == overflow_report.largest_fitting_batch
+  assert saved["steps"][1]["step_seconds"] > 0
