@@ -33,6 +33,8 @@ flags.DEFINE_string("timm_model", None, "timm's model name, e.g. halonet26t.")
 flags.DEFINE_string("weights", None, "timm's model.safetensors (or a .pth with torch installed).")
 flags.DEFINE_string("output_dir", None, "Where the checkpoint and SavedModel go (empty or new).")
 flags.DEFINE_bool("saved_model", True, "Also write the SavedModel (else only the checkpoint).")
+flags.DEFINE_bool("verbose", False, "Show TensorFlow's and absl's log lines on the console (by "
+                  "default they go to <temp>/official_halonet/convert_timm.log).")
 
 CHECKPOINT_SUBDIR = "checkpoint"
 SAVED_MODEL_SUBDIR = "saved_model"
@@ -93,6 +95,8 @@ def convert(name: str, weights: str, output_dir: str, saved_model: bool = True) 
 
 def main(argv):
   del argv
+  from official_halonet.training import console  # pylint: disable=g-import-not-at-top
+  console.quiet(console.tool_log_path("convert_timm"), FLAGS.verbose)
   from official_halonet import models  # pylint: disable=g-import-not-at-top
   missing = [f"--{n}" for n in ("timm_model", "weights", "output_dir") if not getattr(FLAGS, n)]
   if missing:

@@ -33,7 +33,6 @@ from official_halonet.models import specs
 from official_halonet.training import optimizer as optimizer_lib
 from official_halonet.training import precision
 from official_halonet.training import task as task_lib
-from official_halonet.training.config_error import ConfigError  # noqa: F401  (re-exported)
 from official_halonet.training.config_error import require as _require
 
 IMAGENET_TRAIN_EXAMPLES = 1281167
@@ -112,8 +111,8 @@ def experiment(
       final_width / se_ratio (None: the model's), activation (None: the model's, SiLU for H0-H7),
       stochastic_depth_rate (last block's drop rate), dropout_rate (before the classifier).
     recompute_attention: the attention layers keep only their inputs for the backward pass and
-      recompute the rest there: about half the training memory of an H model, 30% fewer images
-      per second (same results; for batches that do not fit otherwise).
+      recompute the rest there: less training memory for more time, the same results
+      (docs/cpu_speed.md has the measurements).
     train_input_path / eval_input_path: TFRecord file patterns (comma-separated allowed), or
       tfds_name (+ tfds_data_dir, train_split, eval_split) for a TFDS-built dataset.
     label_offset: the stored label of class 0: 1 for the standard ImageNet converter, 0 for TFDS.

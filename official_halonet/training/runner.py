@@ -12,15 +12,9 @@ Order of work, so that a bad setting costs seconds, not a TPU reservation:
 A killed run started again with the same command resumes from the last checkpoint in model_dir
 (Model Garden's checkpoint manager); a NaN / too-large loss stops it before a checkpoint is written.
 """
-import atexit
-import dataclasses
-import logging as python_logging
 import os
-import traceback
-from typing import Any, Dict, Optional, Sequence
+from typing import Any, Dict, Optional
 
-from absl import flags
-from absl import logging
 import tensorflow as tf
 from tensorflow.python.framework import config as tf_framework_config  # op determinism off again
 import tf_keras
@@ -35,60 +29,21 @@ from official_halonet.data import validate
 from official_halonet.checkpoints import run_files
 from official_halonet.models import attention_maps
 from official_halonet.training import attention_summary
-from official_halonet.training import console
 from official_halonet.training import gin_config
 from official_halonet.training import loss_guard
 from official_halonet.training import precision
 from official_halonet.training import progress
 from official_halonet.training import registry
 from official_halonet.training.config_error import ConfigError
+from official_halonet.training.run_options import ConfigurationError
+from official_halonet.training.run_options import RunError
+from official_halonet.training.run_options import RunOptions
+from official_halonet.training.run_options import build_config
 from official_halonet.training import task as task_lib  # noqa: F401  (registers the task)
 
 MODES = ("train", "eval", "train_and_eval")
 ATTENTION_IMAGES = 3  # validation images whose attention maps go to TensorBoard
 STRATEGIES = ("tpu", "mirrored", "multi_worker_mirrored", "one_device")
-
-
-class RunError(RuntimeError):
-  """A run that cannot start or had to stop; the message says why and where."""
-
-
-class ConfigurationError(RunError):
-  """A gin setting that cannot work: `configurable`.`parameter`, located at its file and line."""
-
-  def __init__(self, error: ConfigError):
-    super().__init__(f"{gin_config.locate(error.parameter, error.configurable)}: "
-                     f"{error.configurable}.{error.parameter}: {error}")
-    self.parameter = error.parameter
-    self.configurable = error.configurable
-
-
-@dataclasses.dataclass
-class RunOptions:
-  gin_files: Sequence[str]
-  gin_bindings: Sequence[str] = ()
-  mode: str = "train_and_eval"
-  model_dir: str = ""
-  strategy: Optional[str] = None  # None: 'tpu' when tpu is set, else 'mirrored'
-  tpu: str = ""
-  num_gpus: Optional[int] = None  # None: all visible GPUs
-  num_cpu_devices: int = 0  # >1: split the host CPU into this many logical devices
-
-
-def build_config(options: RunOptions, mixed_precision_default: str = "float32") -> registry.Built:
-  """Steps 1-2: gin -> Model Garden ExperimentConfig + the configurable that built it.
-
-  Classification files bind `experiment`; the detection files in gin/detection/ bind
-  `detection_experiment` (Model Garden's Mask R-CNN / RetinaNet with a halonet backbone); see
-  training/registry.py. A bad setting is a ConfigurationError naming its file and line.
-  """
-  gin_config.parse(options.gin_files, options.gin_bindings)
-  try:
-    return registry.build(mixed_precision_default)
-  except ConfigError as e:
-    raise ConfigurationError(e) from None
-  except TypeError as e:  # e.g. a required parameter was never bound
-    raise RunError(f"gin configuration: {e}") from None
 
 
 def _strategy_name(options: RunOptions) -> str:
@@ -289,39 +244,3 @@ def _is_chief(strategy: tf.distribute.Strategy) -> bool:
     return True
   return resolver.task_type in (None, "chief") or (
       resolver.task_type == "worker" and resolver.task_id == 0)
-
-
-LOG_FILENAME = console.LOG_FILENAME
-
-
-def configure_logging(model_dir: str, verbose: bool = False) -> str:
-  """Sends absl / TensorFlow / Model Garden logs to a file, errors also to stderr.
-
-  The file is <model_dir>/main.log, appended to by every run; for a remote model_dir (gs://) a
-  local file under the temp directory (console.log_path). Unless `verbose`, Orbit's per-loop
-  dicts go only there too (console.quiet_orbit). Returns its path.
-  """
-  logging.set_verbosity(logging.INFO)
-  path = console.log_path(model_dir)
-  logging.get_absl_handler().python_handler.stream = open(path, "a", encoding="utf-8")
-  if not verbose:
-    console.quiet_orbit()
-  if flags.FLAGS.is_parsed() and not flags.FLAGS["stderrthreshold"].present:
-    flags.FLAGS.stderrthreshold = "error"
-  atexit.register(_drop_records_after_shutdown)
-  print(f"Logging to {path}", flush=True)
-  return path
-
-
-def _drop_records_after_shutdown() -> None:
-  """TensorFlow's checkpoints log the values they never restored when they are collected at
-  interpreter exit, after logging.shutdown has closed the log file: drop those records rather
-  than print a 'Logging error' traceback for each on the terminal."""
-  python_logging.raiseExceptions = False
-
-
-def log_exception(error: BaseException) -> None:
-  """Writes the full traceback of `error` to the log file (see configure_logging)."""
-  stream = logging.get_absl_handler().python_handler.stream
-  stream.write("".join(traceback.format_exception(error)))
-  stream.flush()
