@@ -44,7 +44,7 @@ def test_parameter_count_matches_paper(model_id):
 def test_h3_parameter_count_and_the_reading_that_explains_the_paper():
   """H3 as tabulated builds 11.84M (paper: 12.3M); with H4's d_f = 1280 it builds 12.30M.
 
-  halonet.py's docstring has the arithmetic and the other readings that were tried.
+  docs/h3_parameters.md has the arithmetic and the other readings that were tried.
   """
   assert abs(_count("h3") - 11.843) < 0.01
   reading = _count("h3", final_width=1280)
@@ -54,7 +54,7 @@ def test_h3_parameter_count_and_the_reading_that_explains_the_paper():
 
 
 def test_h7_c123_parameter_count_and_where_the_paper_gap_comes_from():
-  """C123 builds 54.32M against the paper's "about 67M" (C1, C12 match; specs.py has the readings).
+  """C123 builds 54.32M against the paper's "about 67M" (docs/h7_hybrid_parameters.md).
 
   Making stage 3 convolutional replaces, per block, q, k (2d²), v (4d²), the BN on r_v·d channels,
   the two 31-row relative tables and the r_v·d-wide input of the last 1×1 (14d² instead of 3.5d²)

@@ -21,25 +21,6 @@ PyTorch's symmetric padding of strided windows (padding='symmetric').
 
 Input [B, H, W, 3] for any H, W (attention pads to multiples of b and crops back), so endpoint
 level l has spatial size ceil(H / 2^l), exactly as a convolutional ResNet's.
-
-Parameter counts (trainable weights with a 1000-class classifier, as the paper counts them;
-tests/test_models.py asserts them): H0 5.50M, H1 8.10M, H2 9.41M, H4 19.10M, H5 30.72M, H6 43.46M,
-H7 67.44M, each within 1% of the paper's 5.5 / 8.1 / 9.4 / 19.1 / 30.7 / 43.4 / 67 M.
-
-H3 as tabulated (b=10, h=3, r_v=1, r_b=1.5, blocks 3-3-12-3, d_f=1024) builds 11.84M, 3.7% under the
-paper's 12.3M. The last stage outputs r_b·512 = 768 channels, so with d_f = 1024 the head costs
-768·1024 (d_f conv) + 2·1024 (BN) + 1024·1000 + 1000 (classifier) = 1.83M. Trying each single change
-to the row (built and counted, see the test):
-    d_f = 1280 (H4's)          12.296M  -0.03%
-    13 blocks in stage 3       12.240M  -0.49%
-    4 blocks in stage 2        11.943M  -2.90%
-    h = 2                      11.837M  -3.76%
-    r_v = 1.25                 12.867M  +4.61%
-    r_b = 1.75                 12.891M  +4.80%
-Only d_f = 1280 lands on 12.3M (+453k = 768·256 more d_f weights, 2·256 BN, 256·1000 classifier);
-it is the value the next row (H4) lists, so the likeliest reading is that the H3 model that was
-trained and counted had d_f = 1280 and the table's 1024 is a slip. `h3` is built as the table says;
-`HaloNet('h3', final_width=1280)` builds the 12.3M reading.
 """
 from typing import Any, Dict, Optional, Sequence
 

@@ -9,36 +9,9 @@ residual connection; the spatial op is
   'conv'  a 3×3 convolution (ResNet bottleneck; with squeeze-excitation in the hybrids).
 
 `paper_params` / `paper_top1` are the numbers the papers report (millions / %); tests compare the
-parameter count the code builds against them. See halonet.py for the H3 discrepancy.
-
-H7 hybrids. The HaloNet paper's Table 4 gives every hybrid "about 67 million parameters". Built as
-above (conv block: 1×1 to d, 3×3 conv d -> d, SE on d at 1/16, 1×1 to r_b·d), C1 has 67.34M and
-C12 66.97M, but C123 54.32M (-19%). An attention block of stage i costs, besides what a conv block
-shares with it, q and k (2d²), v (r_v·d² = 4d²) and a last 1×1 that reads r_v·d (14d²): 20d²,
-against 9d² (3×3 conv) + 3.5d² (last 1×1) + 0.125d² (SE) = 12.6d² for the conv block. Stage 3
-(d = 256, 26 blocks) thus loses 26 · 7.4 · 256² = 12.6M when it becomes convolutional; stages 1-2
-(3 + 3 blocks, d = 64, 128) lose only 0.46M, which is why C1 and C12 still match. Readings of the
-conv block tried (built and counted with a 1000-class head; H7 itself is 67.44M):
-
-    conv block                                   C1       C12      C123
-    as built                                     67.34    66.97    54.32
-    no SE                                        67.34    66.97    54.09
-    SE ratio 1/4 (on d)                          67.35    67.00    54.99
-    SE on the block output r_b·d, 1/16           67.36    67.06    56.82
-    SE on the block output r_b·d, 1/4            67.42    67.34    64.94
-    r_b = 4 in the conv stages (ResNet's)        67.37    67.14    56.52
-    3×3 conv d -> r_v·d, last 1×1 reads r_v·d    67.83    69.40   123.90
-    bottleneck width r_v·d = 4d                  69.25    76.57   332.68
-    bottleneck width 2d                          67.75    69.05   114.89
-    bottleneck width 1.5d                        67.52    67.87    80.58
-    bottleneck width 1.25d                       67.42    67.39    66.44
-
-No reading the paper states reaches 67M for C123: widths tied to r_v overshoot by 1.8-5x, while SE
-variants and ResNet's r_b stay 3-19% short (closest: SE at 1/4 on the r_b·d output, 64.94M). Only a
-conv bottleneck widened by a fitted factor of about 1.25 lands near 67M (66.44M), and nothing in the
-paper names such a factor, so the hybrids are built as above: C1 and C12 are tested against the
-paper's 67M; C123's 54.32M and the per-block arithmetic are asserted separately
-(tests/test_models.py).
+parameter count the code builds against them (docs/model_sizes.md; H3 and the H7-C123 hybrid
+differ from the paper, docs/h3_parameters.md and docs/h7_hybrid_parameters.md). A hybrid's conv
+block is 1×1 to d, 3×3 conv d -> d, SE on d at 1/16, 1×1 to r_b·d.
 
 The timm rows ('halonet_h1', 'halonet26t', 'sehalonet33ts', 'halonet50ts', 'eca_halonext26ts') are
 the HaloNets trained in PyTorch by timm, whose weights official_halonet.convert_timm imports. They
