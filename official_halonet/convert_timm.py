@@ -52,13 +52,11 @@ def _sha256(path: str) -> str:
 def experiment_config(name: str, num_classes: int):
   """The classification ExperimentConfig of model `name` (only its model and eval data matter)."""
   from official_halonet.training import experiment  # pylint: disable=g-import-not-at-top
-  # Everything the export reads is passed explicitly, so gin bindings parsed earlier in the same
-  # process (a training run, a test) cannot change the converted model's preprocessing.
-  from official_halonet.models import specs  # pylint: disable=g-import-not-at-top
-  return experiment.experiment(model_id=name, num_classes=num_classes,
-                               image_size=specs.get_spec(name).image_size,
-                               train_input_path=_PLACEHOLDER_INPUT,
-                               eval_input_path=_PLACEHOLDER_INPUT, global_batch_size=1)
+  # Built without gin, so bindings parsed earlier in the same process (a training run, a test)
+  # cannot change the converted model's preprocessing.
+  return experiment.build(experiment.Settings(
+      model_id=name, num_classes=num_classes, train_input_path=_PLACEHOLDER_INPUT,
+      eval_input_path=_PLACEHOLDER_INPUT, global_batch_size=1))
 
 
 def convert(name: str, weights: str, output_dir: str, saved_model: bool = True) -> dict:
