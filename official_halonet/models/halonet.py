@@ -115,8 +115,13 @@ class HaloNet(tf_keras.Model):
     self._recompute = bool(recompute_attention)
 
     inputs = tf_keras.Input(shape=input_specs.shape[1:])
-    x = self._stem(inputs)
-    endpoints = {}
+    endpoints = self._stages(self._stem(inputs), stochastic_depth_drop_rate)
+    self._output_specs = {level: endpoint.get_shape() for level, endpoint in endpoints.items()}
+    super().__init__(inputs=inputs, outputs=endpoints, **kwargs)
+
+  def _stages(self, x, stochastic_depth_drop_rate: float) -> Dict[str, tf.Tensor]:
+    """The four stages (and the d_f conv after the last) on the stem's output: endpoints."""
+    spec, endpoints = self._spec, {}
     total_blocks, block_index = sum(spec.blocks), 0
     for stage, repeats in enumerate(spec.blocks):
       width = spec.base_width * 2**stage
@@ -129,8 +134,7 @@ class HaloNet(tf_keras.Model):
       if stage == 3 and spec.final_width:
         x = self._conv_bn_act(x, spec.final_width, 1, 1, name="final")
       endpoints[str(stage + 2)] = x
-    self._output_specs = {level: endpoint.get_shape() for level, endpoint in endpoints.items()}
-    super().__init__(inputs=inputs, outputs=endpoints, **kwargs)
+    return endpoints
 
   # -- building blocks ------------------------------------------------------------------------
 

@@ -1,9 +1,9 @@
 """Detection and instance segmentation: the halo / SASA backbones inside Model Garden's Mask R-CNN
 and RetinaNet.
 
-`detection_experiment(**settings)` (gin-bound `DetectionSettings`; `build_detection_experiment` is the
-same without gin) returns a Model Garden `ExperimentConfig` for `kind='maskrcnn'` or `kind='retinanet'`, started
-from Model Garden's own COCO experiments ('maskrcnn_resnetfpn_coco', 'retinanet_resnetfpn_coco'):
+`detection_experiment(**settings)` (gin-bound `DetectionSettings`; `build_detection_experiment`:
+the same without gin) returns a Model Garden `ExperimentConfig` for `kind='maskrcnn'` or
+`kind='retinanet'`, started from Model Garden's own COCO experiments ('maskrcnn_resnetfpn_coco', 'retinanet_resnetfpn_coco'):
 
   backbone   this project's `Backbone(type='halonet', halonet=HaloNetConfig(model_id=...))`, built
              by the 'halonet' builder registered with Model Garden's backbone factory. The FPN

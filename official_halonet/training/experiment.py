@@ -22,18 +22,21 @@ RandAugment at the model's magnitude, stochastic depth, dropout before the class
 optionally EMA of the weights. Logits and the loss are float32 under mixed precision.
 """
 import dataclasses
+import functools
 import math
 from typing import Optional, Sequence
 
 import gin
 
 from official.core import config_definitions as cfg
+from official.core import exp_factory
 from official.vision.configs import common
 from official_halonet import data
 from official_halonet.models import factory as model_factory
 from official_halonet.models import specs
 from official_halonet.training import optimizer as optimizer_lib
 from official_halonet.training import precision
+from official_halonet.training import recipes
 from official_halonet.training import task as task_lib
 from official_halonet.training.config_error import require as _require
 
@@ -45,6 +48,8 @@ IMAGENET_EVAL_EXAMPLES = 50000
 class Settings:
   """Every setting of one HaloNet / SASA classification run (gin: `experiment.<field>`).
 
+  recipe: a published recipe (training/recipes.py) whose values replace the defaults below;
+    every other binding overrides the recipe's value. '' : the defaults alone.
   Model:
     model_id: a name from official_halonet.models.MODELS.
     num_classes, image_size (None: the model's published size), block_size / halo_size /
@@ -81,8 +86,9 @@ class Settings:
       (tf.config.experimental.enable_op_determinism; tf.data maps with random ops then run
       in order, slower) and a seeded, ordered input. Needs a seed.
   """
+  recipe: str = ""
   # Model.
-  model_id: str = gin.REQUIRED
+  model_id: str = ""
   num_classes: int = 1000
   image_size: Optional[int] = None
   block_size: Optional[int] = None
@@ -144,6 +150,8 @@ class Settings:
 
   def validate(self) -> specs.ModelSpec:
     """Every setting that cannot work is a ConfigError naming it; returns the model's spec."""
+    _require(bool(self.model_id), "model_id",
+             "no model: bind experiment.model_id, or experiment.recipe (training/recipes.py)")
     spec = specs.get_spec(self.model_id) if self.model_id in specs.MODELS else None
     _require(spec is not None, "model_id", f"unknown model {self.model_id!r}; known models: "
              f"{', '.join(sorted(specs.MODELS))}")
@@ -190,16 +198,36 @@ class Settings:
 
 # The gin-configurable settings: gin/*.gin bind `experiment.<field>`. A subclass, so that
 # `Settings(...)` itself never reads gin.
-GinSettings = gin.external_configurable(Settings, "experiment")
+# The class itself is never built from gin: gin checks the bound names against its fields, and
+# `experiment` reads gin's record of the bindings, so that a recipe can supply the rest.
+CONFIGURABLE = "experiment"
+GinSettings = gin.external_configurable(Settings, CONFIGURABLE)
 
 
 def experiment(mixed_precision_default: str = "float32", **settings) -> cfg.ExperimentConfig:
   """The experiment of the gin-bound settings, `settings` (Settings' fields) overriding them.
 
-  mixed_precision_default: the dtype mixed_precision='auto' stands for (the runner sets it from
-  the strategy).
+  A bound `recipe` supplies the values nothing binds. mixed_precision_default: the dtype
+  mixed_precision='auto' stands for (the runner sets it from the strategy).
   """
-  return build(GinSettings(**settings), mixed_precision_default)
+  values = {**gin.get_bindings(CONFIGURABLE), **settings}
+  return build(from_recipe(**values), mixed_precision_default)
+
+
+def from_recipe(recipe: str = "", **overrides) -> Settings:
+  """Settings of the named recipe (training/recipes.py), `overrides` replacing its values."""
+  _require(not recipe or recipe in recipes.RECIPES, "recipe",
+           f"unknown recipe {recipe!r}; known recipes: {', '.join(sorted(recipes.RECIPES))}")
+  return Settings(recipe=recipe, **{**recipes.RECIPES.get(recipe, {}), **overrides})
+
+
+def _registered(name: str) -> cfg.ExperimentConfig:
+  """A recipe as Model Garden's experiment factory gives it: bfloat16 for 'auto' (TPU)."""
+  return build(from_recipe(name), "bfloat16")
+
+
+for _name in recipes.RECIPES:
+  exp_factory.register_config_factory(_name)(functools.partial(_registered, _name))
 
 
 def build(settings: Settings, mixed_precision_default: str = "float32") -> cfg.ExperimentConfig:

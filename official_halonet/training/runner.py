@@ -12,8 +12,9 @@ Order of work, so that a bad setting costs seconds, not a TPU reservation:
 A killed run started again with the same command resumes from the last checkpoint in model_dir
 (Model Garden's checkpoint manager); a NaN / too-large loss stops it before a checkpoint is written.
 """
+import contextlib
 import os
-from typing import Any, Dict, Optional
+from typing import Any, Dict, Optional, Tuple
 
 import tensorflow as tf
 from tensorflow.python.framework import config as tf_framework_config  # op determinism off again
@@ -126,24 +127,14 @@ def latest_checkpoint_step(model_dir: str) -> Optional[int]:
   return int(path.rsplit("-", 1)[-1]) if path else None
 
 
-def run(options: RunOptions) -> Dict[str, Any]:
-  """Runs train / eval / train_and_eval; returns the final eval logs (may be empty)."""
-  if options.mode not in MODES:
-    raise RunError(f"--mode must be one of {MODES}, got {options.mode!r}")
-  if not options.model_dir:
-    raise RunError("--model_dir is required")
-  name = _strategy_name(options)
-  built = build_config(options, precision.default_dtype(name, _num_gpus(options)))
-  config = built.config
-  check_inputs(built, options.mode)
-  if "train" in options.mode and "eval" in options.mode:
-    check_eval_data(config)
-  strategy = create_strategy(options)
-  print(f"{type(strategy).__name__} with {strategy.num_replicas_in_sync} replica(s); "
-        f"{config.runtime.mixed_precision_dtype or 'float32'} compute", flush=True)
-  check_against_strategy(built, strategy.num_replicas_in_sync)
+def run(options: RunOptions, built: Optional[registry.Built] = None) -> Dict[str, Any]:
+  """Runs train / eval / train_and_eval; returns the final eval logs (may be empty).
 
-  model_dir = options.model_dir
+  built: a config made elsewhere (official_halonet/train.py: a registered Model Garden
+  experiment); None builds it from options' gin files and bindings.
+  """
+  built, strategy = prepare(options, built)
+  config, model_dir = built.config, options.model_dir
   if _is_chief(strategy):
     train_utils.serialize_config(config, model_dir)
     gin_config.write_operative_config(model_dir)
@@ -152,17 +143,7 @@ def run(options: RunOptions) -> Dict[str, Any]:
   resumed = latest_checkpoint_step(model_dir)
   if resumed is not None and "train" in options.mode:
     print(f"Resuming from the checkpoint at step {resumed} in {model_dir}", flush=True)
-
-  seed = getattr(config.task.train_data, "seed", None)
-  if seed is not None:  # the same initial weights on every run with this seed
-    tf_keras.utils.set_random_seed(seed)
-  # Op determinism is process-wide: on for this run only, so a caller in the same process (a
-  # notebook, a test) keeps its own setting, as TensorFlow's tf.data rewrites depend on it.
-  determinism_was_on = tf_framework_config.is_op_determinism_enabled()
-  if getattr(config.task.train_data, "deterministic", None):  # experiment.deterministic
-    tf.config.experimental.enable_op_determinism()
-    print(f"Deterministic: op determinism on, seed {seed}", flush=True)
-  try:
+  with _seeded(config):
     with strategy.scope():
       task = task_factory.get_task(config.task, logging_dir=model_dir)
       trainer = train_utils.create_trainer(
@@ -170,22 +151,11 @@ def run(options: RunOptions) -> Dict[str, Any]:
           checkpoint_exporter=run_files.maybe_create_best_ckpt_exporter(config, model_dir))
       if "train" in options.mode:
         create_optimizer_weights(trainer.optimizer, trainer.model)
-    train_actions = [progress.ProgressLogger(trainer.global_step, config.trainer.train_steps,
-                                             config.task.train_data.global_batch_size)]
-    if config.trainer.recovery_max_trials == 0:  # stop at once; > 0: Model Garden's reload-and-retry
-      train_actions.append(loss_guard.LossGuard(trainer.global_step, config.trainer.loss_upper_bound,
-                                                config.trainer.recovery_begin_steps))
-    last_eval = attention_summary.EvalLine(trainer.global_step)
-    eval_actions = [last_eval]
-    if "eval" in options.mode and _is_chief(strategy) and attention_maps.attention_layers(
-        trainer.model):
-      images = attention_summary.fixed_images(task.build_inputs(config.task.validation_data),
-                                              ATTENTION_IMAGES)
-      eval_actions.append(attention_summary.AttentionSummary(trainer.model, images, model_dir,
-                                                             trainer.global_step))
-    # Orbit evaluates after the last training chunk and --mode=eval evaluates once, so Model Garden's
-    # post-training evaluation would repeat the last one (a whole validation pass); it runs only
-    # when a finished run is started again and nothing is trained.
+    train_actions, eval_actions = _actions(config, task, trainer, options.mode,
+                                           _is_chief(strategy), model_dir)
+    # Orbit evaluates after the last training chunk and --mode=eval evaluates once, so Model
+    # Garden's post-training evaluation would repeat the last one (a whole validation pass); it
+    # runs only when a finished run is started again and nothing is trained.
     finished = resumed is not None and resumed >= config.trainer.train_steps
     try:
       _, eval_logs = train_lib.run_experiment(
@@ -196,29 +166,88 @@ def run(options: RunOptions) -> Dict[str, Any]:
       last = latest_checkpoint_step(model_dir)
       raise RunError(
           f"training stopped: {e} The last good checkpoint "
-          f"{'is step ' + str(last) if last is not None else 'does not exist yet'} in {model_dir}; "
-          f"nothing was written after it. Lower the learning rate or check the data, then run "
-          f"the same command to resume.") from None
-    eval_logs = {k: float(v) for k, v in (eval_logs or last_eval.logs or {}).items()
+          f"{'is step ' + str(last) if last is not None else 'does not exist yet'} in "
+          f"{model_dir}; nothing was written after it. Lower the learning rate or check the "
+          f"data, then run the same command to resume.") from None
+    eval_logs = {k: float(v) for k, v in (eval_logs or eval_actions[0].logs or {}).items()
                  if tf.size(v) == 1}
-    if eval_logs:
-      # The latest checkpoint's numbers, then the best one's: --mode=export takes the latest
-      # unless told --checkpoint=best.
-      summary = " | ".join(f"{k} {v:.4f}" for k, v in sorted(eval_logs.items())
-                           if not k.startswith("best_"))
-      print(f"final | latest checkpoint, step {latest_checkpoint_step(model_dir)} | {summary}",
-            flush=True)
-      best_subdir = config.trainer.best_checkpoint_export_subdir
-      best = run_files.best_checkpoint_record(model_dir, best_subdir)
-      metric = config.trainer.best_checkpoint_eval_metric
-      if best is not None and metric in best:
-        print(f"best | {metric} {best[metric]:.4f} at step {int(best['best_ckpt_global_step'])}, "
-              f"kept in {os.path.join(model_dir, best_subdir)}: export it with --checkpoint=best",
-              flush=True)
+    _print_summary(eval_logs, config, model_dir)
     return eval_logs
+
+
+def prepare(options: RunOptions, built: Optional[registry.Built] = None
+            ) -> Tuple[registry.Built, tf.distribute.Strategy]:
+  """Steps 1-4: the options, the config, the inputs and the strategy, before any model exists."""
+  if options.mode not in MODES:
+    raise RunError(f"--mode must be one of {MODES}, got {options.mode!r}")
+  if not options.model_dir:
+    raise RunError("--model_dir is required")
+  name = _strategy_name(options)
+  built = built or build_config(options, precision.default_dtype(name, _num_gpus(options)))
+  check_inputs(built, options.mode)
+  if "train" in options.mode and "eval" in options.mode:
+    check_eval_data(built.config)
+  strategy = create_strategy(options)
+  print(f"{type(strategy).__name__} with {strategy.num_replicas_in_sync} replica(s); "
+        f"{built.config.runtime.mixed_precision_dtype or 'float32'} compute", flush=True)
+  check_against_strategy(built, strategy.num_replicas_in_sync)
+  return built, strategy
+
+
+@contextlib.contextmanager
+def _seeded(config):
+  """The run's seed for the initial weights, and op determinism for this run only.
+
+  Op determinism is process-wide: it is turned off again afterwards, so a caller in the same
+  process (a notebook, a test) keeps its own setting, as TensorFlow's tf.data rewrites depend
+  on it.
+  """
+  seed = getattr(config.task.train_data, "seed", None)
+  if seed is not None:  # the same initial weights on every run with this seed
+    tf_keras.utils.set_random_seed(seed)
+  determinism_was_on = tf_framework_config.is_op_determinism_enabled()
+  if getattr(config.task.train_data, "deterministic", None):  # experiment.deterministic
+    tf.config.experimental.enable_op_determinism()
+    print(f"Deterministic: op determinism on, seed {seed}", flush=True)
+  try:
+    yield
   finally:
     if not determinism_was_on:
       tf_framework_config.disable_op_determinism()
+
+
+def _actions(config, task, trainer, mode: str, is_chief: bool, model_dir: str):
+  """Orbit actions: (train: progress line, loss guard; eval: eval line first, attention maps)."""
+  train_actions = [progress.ProgressLogger(trainer.global_step, config.trainer.train_steps,
+                                           config.task.train_data.global_batch_size)]
+  if config.trainer.recovery_max_trials == 0:  # stop at once; > 0: Model Garden's reload-and-retry
+    train_actions.append(loss_guard.LossGuard(trainer.global_step, config.trainer.loss_upper_bound,
+                                              config.trainer.recovery_begin_steps))
+  eval_actions = [attention_summary.EvalLine(trainer.global_step)]
+  if "eval" in mode and is_chief and attention_maps.attention_layers(trainer.model):
+    images = attention_summary.fixed_images(task.build_inputs(config.task.validation_data),
+                                            ATTENTION_IMAGES)
+    eval_actions.append(attention_summary.AttentionSummary(trainer.model, images, model_dir,
+                                                           trainer.global_step))
+  return train_actions, eval_actions
+
+
+def _print_summary(eval_logs: Dict[str, float], config, model_dir: str) -> None:
+  """The latest checkpoint's numbers, then the best one's: --mode=export takes the latest unless
+  told --checkpoint=best."""
+  if not eval_logs:
+    return
+  summary = " | ".join(f"{k} {v:.4f}" for k, v in sorted(eval_logs.items())
+                       if not k.startswith("best_"))
+  print(f"final | latest checkpoint, step {latest_checkpoint_step(model_dir)} | {summary}",
+        flush=True)
+  best_subdir = config.trainer.best_checkpoint_export_subdir
+  best = run_files.best_checkpoint_record(model_dir, best_subdir)
+  metric = config.trainer.best_checkpoint_eval_metric
+  if best is not None and metric in best:
+    print(f"best | {metric} {best[metric]:.4f} at step {int(best['best_ckpt_global_step'])}, "
+          f"kept in {os.path.join(model_dir, best_subdir)}: export it with --checkpoint=best",
+          flush=True)
 
 
 def create_optimizer_weights(optimizer, model: tf_keras.Model) -> None:
