@@ -33,7 +33,8 @@ def config_from_flags(flag_values=None):
                                            print_return=False)
   classification = isinstance(config.task, task.TaskConfig)
   return registry.Built(config=config, configurable=(registry.CLASSIFICATION if classification
-                                                     else registry.detection.CONFIGURABLE))
+                                                     else registry.detection.CONFIGURABLE),
+                        from_gin=False)
 
 
 def options_from_flags(built, flag_values=None):

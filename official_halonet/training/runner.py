@@ -92,17 +92,19 @@ def configure_cpu_devices(count: int) -> None:
 def check_inputs(built: registry.Built, mode: str) -> None:
   """Step 3: every input pattern the mode reads matches files (names the pattern and binding)."""
   config, configurable = built.config, built.configurable
-  needed = [("train_input_path", config.task.train_data)] if "train" in mode else []
-  needed += [("eval_input_path", config.task.validation_data)] if "eval" in mode else []
-  for parameter, data_config in needed:
+  needed = [("train_input_path", "train_data", config.task.train_data)] if "train" in mode else []
+  needed += ([("eval_input_path", "validation_data", config.task.validation_data)]
+             if "eval" in mode else [])
+  for parameter, field, data_config in needed:
     if getattr(data_config, "tfds_name", ""):
       continue
     patterns = data_config.input_path
     patterns = patterns.split(",") if isinstance(patterns, str) else list(patterns)
     empty = [p for p in patterns if not p or not tf.io.gfile.glob(p)]
+    where = (f"{gin_config.locate(parameter, configurable)}: {configurable}.{parameter}"
+             if built.from_gin else f"task.{field}.input_path")
     if empty:
-      raise RunError(f"{gin_config.locate(parameter, configurable)}: {configurable}.{parameter}: "
-                     f"no files match {empty[0]!r}")
+      raise RunError(f"{where}: no files match {empty[0]!r}")
 
 
 def check_eval_data(config) -> None:
