@@ -42,6 +42,7 @@ can run them and a saved params.yaml with `backbone.type: halonet` reloads (a co
 is Model Garden's `Backbone` has no `halonet` field to override).
 """
 import dataclasses
+import functools
 from typing import Any, Dict, Optional, Sequence, Tuple, Union
 
 import gin
@@ -53,6 +54,7 @@ from official_halonet.models import factory
 from official_halonet.models import specs
 from official_halonet.training import optimizer as optimizer_lib
 from official_halonet.training import precision
+from official_halonet.training import recipes
 from official_halonet.training.config_error import ConfigError
 from official_halonet.training.config_error import require
 
@@ -74,6 +76,8 @@ class DetectionSettings:
   """Every setting of a Model Garden Mask R-CNN or RetinaNet run with a HaloNet / SASA backbone
   (gin: `detection_experiment.<field>`).
 
+    recipe: a published detection recipe (training/recipes.py DETECTION_RECIPES) whose values
+      replace the defaults below; every other binding overrides it.
     kind: 'maskrcnn' (Mask R-CNN with FPN, levels 2-6) or 'retinanet' (RetinaNet, levels 3-7).
     backbone: a model name from official_halonet.models.MODELS, e.g. 'resnet50_se_halo_b8'.
     block_size, halo_size, se_ratio, final_width, stochastic_depth_drop_rate: HaloNetConfig
@@ -111,6 +115,7 @@ class DetectionSettings:
       e.g. the backbone's shape overrides {'task': {'model': {'backbone': {'halonet': {'blocks':
       [1, 1, 1, 1], 'base_width': 8}}}}} (checked by specs.resolve).
   """
+  recipe: str = ""
   kind: str = "maskrcnn"
   backbone: str = "resnet50_se_halo_b8"
   block_size: Optional[int] = None
@@ -175,8 +180,9 @@ class DetectionSettings:
       raise ConfigError("mixed_precision", str(e), CONFIGURABLE) from None
 
 
-# The gin-configurable settings: gin/detection/*.gin bind `detection_experiment.<field>`. A
-# subclass, so that `DetectionSettings(...)` itself never reads gin.
+# The gin-configurable settings: gin/detection/*.gin bind `detection_experiment.<field>`. The
+# class itself is never built from gin: gin checks the bound names against its fields, and
+# `detection_experiment` reads gin's record of the bindings, so that a recipe can supply the rest.
 GinDetectionSettings = gin.external_configurable(DetectionSettings, CONFIGURABLE)
 
 
@@ -184,13 +190,23 @@ def detection_experiment(mixed_precision_default: str = "float32",
                          **settings) -> cfg.ExperimentConfig:
   """The experiment of the gin-bound settings, `settings` (DetectionSettings' fields) overriding
   them; mixed_precision_default is the dtype mixed_precision='auto' stands for."""
-  return build(GinDetectionSettings(**settings), mixed_precision_default)
+  return build(from_recipe(**{**gin.get_bindings(CONFIGURABLE), **settings}),
+               mixed_precision_default)
 
 
 def build_detection_experiment(mixed_precision_default: str = "float32",
                                **settings) -> cfg.ExperimentConfig:
   """The same without gin: DetectionSettings' defaults, `settings` overriding them."""
-  return build(DetectionSettings(**settings), mixed_precision_default)
+  return build(from_recipe(**settings), mixed_precision_default)
+
+
+def from_recipe(recipe: str = "", **overrides) -> DetectionSettings:
+  """Settings of the named detection recipe, `overrides` replacing its values."""
+  _require(not recipe or recipe in recipes.DETECTION_RECIPES, "recipe",
+           f"unknown recipe {recipe!r}; known detection recipes: "
+           f"{', '.join(sorted(recipes.DETECTION_RECIPES))}")
+  return DetectionSettings(recipe=recipe,
+                           **{**recipes.DETECTION_RECIPES.get(recipe, {}), **overrides})
 
 
 def build(s: DetectionSettings, mixed_precision_default: str = "float32") -> cfg.ExperimentConfig:
@@ -268,15 +284,15 @@ def _require(condition: bool, parameter: str, message: str) -> None:
   require(condition, parameter, message, CONFIGURABLE)
 
 
-def _register(name: str, kind: str, doc: str):
-  def experiment() -> cfg.ExperimentConfig:  # the defaults, whatever gin has bound
-    return build_detection_experiment(kind=kind, mixed_precision_default="bfloat16")
-  experiment.__doc__ = doc
-  exp_factory.register_config_factory(name)(experiment)
+def _registered(**settings) -> cfg.ExperimentConfig:
+  """A recipe as Model Garden's experiment factory gives it: bfloat16 for 'auto' (TPU)."""
+  return build(from_recipe(**settings), "bfloat16")
 
 
-_register("maskrcnn_halonet_coco", "maskrcnn",
-          "COCO Mask R-CNN, ResNet-50 + SE with halo attention (b=8, h=3), the paper's recipe.")
-_register("retinanet_halonet_coco", "retinanet",
-          "COCO RetinaNet, ResNet-50 + SE with halo attention (b=8, h=3), the paper's recipe.")
-
+for _name in recipes.DETECTION_RECIPES:
+  exp_factory.register_config_factory(_name)(functools.partial(_registered, recipe=_name))
+# The first names, kept: COCO Mask R-CNN / RetinaNet, ResNet-50 + SE with halo attention (b=8, h=3).
+exp_factory.register_config_factory("maskrcnn_halonet_coco")(
+    functools.partial(_registered, kind="maskrcnn"))
+exp_factory.register_config_factory("retinanet_halonet_coco")(
+    functools.partial(_registered, kind="retinanet"))

@@ -81,3 +81,20 @@ RECIPES: Dict[str, Recipe] = {
     "h4_i21k_finetune_384": dict(I21K_FINETUNE, image_size=384, block_size=12, halo_size=2),
     "h4_i21k_finetune_512": dict(I21K_FINETUNE, image_size=512, block_size=16, halo_size=1),
 }
+
+# Detection (training/detection.py's DetectionSettings; their defaults are the HaloNet paper's
+# COCO recipe: 67,500 steps, batch 64, 1024 px, lr 0.1 with 0.1× decays at 60k and 65k).
+DETECTION_RECIPES: Dict[str, Recipe] = {
+    "maskrcnn_r50_halo_b8_coco": dict(kind="maskrcnn", backbone="resnet50_se_halo_b8"),
+    "maskrcnn_r50_halo_b32_coco": dict(kind="maskrcnn", backbone="resnet50_se_halo_b32"),
+    "maskrcnn_r101_halo_b8_coco": dict(kind="maskrcnn", backbone="resnet101_se_halo_b8"),
+    "retinanet_r50_halo_b8_coco": dict(kind="retinanet", backbone="resnet50_se_halo_b8"),
+    "retinanet_sasa_r50_coco": dict(kind="retinanet", backbone="sasa_resnet50"),
+    "retinanet_sasa_r50_attention_stem_coco": dict(kind="retinanet",
+                                                   backbone="sasa_resnet50_attention_stem"),
+    # timm's ImageNet-trained halonet26t as the backbone, from official_halonet.convert_timm.
+    "maskrcnn_halonet26t_coco": dict(kind="maskrcnn", backbone="halonet26t",
+                                     init_checkpoint="/models/halonet26t/checkpoint"),
+    "retinanet_halonet26t_coco": dict(kind="retinanet", backbone="halonet26t",
+                                      init_checkpoint="/models/halonet26t/checkpoint"),
+}
