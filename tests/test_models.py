@@ -317,6 +317,8 @@ def test_shape_overrides_survive_get_config_and_the_model_garden_config():
     ("sasa_resnet26_attention_stem", dict(stem_width=6), "stem_width 6 must be a multiple of 4"),
     ("halonet26t", dict(stem_width=2), "stem_width 2 is below 3"),
     ("eca_halonext26ts", dict(base_width=8), "base_width 8 .* not a multiple of group_width 16"),
+    # 0 is not "keep the spec's block size" (None is): a block needs at least one pixel.
+    ("h0", dict(block_size=0), "block_size must be a positive integer"),
 ])
 def test_a_bad_shape_override_is_one_line_naming_the_field(model_id, overrides, message):
   with pytest.raises(ValueError, match=f"model '{model_id}': {message}") as raised:

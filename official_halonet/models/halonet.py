@@ -203,7 +203,7 @@ class HaloNet(tf_keras.Model):
     key_dim = heads * spec.key_head_dim if spec.key_head_dim else width
     return HaloAttention(num_heads=heads, key_dim=key_dim, value_dim=value_dim,
                          block_size=spec.block_size, halo_size=spec.halo_size, strides=strides,
-                         query_positions="subsampled" if spec.timm_positions else "input",
+                         query_positions=spec.query_positions,
                          name=f"{name}_halo", **projection)(x), value_dim
 
   def _block(self, x, stage_type, stage, width, strides, drop_rate, name):

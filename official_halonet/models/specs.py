@@ -68,7 +68,8 @@ class ModelSpec:
   stem_pool: bool = True  # 'conv' / 'tiered' stems end with a 3×3/2 max-pool (else a strided conv)
   padding: str = "same"  # 'symmetric': PyTorch's (k - 1) // 2 on each side for strided convs/pools
   norm_epsilon: float = 1e-3  # BN epsilon when the builder is not given one
-  timm_positions: bool = False  # strided halo layers index tables by subsampled query position
+  query_positions: str = "input"  # HaloAttention's: 'subsampled' indexes a strided layer's
+  #                                 tables by subsampled query position (timm's weights)
   eval_crop_fraction: Optional[float] = None  # evaluation center crop (None: the data default)
   eval_interpolation: Optional[str] = None  # evaluation resize method (None: the data default)
 
@@ -97,7 +98,8 @@ class ModelSpec:
     return int(round(self.output_ratio * self.base_width * 2**stage))
 
 
-def _h(b, h, r_v, r_b, stage3, image, d_f, params, top1, magnitude, **kw):
+def _h(*, b, h, r_v, r_b, stage3, image, d_f, params, top1, magnitude, **kw):
+  """An H-family row in the paper's table's terms (blocks 3, 3, stage3, 3)."""
   return ModelSpec(blocks=(3, 3, stage3, 3), block_size=b, halo_size=h, value_ratio=r_v,
                    output_ratio=r_b, image_size=image, final_width=d_f, paper_params=params,
                    paper_top1=top1, randaug_magnitude=magnitude, **kw)
@@ -114,13 +116,20 @@ _SASA = dict(stage_types=("sasa",) * 4, output_ratio=4.0, num_heads=(8, 8, 8, 8)
 
 MODELS: Dict[str, ModelSpec] = {
     # HaloNet H0-H7 (HaloNet paper, table 1 / figure 4).
-    "h0": _h(8, 3, 1.0, 0.5, 7, 256, None, 5.5, 77.9, 6),
-    "h1": _h(8, 3, 1.0, 1.0, 10, 256, None, 8.1, 79.9, 8),
-    "h2": _h(8, 3, 1.0, 1.25, 11, 256, None, 9.4, 80.4, 10),
-    "h3": _h(10, 3, 1.0, 1.5, 12, 320, 1024, 12.3, 81.9, 14),
-    "h4": _h(12, 2, 1.0, 3.0, 12, 384, 1280, 19.1, 83.3, 17),
-    "h5": _h(14, 2, 2.5, 2.0, 23, 448, 1536, 30.7, 84.0, 19),
-    "h6": _h(8, 4, 3.0, 2.75, 24, 512, 1536, 43.4, 84.4, 24),
+    "h0": _h(b=8, h=3, r_v=1.0, r_b=0.5, stage3=7, image=256, d_f=None, params=5.5,
+             top1=77.9, magnitude=6),
+    "h1": _h(b=8, h=3, r_v=1.0, r_b=1.0, stage3=10, image=256, d_f=None, params=8.1,
+             top1=79.9, magnitude=8),
+    "h2": _h(b=8, h=3, r_v=1.0, r_b=1.25, stage3=11, image=256, d_f=None, params=9.4,
+             top1=80.4, magnitude=10),
+    "h3": _h(b=10, h=3, r_v=1.0, r_b=1.5, stage3=12, image=320, d_f=1024, params=12.3,
+             top1=81.9, magnitude=14),
+    "h4": _h(b=12, h=2, r_v=1.0, r_b=3.0, stage3=12, image=384, d_f=1280, params=19.1,
+             top1=83.3, magnitude=17),
+    "h5": _h(b=14, h=2, r_v=2.5, r_b=2.0, stage3=23, image=448, d_f=1536, params=30.7,
+             top1=84.0, magnitude=19),
+    "h6": _h(b=8, h=4, r_v=3.0, r_b=2.75, stage3=24, image=512, d_f=1536, params=43.4,
+             top1=84.4, magnitude=24),
     "h7": _h(**_H7, params=67.0, top1=84.9),
     # Convolution-attention hybrids of H7: the first 1, 2 or 3 stages are SE conv bottlenecks
     # (paper: "about 67 million parameters" each; C123 builds 54.3M, see the module docstring).
@@ -166,7 +175,7 @@ MODELS: Dict[str, ModelSpec] = {
 # timm's HaloNets (timm 1.0 byoanet.py), imported by official_halonet.convert_timm. 256×256
 # inputs; BN epsilon 1e-5; PyTorch padding; eval crop / interpolation from timm's pretrained configs.
 _C, _H = "conv", "halo"
-_TIMM = dict(image_size=256, padding="symmetric", norm_epsilon=1e-5, timm_positions=True,
+_TIMM = dict(image_size=256, padding="symmetric", norm_epsilon=1e-5, query_positions="subsampled",
              eval_interpolation="bicubic", num_heads=(8, 8, 8, 8), stem_width=64)
 _TIMM_MODELS: Dict[str, ModelSpec] = {
     "halonet_h1": ModelSpec(
@@ -257,7 +266,9 @@ def resolve(model_id: str, block_size: Optional[int] = None, halo_size: Optional
                       ("head_dim", head_dim)):
     if value is not None:
       shape[name] = _positive(name, value, where)
-  overrides = dict(block_size=block_size or None, halo_size=halo_size, se_ratio=se_ratio,
+  if block_size is not None:
+    _positive("block_size", block_size, where)
+  overrides = dict(block_size=block_size, halo_size=halo_size, se_ratio=se_ratio,
                    final_width=final_width)
   resolved = dataclasses.replace(
       spec, **shape, **{k: v for k, v in overrides.items() if v is not None})
