@@ -300,7 +300,7 @@ def test_shape_overrides_survive_get_config_and_the_model_garden_config():
 @pytest.mark.parametrize("model_id,overrides,message", [
     ("resnet50_se_halo_b8", dict(blocks=(1, 1, 1)), "blocks must list 4 positive integers"),
     ("resnet50_se_halo_b8", dict(blocks=(1, 0, 1, 1)), "blocks must list 4 positive integers"),
-    ("halonet26t", dict(blocks=(1, 1, 1, 1)), "blocks cannot be overridden.*block_types"),
+    ("halonet26t", dict(blocks=(1, 1, 1, 1)), "blocks cannot be overridden.*stage_types"),
     ("resnet50_se_halo_b8", dict(base_width=0), "base_width must be a positive integer, got 0"),
     ("resnet50_se_halo_b8", dict(stem_width=-8), "stem_width must be a positive integer"),
     ("resnet50_se_halo_b8", dict(head_dim=2.5), "head_dim must be a positive integer"),

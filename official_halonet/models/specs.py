@@ -25,7 +25,7 @@ the ImageNet mean / std, as every model here does). Each has a reduced '<name>_m
 b=4) that the parity tests compare against timm's logits (tests/fixtures/timm).
 """
 import dataclasses
-from typing import Dict, Optional, Sequence, Tuple
+from typing import Dict, Optional, Sequence, Tuple, Union
 
 STAGE_TYPES = ("halo", "sasa", "conv")
 STEMS = ("conv", "patch", "sasa", "tiered")
@@ -38,7 +38,8 @@ SHAPE_OVERRIDES = ("blocks", "base_width", "stem_width", "head_dim", "num_heads"
 class ModelSpec:
   """Everything that defines one named backbone (and its published training resolution)."""
   blocks: Tuple[int, int, int, int]
-  stage_types: Tuple[str, str, str, str] = ("halo",) * 4
+  # Per stage: one spatial op for every block, or a tuple with one per block (timm's patterns).
+  stage_types: Tuple[Union[str, Tuple[str, ...]], ...] = ("halo",) * 4
   base_width: int = 64
   value_ratio: float = 1.0  # r_v
   output_ratio: float = 4.0  # r_b
@@ -58,7 +59,6 @@ class ModelSpec:
   paper_params: Optional[float] = None  # millions
   paper_top1: Optional[float] = None
   # Generalisations used by the timm rows (the defaults keep every other model as it was).
-  block_types: Optional[Tuple[Tuple[str, ...], ...]] = None  # per stage, one type per block
   output_widths: Optional[Tuple[int, int, int, int]] = None  # per stage, instead of r_b · d_i
   group_width: int = 0  # channels per group of the 3×3 convs (0: one group)
   key_head_dim: Optional[int] = None  # halo q/k width per head (key_dim = heads · this)
@@ -74,22 +74,31 @@ class ModelSpec:
   eval_interpolation: Optional[str] = None  # evaluation resize method (None: the data default)
 
   def __post_init__(self):
-    for stage_type in self.stage_types + sum(self.block_types or (), ()):
+    for stage_type in sum((tuple(self.listed(stage)) for stage in range(4)), ()):
       if stage_type not in STAGE_TYPES:
         raise ValueError(f"stage type {stage_type!r} is not one of {STAGE_TYPES}")
     if self.stem not in STEMS:
       raise ValueError(f"stem {self.stem!r} is not one of {STEMS}")
     if self.padding not in PADDINGS:
       raise ValueError(f"padding {self.padding!r} is not one of {PADDINGS}")
-    if self.block_types is not None and tuple(map(len, self.block_types)) != tuple(self.blocks):
-      raise ValueError(f"block_types has {tuple(map(len, self.block_types))} blocks per stage, "
-                       f"blocks says {tuple(self.blocks)}")
+    listed = tuple(len(t) for t in self.stage_types if not isinstance(t, str))
+    if self.lists_blocks and listed != tuple(self.blocks):
+      raise ValueError(f"stage_types lists {listed} blocks per stage, blocks says "
+                       f"{tuple(self.blocks)}")
+
+  @property
+  def lists_blocks(self) -> bool:
+    """Whether stage_types lists every block's op (then blocks cannot be resized)."""
+    return any(not isinstance(t, str) for t in self.stage_types)
+
+  def listed(self, stage: int) -> Tuple[str, ...]:
+    """The spatial op of each block of stage `stage` (0-based)."""
+    types = self.stage_types[stage]
+    return (types,) * self.blocks[stage] if isinstance(types, str) else tuple(types)
 
   def block_type(self, stage: int, index: int) -> str:
     """The spatial op of block `index` of stage `stage` (0-based)."""
-    if self.block_types is not None:
-      return self.block_types[stage][index]
-    return self.stage_types[stage]
+    return self.listed(stage)[index]
 
   def output_width(self, stage: int) -> int:
     """Output channels of every block of stage `stage`."""
@@ -182,21 +191,21 @@ _TIMM_MODELS: Dict[str, ModelSpec] = {
         blocks=(3, 3, 10, 3), output_ratio=1.0, block_size=8, halo_size=3, activation="relu",
         eval_crop_fraction=0.95, **_TIMM),
     "halonet26t": ModelSpec(
-        blocks=(2, 2, 2, 2), block_types=((_C, _C), (_C, _C), (_C, _H), (_H, _H)),
+        blocks=(2, 2, 2, 2), stage_types=((_C, _C), (_C, _C), (_C, _H), (_H, _H)),
         block_size=8, halo_size=2, stem="tiered", activation="relu", eval_crop_fraction=0.95,
         **_TIMM),
     "sehalonet33ts": ModelSpec(
-        blocks=(2, 3, 3, 2), block_types=((_C, _C), (_C, _C, _H), (_C, _C, _H), (_H, _H)),
+        blocks=(2, 3, 3, 2), stage_types=((_C, _C), (_C, _C, _H), (_C, _C, _H), (_H, _H)),
         output_widths=(256, 512, 1024, 1536), final_width=1280, block_size=8, halo_size=3,
         stem="tiered", stem_pool=False, conv_se_ratio=1 / 16, se_activation="relu",
         se_divisor=8, eval_crop_fraction=0.94, **_TIMM),
     "halonet50ts": ModelSpec(
         blocks=(3, 4, 6, 3),
-        block_types=((_C,) * 3, (_C, _C, _C, _H), (_C, _H) * 3, (_C, _H, _C)),
+        stage_types=((_C,) * 3, (_C, _C, _C, _H), (_C, _H) * 3, (_C, _H, _C)),
         block_size=8, halo_size=3, stem="tiered", eval_crop_fraction=0.94,
         **dict(_TIMM, num_heads=(8, 4, 8, 8))),
     "eca_halonext26ts": ModelSpec(
-        blocks=(2, 2, 2, 2), block_types=((_C, _C), (_C, _C), (_C, _H), (_H, _H)),
+        blocks=(2, 2, 2, 2), stage_types=((_C, _C), (_C, _C), (_C, _H), (_H, _H)),
         group_width=16, eca=True, key_head_dim=16, block_size=8, halo_size=2, stem="tiered",
         eval_crop_fraction=0.94, **_TIMM),
 }
@@ -216,7 +225,7 @@ _TIMM_MINI: Dict[str, ModelSpec] = {
         final_width=80, **_MINI),
     "halonet50ts_mini": dataclasses.replace(
         _TIMM_MODELS["halonet50ts"], blocks=(2, 4, 4, 2),
-        block_types=((_C, _C), (_C, _C, _C, _H), (_C, _H, _C, _H), (_C, _H)), halo_size=2,
+        stage_types=((_C, _C), (_C, _C, _C, _H), (_C, _H, _C, _H), (_C, _H)), halo_size=2,
         **dict(_MINI, num_heads=(2, 1, 2, 2))),
     "eca_halonext26ts_mini": dataclasses.replace(
         _TIMM_MODELS["eca_halonext26ts"], halo_size=1, group_width=8, key_head_dim=8, **_MINI),
@@ -256,9 +265,9 @@ def resolve(model_id: str, block_size: Optional[int] = None, halo_size: Optional
                      f"num_heads={num_heads!r})")
   shape = {}
   if blocks is not None:
-    if spec.block_types is not None:
+    if spec.lists_blocks:
       raise ValueError(f"{where}: blocks cannot be overridden, the model lists its blocks one by "
-                       f"one (block_types)")
+                       f"one (stage_types)")
     shape["blocks"] = _per_stage("blocks", blocks, where)
   if num_heads is not None:
     shape.update(num_heads=_per_stage("num_heads", num_heads, where), head_dim=None)
