@@ -57,9 +57,14 @@ def test_gin_file_and_registered_experiment_give_the_same_params(gin_file):
 
 def test_a_gin_binding_overrides_the_recipe_it_names():
   config = runner.build_config(runner.RunOptions(
-      gin_files=["h1.gin"], gin_bindings=["experiment.epochs = 90"])).config
-  assert config.trainer.train_steps == 90 * (1281167 // 4096)
+      gin_files=["h1.gin"], gin_bindings=["EPOCHS = 90", "experiment.epochs = %EPOCHS"])).config
+  assert config.trainer.train_steps == 90 * (1281167 // 4096)  # the macro's value, resolved
   assert config.task.model.backbone.halonet.model_id == "h1"
+  detection = runner.build_config(runner.RunOptions(
+      gin_files=["detection/retinanet_sasa_r50.gin"],
+      gin_bindings=["detection_experiment.train_steps = 77"])).config
+  assert detection.trainer.train_steps == 77
+  assert detection.task.model.backbone.halonet.model_id == "sasa_resnet50"
 
 
 def test_an_unknown_recipe_names_where_it_was_bound(tmp_path):

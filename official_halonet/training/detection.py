@@ -52,6 +52,7 @@ from official.core import exp_factory
 from official.modeling import hyperparams
 from official_halonet.models import factory
 from official_halonet.models import specs
+from official_halonet.training import experiment
 from official_halonet.training import optimizer as optimizer_lib
 from official_halonet.training import precision
 from official_halonet.training import recipes
@@ -190,8 +191,8 @@ def detection_experiment(mixed_precision_default: str = "float32",
                          **settings) -> cfg.ExperimentConfig:
   """The experiment of the gin-bound settings, `settings` (DetectionSettings' fields) overriding
   them; mixed_precision_default is the dtype mixed_precision='auto' stands for."""
-  return build(from_recipe(**{**gin.get_bindings(CONFIGURABLE), **settings}),
-               mixed_precision_default)
+  values = experiment.bound_values(GinDetectionSettings, CONFIGURABLE, settings)
+  return build(from_recipe(**values), mixed_precision_default)
 
 
 def build_detection_experiment(mixed_precision_default: str = "float32",

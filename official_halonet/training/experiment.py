@@ -210,8 +210,15 @@ def experiment(mixed_precision_default: str = "float32", **settings) -> cfg.Expe
   A bound `recipe` supplies the values nothing binds. mixed_precision_default: the dtype
   mixed_precision='auto' stands for (the runner sets it from the strategy).
   """
-  values = {**gin.get_bindings(CONFIGURABLE), **settings}
-  return build(from_recipe(**values), mixed_precision_default)
+  return build(from_recipe(**bound_values(GinSettings, CONFIGURABLE, settings)),
+               mixed_precision_default)
+
+
+def bound_values(gin_class, configurable: str, explicit: dict) -> dict:
+  """The fields gin binds for `configurable` (macros and references resolved by gin) and the
+  `explicit` ones, without the defaults of the fields nothing binds."""
+  built = gin_class(**explicit)
+  return {name: getattr(built, name) for name in {*gin.get_bindings(configurable), *explicit}}
 
 
 def from_recipe(recipe: str = "", **overrides) -> Settings:
