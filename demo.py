@@ -52,6 +52,7 @@ def run(options, verbose: bool = False) -> dict:
   from official_halonet import visualize
   from official_halonet.export import saved_model
   from official_halonet.training import attention_summary
+  from official_halonet.training import console
   from official_halonet.training import runner
   start = time.time()
   options = dataclasses.replace(options, num_cpu_devices=options.num_cpu_devices or CPU_DEVICES)
@@ -64,7 +65,7 @@ def run(options, verbose: bool = False) -> dict:
   options = dataclasses.replace(
       options, gin_files=list(options.gin_files) or ["demo.gin"], model_dir=model_dir,
       mode="train_and_eval", gin_bindings=bindings + list(options.gin_bindings))
-  log_file = runner.configure_logging(model_dir, verbose)
+  log_file = console.configure_logging(console.log_path(model_dir), verbose)
   logs = runner.run(options)
   seconds = time.time() - start
   export_dir = saved_model.export_from_run(options, export_dir=os.path.join(model_dir, "export"))

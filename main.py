@@ -20,9 +20,8 @@ import sys
 VERBOSE = any(arg in ("--verbose", "--verbose=true", "--verbose=True") for arg in sys.argv[1:])
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "0" if VERBOSE else "2")
 # TensorFlow's default CPU allocator gives large buffers back to the OS after every step, so each
-# step page-faults its attention logits in again; the pooling (BFC) allocator keeps them. On the
-# 2-core development CPU: H1 train step 0.99 -> 1.63 img/s, HaloNet-50 0.30 -> 0.61 img/s
-# (bench/compare.py). Host memory only: TPU and GPU device memory are not affected.
+# step page-faults its attention logits in again; the pooling (BFC) allocator keeps them
+# (docs/cpu_speed.md). Host memory only: TPU and GPU device memory are not affected.
 # TF_CPU_ALLOCATOR_USE_BFC=false in the environment keeps TensorFlow's default.
 os.environ.setdefault("TF_CPU_ALLOCATOR_USE_BFC", "true")
 import official_halonet  # noqa: F401  (selects tf_keras before TensorFlow is imported)
@@ -62,11 +61,11 @@ flags.DEFINE_bool("verbose", False, "Show TensorFlow's C++ lines and Orbit's per
 
 def main(argv):
   del argv
+  import demo
   from official_halonet.training import console
-  if not FLAGS.verbose and FLAGS.mode not in ("export", "publish"):
-    import demo as demo_lib
-    console.native_stderr_to(console.log_path(
-        FLAGS.model_dir or (demo_lib.MODEL_DIR if FLAGS.demo else "")))
+  model_dir = FLAGS.model_dir or (demo.MODEL_DIR if FLAGS.demo else "")
+  if not FLAGS.verbose:
+    console.native_stderr_to(console.log_path(model_dir))
   import tensorflow as tf  # after flags
   from official_halonet.data import errors as data_errors
   from official_halonet.training import runner
@@ -78,9 +77,10 @@ def main(argv):
     if FLAGS.num_cpu_devices > 1:
       runner.configure_cpu_devices(FLAGS.num_cpu_devices)
     if FLAGS.demo:
-      import demo
       demo.run(options, verbose=FLAGS.verbose)
-    elif FLAGS.mode == "export":
+      return 0
+    console.configure_logging(console.log_path(FLAGS.model_dir), FLAGS.verbose)
+    if FLAGS.mode == "export":
       from official_halonet.export import saved_model
       path = saved_model.export_from_run(options, export_dir=FLAGS.export_dir,
                                          checkpoint_path=FLAGS.checkpoint)
@@ -93,7 +93,6 @@ def main(argv):
                                   checkpoint_path=FLAGS.checkpoint)
       print(f"TF Hub modules written to {path}", flush=True)
     else:
-      runner.configure_logging(FLAGS.model_dir, FLAGS.verbose)
       runner.run(options)
   except (runner.RunError, runner.gin_config.GinError) as e:
     print(f"error: {e}", file=sys.stderr, flush=True)
@@ -103,7 +102,7 @@ def main(argv):
     problem = e if isinstance(e, data_errors.DataError) else data_errors.from_tf_error(e)
     if problem is None:
       raise
-    runner.log_exception(e)
+    console.log_exception(e)
     print(f"error: {problem.summary()}", file=sys.stderr, flush=True)
     return 2
   return 0

@@ -62,8 +62,9 @@ def main(argv=None):
       row["forward_s"] = round(time.perf_counter() - start, 3)
       row["finite"] = bool(np.isfinite(logits).all())
     rows.append(row)
-    stages = "-".join(t[0] for t in spec.stage_types)
-    has_halo = "halo" in spec.stage_types
+    ops = [sorted(set(spec.listed(stage))) for stage in range(4)]
+    stages = "-".join("/".join(op[0] for op in stage) for stage in ops)
+    has_halo = any("halo" in stage for stage in ops)
     print(f"| {model_id} | {stages} {'/'.join(map(str, spec.blocks))} | "
           f"{f'{spec.block_size} / {spec.halo_size}' if has_halo else '–'} | {spec.image_size} | "
           f"{params:.2f}M | {spec.paper_params or '–'}{'M' if spec.paper_params else ''} | "

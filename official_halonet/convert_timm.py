@@ -33,6 +33,8 @@ flags.DEFINE_string("timm_model", None, "timm's model name, e.g. halonet26t.")
 flags.DEFINE_string("weights", None, "timm's model.safetensors (or a .pth with torch installed).")
 flags.DEFINE_string("output_dir", None, "Where the checkpoint and SavedModel go (empty or new).")
 flags.DEFINE_bool("saved_model", True, "Also write the SavedModel (else only the checkpoint).")
+flags.DEFINE_bool("verbose", False, "Show TensorFlow's and absl's log lines on the console (by "
+                  "default they go to <temp>/official_halonet/convert_timm.log).")
 
 CHECKPOINT_SUBDIR = "checkpoint"
 SAVED_MODEL_SUBDIR = "saved_model"
@@ -50,13 +52,11 @@ def _sha256(path: str) -> str:
 def experiment_config(name: str, num_classes: int):
   """The classification ExperimentConfig of model `name` (only its model and eval data matter)."""
   from official_halonet.training import experiment  # pylint: disable=g-import-not-at-top
-  # Everything the export reads is passed explicitly, so gin bindings parsed earlier in the same
-  # process (a training run, a test) cannot change the converted model's preprocessing.
-  from official_halonet.models import specs  # pylint: disable=g-import-not-at-top
-  return experiment.experiment(model_id=name, num_classes=num_classes,
-                               image_size=specs.get_spec(name).image_size,
-                               train_input_path=_PLACEHOLDER_INPUT,
-                               eval_input_path=_PLACEHOLDER_INPUT, global_batch_size=1)
+  # Built without gin, so bindings parsed earlier in the same process (a training run, a test)
+  # cannot change the converted model's preprocessing.
+  return experiment.build(experiment.Settings(
+      model_id=name, num_classes=num_classes, train_input_path=_PLACEHOLDER_INPUT,
+      eval_input_path=_PLACEHOLDER_INPUT, global_batch_size=1))
 
 
 def convert(name: str, weights: str, output_dir: str, saved_model: bool = True) -> dict:
@@ -93,6 +93,8 @@ def convert(name: str, weights: str, output_dir: str, saved_model: bool = True) 
 
 def main(argv):
   del argv
+  from official_halonet.training import console  # pylint: disable=g-import-not-at-top
+  console.quiet(console.tool_log_path("convert_timm"), FLAGS.verbose)
   from official_halonet import models  # pylint: disable=g-import-not-at-top
   missing = [f"--{n}" for n in ("timm_model", "weights", "output_dir") if not getattr(FLAGS, n)]
   if missing:

@@ -38,6 +38,8 @@ def define_flags() -> None:
   flags.DEFINE_list("layers", [], "Attention layers to draw (default: all), e.g. stage2_block1_halo.")
   flags.DEFINE_multi_string("points", [], "Query points as 'row,column' fractions of the image "
                             "(default: the centre and (0.25, 0.25)).")
+  flags.DEFINE_bool("verbose", False, "Show TensorFlow's and absl's log lines on the console "
+                    "(by default they go to <temp>/official_halonet/visualize.log).")
 
 
 def parse_points(values: Sequence[str]) -> List[Tuple[float, float]]:
@@ -60,19 +62,21 @@ def _assign_saved_model_weights(model, saved_model: str) -> None:
   model's variable order; already EMA-averaged) into `model`, checking shapes and variable kinds
   (layer names may differ by Keras' uniquifying suffix, dense vs dense_1)."""
   import tensorflow as tf
-  from official_halonet.training import runner
+  from official_halonet.training import run_options
   loaded = tf.saved_model.load(saved_model)
   # Exports list them as model_variables; earlier ones only through Keras's traces of the model.
   exported = list(loaded.model_variables if hasattr(loaded, "model_variables") else
                   loaded.model.variables)
   ours = model.variables
   if len(exported) != len(ours):
-    raise runner.RunError(f"SavedModel {saved_model} holds {len(exported)} model variables, the "
-                          f"model built from its operative_config.gin has {len(ours)}")
+    raise run_options.RunError(
+        f"SavedModel {saved_model} holds {len(exported)} model variables, the model built from "
+        f"its operative_config.gin has {len(ours)}")
   for source, target in zip(exported, ours):
     if source.name.split("/")[-1] != target.name.split("/")[-1] or source.shape != target.shape:
-      raise runner.RunError(f"SavedModel {saved_model}: variable {source.name} {source.shape} "
-                            f"does not match the model's {target.name} {target.shape}")
+      raise run_options.RunError(
+          f"SavedModel {saved_model}: variable {source.name} {source.shape} does not match the "
+          f"model's {target.name} {target.shape}")
   for source, target in zip(exported, ours):
     target.assign(source)
 
@@ -81,15 +85,15 @@ def load_model(model_dir: str = "", checkpoint: str = "", saved_model: str = "",
                gin_files: Sequence[str] = (), gin_bindings: Sequence[str] = ()):
   """(ExperimentConfig, model with the trained weights) of a run or of an exported SavedModel."""
   from official_halonet.export import saved_model as export
-  from official_halonet.training import runner
+  from official_halonet.training import run_options
   if saved_model:
-    options = runner.RunOptions(gin_files=gin_files, gin_bindings=gin_bindings,
+    options = run_options.RunOptions(gin_files=gin_files, gin_bindings=gin_bindings,
                                 model_dir=saved_model)
     config, _ = export.load_config(options)
     model = export.build_model(config)
     _assign_saved_model_weights(model, saved_model)
     return config, model
-  options = runner.RunOptions(gin_files=gin_files, gin_bindings=gin_bindings,
+  options = run_options.RunOptions(gin_files=gin_files, gin_bindings=gin_bindings,
                               model_dir=model_dir)
   run = export.restore_run(options, checkpoint)
   return run.config, run.model
@@ -122,7 +126,9 @@ def draw(model, images, path: str, layers: Sequence[str] = (),
 def main(argv):
   del argv
   flag = flags.FLAGS
-  from official_halonet.training import runner
+  from official_halonet.training import console
+  console.quiet(console.tool_log_path("visualize"), flag.verbose)
+  from official_halonet.training import run_options
   try:
     if not flag.image or not os.path.isfile(flag.image):
       raise ValueError(f"--image={flag.image!r}: no such file")
@@ -134,7 +140,7 @@ def main(argv):
     with open(flag.image, "rb") as f:
       images = preprocess(config, f.read())
     rows, columns = draw(model, images, flag.output, flag.layers, points)
-  except (ValueError, runner.RunError) as e:
+  except (ValueError, run_options.RunError) as e:
     print(f"error: {e}", file=sys.stderr, flush=True)
     return 2
   print(f"attention maps ({rows - 1} rows of query maps + distances, {columns} columns) "

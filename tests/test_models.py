@@ -44,7 +44,7 @@ def test_parameter_count_matches_paper(model_id):
 def test_h3_parameter_count_and_the_reading_that_explains_the_paper():
   """H3 as tabulated builds 11.84M (paper: 12.3M); with H4's d_f = 1280 it builds 12.30M.
 
-  halonet.py's docstring has the arithmetic and the other readings that were tried.
+  docs/h3_parameters.md has the arithmetic and the other readings that were tried.
   """
   assert abs(_count("h3") - 11.843) < 0.01
   reading = _count("h3", final_width=1280)
@@ -54,7 +54,7 @@ def test_h3_parameter_count_and_the_reading_that_explains_the_paper():
 
 
 def test_h7_c123_parameter_count_and_where_the_paper_gap_comes_from():
-  """C123 builds 54.32M against the paper's "about 67M" (C1, C12 match; specs.py has the readings).
+  """C123 builds 54.32M against the paper's "about 67M" (docs/h7_hybrid_parameters.md).
 
   Making stage 3 convolutional replaces, per block, q, k (2d²), v (4d²), the BN on r_v·d channels,
   the two 31-row relative tables and the r_v·d-wide input of the last 1×1 (14d² instead of 3.5d²)
@@ -300,7 +300,7 @@ def test_shape_overrides_survive_get_config_and_the_model_garden_config():
 @pytest.mark.parametrize("model_id,overrides,message", [
     ("resnet50_se_halo_b8", dict(blocks=(1, 1, 1)), "blocks must list 4 positive integers"),
     ("resnet50_se_halo_b8", dict(blocks=(1, 0, 1, 1)), "blocks must list 4 positive integers"),
-    ("halonet26t", dict(blocks=(1, 1, 1, 1)), "blocks cannot be overridden.*block_types"),
+    ("halonet26t", dict(blocks=(1, 1, 1, 1)), "blocks cannot be overridden.*stage_types"),
     ("resnet50_se_halo_b8", dict(base_width=0), "base_width must be a positive integer, got 0"),
     ("resnet50_se_halo_b8", dict(stem_width=-8), "stem_width must be a positive integer"),
     ("resnet50_se_halo_b8", dict(head_dim=2.5), "head_dim must be a positive integer"),
@@ -317,6 +317,8 @@ def test_shape_overrides_survive_get_config_and_the_model_garden_config():
     ("sasa_resnet26_attention_stem", dict(stem_width=6), "stem_width 6 must be a multiple of 4"),
     ("halonet26t", dict(stem_width=2), "stem_width 2 is below 3"),
     ("eca_halonext26ts", dict(base_width=8), "base_width 8 .* not a multiple of group_width 16"),
+    # 0 is not "keep the spec's block size" (None is): a block needs at least one pixel.
+    ("h0", dict(block_size=0), "block_size must be a positive integer"),
 ])
 def test_a_bad_shape_override_is_one_line_naming_the_field(model_id, overrides, message):
   with pytest.raises(ValueError, match=f"model '{model_id}': {message}") as raised:

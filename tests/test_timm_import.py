@@ -10,6 +10,9 @@ import glob
 import json
 import math
 import os
+import re
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -44,6 +47,37 @@ FULL = ("halonet_h1", "halonet26t", "sehalonet33ts", "halonet50ts", "eca_halonex
 FLOAT32_BOUND = 1e-4
 # float64 / float32 unit roundoff: rounding errors of the same computation scale by this.
 ROUNDOFF_RATIO = 2.0**-53 / 2.0**-24
+
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# Log records on a console: absl's 'E1204 17:36:35.1 ... file.py:55]', TensorFlow C++'s
+# '2026-12-04 17:36:13.03: E external/...' and Python logging's default 'ERROR:root:'.
+LOG_RECORD = re.compile(r"^(?:([IWEF])\d{4} \d\d:\d\d:\d\d\.\d+ |"
+                        r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d+: ([IWEF]) |(INFO|ERROR|CRITICAL):)")
+
+
+def _run_quietly(args):
+  """Runs `python args...` from the repository as a user would (no TF_CPP_MIN_LOG_LEVEL set);
+  asserts it succeeded and its console (stdout and stderr) holds no error-level or INFO record."""
+  env = {k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"}
+  result = subprocess.run([sys.executable] + args, cwd=ROOT, env=dict(env, PYTHONPATH=ROOT),
+                          capture_output=True, text=True, timeout=600)
+  assert result.returncode == 0, result.stderr[-3000:]
+  console = (result.stdout + result.stderr).splitlines()
+  records = [line for line in console if LOG_RECORD.match(line)
+             and next(g for g in LOG_RECORD.match(line).groups() if g)[0] in "IEFC"]
+  assert not records, f"{len(records)} error / INFO records on the console:\n" + "\n".join(
+      line[:200] for line in records[:10])
+  return console
+
+
+def test_the_console_check_sees_each_log_format():
+  for line in ("E1204 17:37:04.393168 140101525375872 resource_reader.py:55] Path not found",
+               "I1204 17:36:46.912016 140420259175296 builder_impl.py:836] Assets written to",
+               "2026-12-04 17:36:13.036703: E external/local_xla/xla/cuda_platform.cc:51] x",
+               "ERROR:root:Path not found: timm/base.gin"):
+    assert LOG_RECORD.match(line), line
+  assert not LOG_RECORD.match("convert_timm | halonet26t_mini (98,744 parameters, 10 classes)")
 
 
 def _weights(name):
@@ -160,10 +194,19 @@ def test_query_positions_change_strided_layers_only():
 
 @pytest.fixture(scope="module")
 def converted(tmp_path_factory):
-  """halonet26t_mini converted by convert_timm (checkpoint and SavedModel)."""
+  """halonet26t_mini converted by `python -m official_halonet.convert_timm` (checkpoint and
+  SavedModel); its console shows the result line and no log record."""
   out = str(tmp_path_factory.mktemp("convert") / "halonet26t_mini")
-  record = convert_timm.convert("halonet26t_mini", _weights("halonet26t_mini"), out)
-  return dict(out=out, record=record)
+  console = _run_quietly(["-m", "official_halonet.convert_timm", "--timm_model=halonet26t_mini",
+                          f"--weights={_weights('halonet26t_mini')}", f"--output_dir={out}"])
+  with open(os.path.join(out, "conversion.json")) as f:
+    record = json.load(f)
+  return dict(out=out, record=record, console=console)
+
+
+def test_convert_timm_prints_one_line(converted):
+  assert len(converted["console"]) == 1 and converted["console"][0].startswith(
+      "convert_timm | halonet26t_mini (98,744 parameters"), converted["console"]
 
 
 def test_checkpoint_restores_strictly_to_the_same_logits(converted):
@@ -289,12 +332,16 @@ def test_a_converted_model_fine_tunes_through_the_runner(converted, tmp_path):
 
 @pytest.mark.slow
 def test_publish_works_on_a_converted_checkpoint(converted, tmp_path):
-  """main.py --mode=publish with the model's gin file and the converter's checkpoint directory."""
-  options = runner.RunOptions(
-      gin_files=["timm/halonet26t.gin"], mode="publish",
-      model_dir=os.path.join(converted["out"], "checkpoint"),
-      gin_bindings=["experiment.model_id = 'halonet26t_mini'", "experiment.num_classes = 10"])
-  written = hub.publish_from_run(options, output_dir=str(tmp_path / "hub"))
+  """main.py --mode=publish with the model's gin file and the converter's checkpoint directory;
+  the console shows where the log and the modules went, and no log record."""
+  output_dir = str(tmp_path / "hub")
+  console = _run_quietly([
+      "main.py", "--mode=publish", "--gin_file=timm/halonet26t.gin",
+      f"--model_dir={os.path.join(converted['out'], 'checkpoint')}", f"--export_dir={output_dir}",
+      "--gin_bindings=experiment.model_id = 'halonet26t_mini'",
+      "--gin_bindings=experiment.num_classes = 10"])
+  assert console[0].startswith("Logging to ") and console[-1].startswith("TF Hub modules written")
+  written = {name: os.path.join(output_dir, name) for name in (hub.CLASSIFIER, hub.FEATURE_VECTOR)}
   _, images = timm_parity.load_fixture(FIXTURES, "halonet26t_mini")
   classifier = tf.saved_model.load(written[hub.CLASSIFIER])
   # The module takes [0, 1] images and normalises inside; the fixture's crops are uint8.

@@ -109,6 +109,51 @@ def _table_reaches(entry, layer, stored_rows: int, block_size, halo_size):
   return (layer.reachable_offsets(block_size, halo_size), layer.reachable_offsets()), None
 
 
+@dataclasses.dataclass
+class _Plan:
+  """What restore would assign, and what it cannot."""
+  values: List[Tuple[tf.Variable, np.ndarray]] = dataclasses.field(default_factory=list)
+  resized: Dict[str, str] = dataclasses.field(default_factory=dict)
+  zeroed: List[str] = dataclasses.field(default_factory=list)
+  problems: List[object] = dataclasses.field(default_factory=list)  # match entries
+  geometry_errors: List[str] = dataclasses.field(default_factory=list)
+
+
+def _plan(model, found, use_ema: bool, modules: str, resize_tables: bool, geometry) -> _Plan:
+  """The value of every variable of `model` (a zero head, a resized table, or the stored one)."""
+  owners, plan = _table_layers(model), _Plan()
+  for entry in found.entries:
+    name = entry.name.split(":")[0]
+    if not entry.in_backbone and modules == "backbone":
+      plan.values.append((entry.variable,
+                          np.zeros(entry.model_shape, entry.variable.dtype.as_numpy_dtype)))
+      plan.zeroed.append(name)
+      continue
+    stored = entry.checkpoint_shape
+    layer = owners.get(id(entry.variable))
+    if (resize_tables and entry.in_backbone and layer is not None and stored is not None
+        and len(stored) == 2
+        and stored[1] == entry.model_shape[1]):
+      reaches, error = _table_reaches(entry, layer, stored[0], *geometry)
+      if error:
+        plan.geometry_errors.append(error)
+        continue
+      if not (entry.matches and reaches[0] == reaches[1]):
+        interpolate = layer.window != "centered"
+        plan.values.append((entry.variable, relative_position.resize_relative_table(
+            found.value(entry, use_ema), reaches[0], entry.model_shape[0], reaches[1],
+            interpolate)))
+        plan.resized[name] = (f"{'interpolated' if interpolate else 'recentred'} "
+                              f"{list(stored)} -> {list(entry.model_shape)}, offsets "
+                              f"{list(reaches[0])} -> {list(reaches[1])}")
+        continue
+    if entry.matches:
+      plan.values.append((entry.variable, found.value(entry, use_ema)))
+      continue
+    plan.problems.append(entry)
+  return plan
+
+
 def restore(model: tf.Module, checkpoint_path: str, use_ema: Optional[bool] = None,
             modules: str = "all", resize_tables: bool = False,
             pretrained_block_size: Optional[int] = None,
@@ -144,38 +189,10 @@ def restore(model: tf.Module, checkpoint_path: str, use_ema: Optional[bool] = No
     raise checkpoints.CheckpointMismatchError(
         f"{found.path} holds no EMA averages (the run had no ema_decay); use_ema=True cannot be "
         f"met (to export the raw weights, bind experiment.ema_decay = 0)")
-  owners = _table_layers(model)
-  block_size, halo_size = _pretrained_geometry(model, pretrained_block_size, pretrained_halo_size)
-  values, resized, zeroed, problems, geometry_errors = [], {}, [], [], []
-  for entry in found.entries:
-    name = entry.name.split(":")[0]
-    if not entry.in_backbone and modules == "backbone":
-      values.append((entry.variable,
-                     np.zeros(entry.model_shape, entry.variable.dtype.as_numpy_dtype)))
-      zeroed.append(name)
-      continue
-    stored = entry.checkpoint_shape
-    layer = owners.get(id(entry.variable))
-    if (resize_tables and entry.in_backbone and layer is not None and stored is not None
-        and len(stored) == 2
-        and stored[1] == entry.model_shape[1]):
-      reaches, error = _table_reaches(entry, layer, stored[0], block_size, halo_size)
-      if error:
-        geometry_errors.append(error)
-        continue
-      if not (entry.matches and reaches[0] == reaches[1]):
-        interpolate = layer.window != "centered"
-        values.append((entry.variable, relative_position.resize_relative_table(
-            found.value(entry, use_ema), reaches[0], entry.model_shape[0], reaches[1],
-            interpolate)))
-        resized[name] = (f"{'interpolated' if interpolate else 'recentred'} {list(stored)} -> "
-                         f"{list(entry.model_shape)}, offsets {list(reaches[0])} -> "
-                         f"{list(reaches[1])}")
-        continue
-    if entry.matches:
-      values.append((entry.variable, found.value(entry, use_ema)))
-      continue
-    problems.append(entry)
+  plan = _plan(model, found, use_ema, modules, resize_tables,
+               _pretrained_geometry(model, pretrained_block_size, pretrained_halo_size))
+  values, resized, zeroed = plan.values, plan.resized, plan.zeroed
+  problems, geometry_errors = plan.problems, plan.geometry_errors
   if problems or found.unused_keys or geometry_errors:
     hint = ("" if modules == "backbone" or not resize_tables else
             "\n  (to fine-tune on other classes, set experiment.init_checkpoint_modules = "

@@ -25,8 +25,8 @@ Added fields:
   on_bad_image       'raise': an image that cannot be decoded stops the input with the shard
                      and record named; 'skip': it is dropped and reported on stderr.
   guard_decode       decode records (in groups of 16) inside a guard that names the shard and
-                     record of an undecodable image (measured at 5-20% of training input
-                     throughput on a busy 2-core host; `bench/input.py --compare_guard`). False leaves
+                     record of an undecodable image, at a cost in input throughput
+                     (docs/input_speed.md). False leaves
                      TensorFlow's own decode error, which names neither; run
                      `python -m official_halonet.data.validate --decode_images` first then.
   check_shard_sizes  compare each shard's file size with the bytes its records used, so a

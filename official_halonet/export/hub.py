@@ -34,7 +34,7 @@ from official.core import config_definitions as cfg
 from official.vision.ops import preprocess_ops
 from official_halonet.export import saved_model
 from official_halonet.models import specs
-from official_halonet.training import runner
+from official_halonet.training import run_options
 
 CLASSIFIER = "classifier"
 FEATURE_VECTOR = "feature_vector"
@@ -202,7 +202,7 @@ def publish(run: saved_model.RestoredRun, output_dir: str,
   return written
 
 
-def publish_from_run(options: runner.RunOptions, output_dir: str = "",
+def publish_from_run(options: run_options.RunOptions, output_dir: str = "",
                      top1: Optional[float] = None, checkpoint_path: str = "") -> Dict[str, str]:
   """The run's latest checkpoint (EMA weights when it used EMA) as both TF Hub modules."""
   run = saved_model.restore_run(options, checkpoint_path)

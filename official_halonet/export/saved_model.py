@@ -67,7 +67,7 @@ from official_halonet.data import pipeline
 from official_halonet.checkpoints import match
 from official_halonet.checkpoints import restore
 from official_halonet.training import gin_config
-from official_halonet.training import runner
+from official_halonet.training import run_options
 from official_halonet.training import task as task_lib  # noqa: F401  (registers the task)
 
 DEFAULT_SUBDIR = "saved_model"
@@ -91,7 +91,7 @@ class RestoredRun:
   eval_accuracy: Optional[float] = None  # the run's eval accuracy at `step`, when it evaluated
 
 
-def load_config(options: runner.RunOptions) -> Tuple[cfg.ExperimentConfig, str]:
+def load_config(options: run_options.RunOptions) -> Tuple[cfg.ExperimentConfig, str]:
   """(ExperimentConfig, gin text in force) of a run: its gin files, or its operative config.
 
   Data paths do not matter for export; when the gin files leave them unbound (they are usually
@@ -101,21 +101,21 @@ def load_config(options: runner.RunOptions) -> Tuple[cfg.ExperimentConfig, str]:
   if not gin_files:
     operative = os.path.join(options.model_dir, gin_config.OPERATIVE_CONFIG)
     if not options.model_dir or not tf.io.gfile.exists(operative):
-      raise runner.RunError(
+      raise run_options.RunError(
           f"export needs the run's configuration: pass --gin_file (and --gin_bindings) as for "
           f"training, or a --model_dir holding {gin_config.OPERATIVE_CONFIG} (written by every "
           f"run); {operative or '--model_dir'} does not exist")
     gin_files = [operative]
   options = dataclasses.replace(options, gin_files=gin_files)
   try:
-    config = runner.build_config(options).config
-  except runner.ConfigurationError as e:
+    config = run_options.build_config(options).config
+  except run_options.ConfigurationError as e:
     if e.parameter not in ("train_input_path", "eval_input_path"):
       raise
     options = dataclasses.replace(options, gin_bindings=list(options.gin_bindings) + [
         f"{e.configurable}.train_input_path = '{_UNUSED_INPUT}'",
         f"{e.configurable}.eval_input_path = '{_UNUSED_INPUT}'"])
-    config = runner.build_config(options).config
+    config = run_options.build_config(options).config
   return config, gin.config_str()
 
 
@@ -141,7 +141,7 @@ def _mismatch_context(config: cfg.ExperimentConfig, path: str) -> str:
           f"was restored")
 
 
-def restore_run(options: runner.RunOptions, checkpoint_path: str = "") -> RestoredRun:
+def restore_run(options: run_options.RunOptions, checkpoint_path: str = "") -> RestoredRun:
   """Config + model of a run with the weights of one of its checkpoints.
 
   checkpoint_path: '' or 'latest' (model_dir's newest), 'best' (model_dir/best_ckpt, Model
@@ -158,7 +158,7 @@ def restore_run(options: runner.RunOptions, checkpoint_path: str = "") -> Restor
     found = restore.restore(model, path, use_ema=uses_ema(config) and not swapped,
                             context=_mismatch_context(config, path))
   except (match.CheckpointMismatchError, FileNotFoundError) as e:
-    raise runner.RunError(str(e)) from None
+    raise run_options.RunError(str(e)) from None
   choice = (checkpoint_path or match.LATEST) if checkpoint_path in (
       "", match.LATEST, match.BEST) else "path"
   accuracy = match.evaluated_metric(
@@ -290,7 +290,7 @@ def export_saved_model(model: tf_keras.Model, config: cfg.ExperimentConfig, expo
   return export_dir
 
 
-def export_from_run(options: runner.RunOptions, export_dir: str = "",
+def export_from_run(options: run_options.RunOptions, export_dir: str = "",
                     checkpoint_path: str = "") -> str:
   """`main.py --mode=export`: one of the run's checkpoints as a SavedModel; returns its path.
 
@@ -302,7 +302,7 @@ def export_from_run(options: runner.RunOptions, export_dir: str = "",
       checkpoint directory / prefix.
 
   Raises:
-    runner.RunError: no configuration or checkpoint, or a checkpoint that does not match.
+    run_options.RunError: no configuration or checkpoint, or a checkpoint that does not match.
   """
   run = restore_run(options, checkpoint_path)
   export_dir = export_dir or os.path.join(options.model_dir, DEFAULT_SUBDIR)

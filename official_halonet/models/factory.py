@@ -58,21 +58,12 @@ def model_garden_activation(name: str) -> str:
   return "swish" if name == "silu" else name
 
 
-def halonet_backbone(model_id: str, block_size: Optional[int] = None,
-                     halo_size: Optional[int] = None, se_ratio: Optional[float] = None,
-                     final_width: Optional[int] = None,
-                     stochastic_depth_drop_rate: float = 0.0,
-                     recompute_attention: bool = False,
-                     **shape: Any) -> Backbone:
-  """`Backbone(type='halonet')` for a named model and its overrides (see HaloNetConfig).
-
-  **shape: the shape overrides blocks, base_width, stem_width, head_dim, num_heads.
-  """
+def halonet_backbone(model_id: str, **overrides: Any) -> Backbone:
+  """`Backbone(type='halonet')` for a named model; `overrides` are HaloNetConfig fields (per-stage
+  tuples become the lists Model Garden's config keeps)."""
   return Backbone(type="halonet", halonet=HaloNetConfig(
-      model_id=model_id, block_size=block_size, halo_size=halo_size, se_ratio=se_ratio,
-      final_width=final_width, stochastic_depth_drop_rate=stochastic_depth_drop_rate,
-      recompute_attention=recompute_attention,
-      **{k: list(v) if isinstance(v, tuple) else v for k, v in shape.items()}))
+      model_id=model_id,
+      **{k: list(v) if isinstance(v, tuple) else v for k, v in overrides.items()}))
 
 
 def activation_of(model_id: str, activation: Optional[str] = None) -> str:
@@ -88,22 +79,14 @@ def build_halonet(input_specs: tf_keras.layers.InputSpec,
   """Model Garden backbone builder for `backbone.type == 'halonet'`."""
   if backbone_config.type != "halonet":
     raise ValueError(f"build_halonet got a backbone config of type {backbone_config.type!r}.")
-  config = backbone_config.get()
   return HaloNet(
-      model_id=config.model_id,
       input_specs=input_specs,
-      block_size=config.block_size,
-      halo_size=config.halo_size,
-      se_ratio=config.se_ratio,
-      final_width=config.final_width,
-      **{name: getattr(config, name) for name in specs.SHAPE_OVERRIDES},
-      stochastic_depth_drop_rate=config.stochastic_depth_drop_rate,
+      **backbone_config.get().as_dict(),  # every HaloNetConfig field is a HaloNet argument
       activation=norm_activation_config.activation,
       use_sync_bn=norm_activation_config.use_sync_bn,
       norm_momentum=norm_activation_config.norm_momentum,
       norm_epsilon=norm_activation_config.norm_epsilon,
-      kernel_regularizer=l2_regularizer,
-      recompute_attention=config.recompute_attention)
+      kernel_regularizer=l2_regularizer)
 
 
 def build(model_id: str,

@@ -21,25 +21,6 @@ PyTorch's symmetric padding of strided windows (padding='symmetric').
 
 Input [B, H, W, 3] for any H, W (attention pads to multiples of b and crops back), so endpoint
 level l has spatial size ceil(H / 2^l), exactly as a convolutional ResNet's.
-
-Parameter counts (trainable weights with a 1000-class classifier, as the paper counts them;
-tests/test_models.py asserts them): H0 5.50M, H1 8.10M, H2 9.41M, H4 19.10M, H5 30.72M, H6 43.46M,
-H7 67.44M, each within 1% of the paper's 5.5 / 8.1 / 9.4 / 19.1 / 30.7 / 43.4 / 67 M.
-
-H3 as tabulated (b=10, h=3, r_v=1, r_b=1.5, blocks 3-3-12-3, d_f=1024) builds 11.84M, 3.7% under the
-paper's 12.3M. The last stage outputs r_b·512 = 768 channels, so with d_f = 1024 the head costs
-768·1024 (d_f conv) + 2·1024 (BN) + 1024·1000 + 1000 (classifier) = 1.83M. Trying each single change
-to the row (built and counted, see the test):
-    d_f = 1280 (H4's)          12.296M  -0.03%
-    13 blocks in stage 3       12.240M  -0.49%
-    4 blocks in stage 2        11.943M  -2.90%
-    h = 2                      11.837M  -3.76%
-    r_v = 1.25                 12.867M  +4.61%
-    r_b = 1.75                 12.891M  +4.80%
-Only d_f = 1280 lands on 12.3M (+453k = 768·256 more d_f weights, 2·256 BN, 256·1000 classifier);
-it is the value the next row (H4) lists, so the likeliest reading is that the H3 model that was
-trained and counted had d_f = 1280 and the table's 1024 is a slip. `h3` is built as the table says;
-`HaloNet('h3', final_width=1280)` builds the 12.3M reading.
 """
 from typing import Any, Dict, Optional, Sequence
 
@@ -134,8 +115,13 @@ class HaloNet(tf_keras.Model):
     self._recompute = bool(recompute_attention)
 
     inputs = tf_keras.Input(shape=input_specs.shape[1:])
-    x = self._stem(inputs)
-    endpoints = {}
+    endpoints = self._stages(self._stem(inputs), stochastic_depth_drop_rate)
+    self._output_specs = {level: endpoint.get_shape() for level, endpoint in endpoints.items()}
+    super().__init__(inputs=inputs, outputs=endpoints, **kwargs)
+
+  def _stages(self, x, stochastic_depth_drop_rate: float) -> Dict[str, tf.Tensor]:
+    """The four stages (and the d_f conv after the last) on the stem's output: endpoints."""
+    spec, endpoints = self._spec, {}
     total_blocks, block_index = sum(spec.blocks), 0
     for stage, repeats in enumerate(spec.blocks):
       width = spec.base_width * 2**stage
@@ -148,8 +134,7 @@ class HaloNet(tf_keras.Model):
       if stage == 3 and spec.final_width:
         x = self._conv_bn_act(x, spec.final_width, 1, 1, name="final")
       endpoints[str(stage + 2)] = x
-    self._output_specs = {level: endpoint.get_shape() for level, endpoint in endpoints.items()}
-    super().__init__(inputs=inputs, outputs=endpoints, **kwargs)
+    return endpoints
 
   # -- building blocks ------------------------------------------------------------------------
 
@@ -218,7 +203,7 @@ class HaloNet(tf_keras.Model):
     key_dim = heads * spec.key_head_dim if spec.key_head_dim else width
     return HaloAttention(num_heads=heads, key_dim=key_dim, value_dim=value_dim,
                          block_size=spec.block_size, halo_size=spec.halo_size, strides=strides,
-                         query_positions="subsampled" if spec.timm_positions else "input",
+                         query_positions=spec.query_positions,
                          name=f"{name}_halo", **projection)(x), value_dim
 
   def _block(self, x, stage_type, stage, width, strides, drop_rate, name):

@@ -9,36 +9,9 @@ residual connection; the spatial op is
   'conv'  a 3×3 convolution (ResNet bottleneck; with squeeze-excitation in the hybrids).
 
 `paper_params` / `paper_top1` are the numbers the papers report (millions / %); tests compare the
-parameter count the code builds against them. See halonet.py for the H3 discrepancy.
-
-H7 hybrids. The HaloNet paper's Table 4 gives every hybrid "about 67 million parameters". Built as
-above (conv block: 1×1 to d, 3×3 conv d -> d, SE on d at 1/16, 1×1 to r_b·d), C1 has 67.34M and
-C12 66.97M, but C123 54.32M (-19%). An attention block of stage i costs, besides what a conv block
-shares with it, q and k (2d²), v (r_v·d² = 4d²) and a last 1×1 that reads r_v·d (14d²): 20d²,
-against 9d² (3×3 conv) + 3.5d² (last 1×1) + 0.125d² (SE) = 12.6d² for the conv block. Stage 3
-(d = 256, 26 blocks) thus loses 26 · 7.4 · 256² = 12.6M when it becomes convolutional; stages 1-2
-(3 + 3 blocks, d = 64, 128) lose only 0.46M, which is why C1 and C12 still match. Readings of the
-conv block tried (built and counted with a 1000-class head; H7 itself is 67.44M):
-
-    conv block                                   C1       C12      C123
-    as built                                     67.34    66.97    54.32
-    no SE                                        67.34    66.97    54.09
-    SE ratio 1/4 (on d)                          67.35    67.00    54.99
-    SE on the block output r_b·d, 1/16           67.36    67.06    56.82
-    SE on the block output r_b·d, 1/4            67.42    67.34    64.94
-    r_b = 4 in the conv stages (ResNet's)        67.37    67.14    56.52
-    3×3 conv d -> r_v·d, last 1×1 reads r_v·d    67.83    69.40   123.90
-    bottleneck width r_v·d = 4d                  69.25    76.57   332.68
-    bottleneck width 2d                          67.75    69.05   114.89
-    bottleneck width 1.5d                        67.52    67.87    80.58
-    bottleneck width 1.25d                       67.42    67.39    66.44
-
-No reading the paper states reaches 67M for C123: widths tied to r_v overshoot by 1.8-5x, while SE
-variants and ResNet's r_b stay 3-19% short (closest: SE at 1/4 on the r_b·d output, 64.94M). Only a
-conv bottleneck widened by a fitted factor of about 1.25 lands near 67M (66.44M), and nothing in the
-paper names such a factor, so the hybrids are built as above: C1 and C12 are tested against the
-paper's 67M; C123's 54.32M and the per-block arithmetic are asserted separately
-(tests/test_models.py).
+parameter count the code builds against them (docs/model_sizes.md; H3 and the H7-C123 hybrid
+differ from the paper, docs/h3_parameters.md and docs/h7_hybrid_parameters.md). A hybrid's conv
+block is 1×1 to d, 3×3 conv d -> d, SE on d at 1/16, 1×1 to r_b·d.
 
 The timm rows ('halonet_h1', 'halonet26t', 'sehalonet33ts', 'halonet50ts', 'eca_halonext26ts') are
 the HaloNets trained in PyTorch by timm, whose weights official_halonet.convert_timm imports. They
@@ -52,7 +25,7 @@ the ImageNet mean / std, as every model here does). Each has a reduced '<name>_m
 b=4) that the parity tests compare against timm's logits (tests/fixtures/timm).
 """
 import dataclasses
-from typing import Dict, Optional, Sequence, Tuple
+from typing import Dict, Optional, Sequence, Tuple, Union
 
 STAGE_TYPES = ("halo", "sasa", "conv")
 STEMS = ("conv", "patch", "sasa", "tiered")
@@ -65,7 +38,8 @@ SHAPE_OVERRIDES = ("blocks", "base_width", "stem_width", "head_dim", "num_heads"
 class ModelSpec:
   """Everything that defines one named backbone (and its published training resolution)."""
   blocks: Tuple[int, int, int, int]
-  stage_types: Tuple[str, str, str, str] = ("halo",) * 4
+  # Per stage: one spatial op for every block, or a tuple with one per block (timm's patterns).
+  stage_types: Tuple[Union[str, Tuple[str, ...]], ...] = ("halo",) * 4
   base_width: int = 64
   value_ratio: float = 1.0  # r_v
   output_ratio: float = 4.0  # r_b
@@ -85,7 +59,6 @@ class ModelSpec:
   paper_params: Optional[float] = None  # millions
   paper_top1: Optional[float] = None
   # Generalisations used by the timm rows (the defaults keep every other model as it was).
-  block_types: Optional[Tuple[Tuple[str, ...], ...]] = None  # per stage, one type per block
   output_widths: Optional[Tuple[int, int, int, int]] = None  # per stage, instead of r_b · d_i
   group_width: int = 0  # channels per group of the 3×3 convs (0: one group)
   key_head_dim: Optional[int] = None  # halo q/k width per head (key_dim = heads · this)
@@ -95,27 +68,37 @@ class ModelSpec:
   stem_pool: bool = True  # 'conv' / 'tiered' stems end with a 3×3/2 max-pool (else a strided conv)
   padding: str = "same"  # 'symmetric': PyTorch's (k - 1) // 2 on each side for strided convs/pools
   norm_epsilon: float = 1e-3  # BN epsilon when the builder is not given one
-  timm_positions: bool = False  # strided halo layers index tables by subsampled query position
+  query_positions: str = "input"  # HaloAttention's: 'subsampled' indexes a strided layer's
+  #                                 tables by subsampled query position (timm's weights)
   eval_crop_fraction: Optional[float] = None  # evaluation center crop (None: the data default)
   eval_interpolation: Optional[str] = None  # evaluation resize method (None: the data default)
 
   def __post_init__(self):
-    for stage_type in self.stage_types + sum(self.block_types or (), ()):
+    for stage_type in sum((tuple(self.listed(stage)) for stage in range(4)), ()):
       if stage_type not in STAGE_TYPES:
         raise ValueError(f"stage type {stage_type!r} is not one of {STAGE_TYPES}")
     if self.stem not in STEMS:
       raise ValueError(f"stem {self.stem!r} is not one of {STEMS}")
     if self.padding not in PADDINGS:
       raise ValueError(f"padding {self.padding!r} is not one of {PADDINGS}")
-    if self.block_types is not None and tuple(map(len, self.block_types)) != tuple(self.blocks):
-      raise ValueError(f"block_types has {tuple(map(len, self.block_types))} blocks per stage, "
-                       f"blocks says {tuple(self.blocks)}")
+    listed = tuple(len(t) for t in self.stage_types if not isinstance(t, str))
+    if self.lists_blocks and listed != tuple(self.blocks):
+      raise ValueError(f"stage_types lists {listed} blocks per stage, blocks says "
+                       f"{tuple(self.blocks)}")
+
+  @property
+  def lists_blocks(self) -> bool:
+    """Whether stage_types lists every block's op (then blocks cannot be resized)."""
+    return any(not isinstance(t, str) for t in self.stage_types)
+
+  def listed(self, stage: int) -> Tuple[str, ...]:
+    """The spatial op of each block of stage `stage` (0-based)."""
+    types = self.stage_types[stage]
+    return (types,) * self.blocks[stage] if isinstance(types, str) else tuple(types)
 
   def block_type(self, stage: int, index: int) -> str:
     """The spatial op of block `index` of stage `stage` (0-based)."""
-    if self.block_types is not None:
-      return self.block_types[stage][index]
-    return self.stage_types[stage]
+    return self.listed(stage)[index]
 
   def output_width(self, stage: int) -> int:
     """Output channels of every block of stage `stage`."""
@@ -124,7 +107,8 @@ class ModelSpec:
     return int(round(self.output_ratio * self.base_width * 2**stage))
 
 
-def _h(b, h, r_v, r_b, stage3, image, d_f, params, top1, magnitude, **kw):
+def _h(*, b, h, r_v, r_b, stage3, image, d_f, params, top1, magnitude, **kw):
+  """An H-family row in the paper's table's terms (blocks 3, 3, stage3, 3)."""
   return ModelSpec(blocks=(3, 3, stage3, 3), block_size=b, halo_size=h, value_ratio=r_v,
                    output_ratio=r_b, image_size=image, final_width=d_f, paper_params=params,
                    paper_top1=top1, randaug_magnitude=magnitude, **kw)
@@ -141,13 +125,20 @@ _SASA = dict(stage_types=("sasa",) * 4, output_ratio=4.0, num_heads=(8, 8, 8, 8)
 
 MODELS: Dict[str, ModelSpec] = {
     # HaloNet H0-H7 (HaloNet paper, table 1 / figure 4).
-    "h0": _h(8, 3, 1.0, 0.5, 7, 256, None, 5.5, 77.9, 6),
-    "h1": _h(8, 3, 1.0, 1.0, 10, 256, None, 8.1, 79.9, 8),
-    "h2": _h(8, 3, 1.0, 1.25, 11, 256, None, 9.4, 80.4, 10),
-    "h3": _h(10, 3, 1.0, 1.5, 12, 320, 1024, 12.3, 81.9, 14),
-    "h4": _h(12, 2, 1.0, 3.0, 12, 384, 1280, 19.1, 83.3, 17),
-    "h5": _h(14, 2, 2.5, 2.0, 23, 448, 1536, 30.7, 84.0, 19),
-    "h6": _h(8, 4, 3.0, 2.75, 24, 512, 1536, 43.4, 84.4, 24),
+    "h0": _h(b=8, h=3, r_v=1.0, r_b=0.5, stage3=7, image=256, d_f=None, params=5.5,
+             top1=77.9, magnitude=6),
+    "h1": _h(b=8, h=3, r_v=1.0, r_b=1.0, stage3=10, image=256, d_f=None, params=8.1,
+             top1=79.9, magnitude=8),
+    "h2": _h(b=8, h=3, r_v=1.0, r_b=1.25, stage3=11, image=256, d_f=None, params=9.4,
+             top1=80.4, magnitude=10),
+    "h3": _h(b=10, h=3, r_v=1.0, r_b=1.5, stage3=12, image=320, d_f=1024, params=12.3,
+             top1=81.9, magnitude=14),
+    "h4": _h(b=12, h=2, r_v=1.0, r_b=3.0, stage3=12, image=384, d_f=1280, params=19.1,
+             top1=83.3, magnitude=17),
+    "h5": _h(b=14, h=2, r_v=2.5, r_b=2.0, stage3=23, image=448, d_f=1536, params=30.7,
+             top1=84.0, magnitude=19),
+    "h6": _h(b=8, h=4, r_v=3.0, r_b=2.75, stage3=24, image=512, d_f=1536, params=43.4,
+             top1=84.4, magnitude=24),
     "h7": _h(**_H7, params=67.0, top1=84.9),
     # Convolution-attention hybrids of H7: the first 1, 2 or 3 stages are SE conv bottlenecks
     # (paper: "about 67 million parameters" each; C123 builds 54.3M, see the module docstring).
@@ -193,28 +184,28 @@ MODELS: Dict[str, ModelSpec] = {
 # timm's HaloNets (timm 1.0 byoanet.py), imported by official_halonet.convert_timm. 256×256
 # inputs; BN epsilon 1e-5; PyTorch padding; eval crop / interpolation from timm's pretrained configs.
 _C, _H = "conv", "halo"
-_TIMM = dict(image_size=256, padding="symmetric", norm_epsilon=1e-5, timm_positions=True,
+_TIMM = dict(image_size=256, padding="symmetric", norm_epsilon=1e-5, query_positions="subsampled",
              eval_interpolation="bicubic", num_heads=(8, 8, 8, 8), stem_width=64)
 _TIMM_MODELS: Dict[str, ModelSpec] = {
     "halonet_h1": ModelSpec(
         blocks=(3, 3, 10, 3), output_ratio=1.0, block_size=8, halo_size=3, activation="relu",
         eval_crop_fraction=0.95, **_TIMM),
     "halonet26t": ModelSpec(
-        blocks=(2, 2, 2, 2), block_types=((_C, _C), (_C, _C), (_C, _H), (_H, _H)),
+        blocks=(2, 2, 2, 2), stage_types=((_C, _C), (_C, _C), (_C, _H), (_H, _H)),
         block_size=8, halo_size=2, stem="tiered", activation="relu", eval_crop_fraction=0.95,
         **_TIMM),
     "sehalonet33ts": ModelSpec(
-        blocks=(2, 3, 3, 2), block_types=((_C, _C), (_C, _C, _H), (_C, _C, _H), (_H, _H)),
+        blocks=(2, 3, 3, 2), stage_types=((_C, _C), (_C, _C, _H), (_C, _C, _H), (_H, _H)),
         output_widths=(256, 512, 1024, 1536), final_width=1280, block_size=8, halo_size=3,
         stem="tiered", stem_pool=False, conv_se_ratio=1 / 16, se_activation="relu",
         se_divisor=8, eval_crop_fraction=0.94, **_TIMM),
     "halonet50ts": ModelSpec(
         blocks=(3, 4, 6, 3),
-        block_types=((_C,) * 3, (_C, _C, _C, _H), (_C, _H) * 3, (_C, _H, _C)),
+        stage_types=((_C,) * 3, (_C, _C, _C, _H), (_C, _H) * 3, (_C, _H, _C)),
         block_size=8, halo_size=3, stem="tiered", eval_crop_fraction=0.94,
         **dict(_TIMM, num_heads=(8, 4, 8, 8))),
     "eca_halonext26ts": ModelSpec(
-        blocks=(2, 2, 2, 2), block_types=((_C, _C), (_C, _C), (_C, _H), (_H, _H)),
+        blocks=(2, 2, 2, 2), stage_types=((_C, _C), (_C, _C), (_C, _H), (_H, _H)),
         group_width=16, eca=True, key_head_dim=16, block_size=8, halo_size=2, stem="tiered",
         eval_crop_fraction=0.94, **_TIMM),
 }
@@ -234,7 +225,7 @@ _TIMM_MINI: Dict[str, ModelSpec] = {
         final_width=80, **_MINI),
     "halonet50ts_mini": dataclasses.replace(
         _TIMM_MODELS["halonet50ts"], blocks=(2, 4, 4, 2),
-        block_types=((_C, _C), (_C, _C, _C, _H), (_C, _H, _C, _H), (_C, _H)), halo_size=2,
+        stage_types=((_C, _C), (_C, _C, _C, _H), (_C, _H, _C, _H), (_C, _H)), halo_size=2,
         **dict(_MINI, num_heads=(2, 1, 2, 2))),
     "eca_halonext26ts_mini": dataclasses.replace(
         _TIMM_MODELS["eca_halonext26ts"], halo_size=1, group_width=8, key_head_dim=8, **_MINI),
@@ -274,9 +265,9 @@ def resolve(model_id: str, block_size: Optional[int] = None, halo_size: Optional
                      f"num_heads={num_heads!r})")
   shape = {}
   if blocks is not None:
-    if spec.block_types is not None:
+    if spec.lists_blocks:
       raise ValueError(f"{where}: blocks cannot be overridden, the model lists its blocks one by "
-                       f"one (block_types)")
+                       f"one (stage_types)")
     shape["blocks"] = _per_stage("blocks", blocks, where)
   if num_heads is not None:
     shape.update(num_heads=_per_stage("num_heads", num_heads, where), head_dim=None)
@@ -284,7 +275,9 @@ def resolve(model_id: str, block_size: Optional[int] = None, halo_size: Optional
                       ("head_dim", head_dim)):
     if value is not None:
       shape[name] = _positive(name, value, where)
-  overrides = dict(block_size=block_size or None, halo_size=halo_size, se_ratio=se_ratio,
+  if block_size is not None:
+    _positive("block_size", block_size, where)
+  overrides = dict(block_size=block_size, halo_size=halo_size, se_ratio=se_ratio,
                    final_width=final_width)
   resolved = dataclasses.replace(
       spec, **shape, **{k: v for k, v in overrides.items() if v is not None})

@@ -167,8 +167,8 @@ def _table(halo):
 
 def _check_geometry(spec: specs.ModelSpec):
   """The layout above holds for timm's geometry only: subsampled strided positions."""
-  if not spec.timm_positions:
-    raise TimmWeightsError("timm's weights need a timm spec row (timm_positions=True); "
+  if spec.query_positions != "subsampled":
+    raise TimmWeightsError("timm's weights need a timm spec row (query_positions='subsampled'); "
                            f"these are: {', '.join(specs.TIMM_MODELS)}")
 
 

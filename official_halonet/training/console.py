@@ -1,19 +1,23 @@
 """What reaches the terminal: one progress line per loop, one per evaluation, errors.
 
 Everything else goes to the run's log file (<model_dir>/main.log):
-  * absl / Python logging (Model Garden, Orbit, TensorFlow's Python side): runner.configure_logging;
+  * absl / Python logging (Model Garden, Orbit, TensorFlow's Python side): `configure_logging`;
   * Orbit's controller prints every loop's output dict to stdout besides logging it: `quiet_orbit`
     makes it log only;
   * TensorFlow's C++ side writes to file descriptor 2 (start-up lines, grappler, dataset warnings;
     some bypass TF_CPP_MIN_LOG_LEVEL): `native_stderr_to` points descriptor 2 at the log file
     while Python's sys.stderr keeps the terminal, so this project's `error:` lines and Python
     tracebacks still show.
-`--verbose` (main.py) skips all of this. Nothing here imports TensorFlow, so main.py can call it
+`quiet(log_file)` does all three, for every entry point (main.py's modes, convert_timm, visualize).
+`--verbose` skips all of this. Nothing here imports TensorFlow, so an entry point can call it
 before TensorFlow starts.
 """
+import atexit
+import logging as python_logging
 import os
 import sys
 import tempfile
+import traceback
 
 LOG_FILENAME = "main.log"
 
@@ -43,3 +47,57 @@ def quiet_orbit() -> None:
   from absl import logging
   from orbit import controller
   controller._log = logging.info  # pylint: disable=protected-access  (Orbit offers no switch)
+
+
+def tool_log_path(tool: str) -> str:
+  """The log file of a tool that writes no run directory: <temp>/official_halonet/<tool>.log."""
+  local = os.path.join(tempfile.gettempdir(), "official_halonet")
+  os.makedirs(local, exist_ok=True)
+  return os.path.join(local, f"{tool}.log")
+
+
+def quiet(path: str, verbose: bool = False) -> str:
+  """Everything but this project's own lines and errors goes to `path` (unless `verbose`).
+
+  TensorFlow's C++ lines (file descriptor 2) and absl / Python logging go to the file; Python's
+  sys.stderr stays on the terminal for `error:` lines and tracebacks. Returns `path`.
+  """
+  if not verbose:
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # effective if TensorFlow is not loaded
+    native_stderr_to(path)
+  return configure_logging(path, verbose, announce=False)
+
+
+def configure_logging(path: str, verbose: bool = False, announce: bool = True) -> str:
+  """Sends absl / TensorFlow / Model Garden logs to the file at `path`, errors also to stderr.
+
+  The file is appended to. Unless `verbose`, Orbit's per-loop dicts go only there too
+  (quiet_orbit). `announce` prints where the log is. Returns `path`.
+  """
+  from absl import flags  # pylint: disable=g-import-not-at-top
+  from absl import logging  # pylint: disable=g-import-not-at-top
+  logging.set_verbosity(logging.INFO)
+  logging.get_absl_handler().python_handler.stream = open(path, "a", encoding="utf-8")
+  if not verbose:
+    quiet_orbit()
+  if flags.FLAGS.is_parsed() and not flags.FLAGS["stderrthreshold"].present:
+    flags.FLAGS.stderrthreshold = "error"
+  atexit.register(_drop_records_after_shutdown)
+  if announce:
+    print(f"Logging to {path}", flush=True)
+  return path
+
+
+def _drop_records_after_shutdown() -> None:
+  """TensorFlow's checkpoints log the values they never restored when they are collected at
+  interpreter exit, after logging.shutdown has closed the log file: drop those records rather
+  than print a 'Logging error' traceback for each on the terminal."""
+  python_logging.raiseExceptions = False
+
+
+def log_exception(error: BaseException) -> None:
+  """Writes the full traceback of `error` to the log file (see configure_logging)."""
+  from absl import logging  # pylint: disable=g-import-not-at-top
+  stream = logging.get_absl_handler().python_handler.stream
+  stream.write("".join(traceback.format_exception(error)))
+  stream.flush()

@@ -8,6 +8,8 @@
                                  for errors found later (a model name that doesn't exist, ...).
   write_operative_config(dir)    the bindings in force, written to model_dir as operative_config.gin.
 """
+import contextlib
+import logging
 import os
 import re
 from typing import List, Optional, Sequence, Tuple
@@ -74,8 +76,9 @@ def parse(gin_files: Sequence[str], bindings: Sequence[str]) -> None:
   for index, binding in enumerate(bindings):
     _sources.append((f"--gin_bindings[{index}]", binding.splitlines()))
   try:
-    gin.parse_config_files_and_bindings(resolved, None, skip_unknown=False,
-                                        finalize_config=False)
+    with _quiet_include_search():
+      gin.parse_config_files_and_bindings(resolved, None, skip_unknown=False,
+                                          finalize_config=False)
   except Exception as e:  # gin raises ValueError / SyntaxError / OSError with its location
     raise GinError(f"invalid gin configuration: {_one_line(e)}") from None
   for index, binding in enumerate(bindings):
@@ -84,6 +87,29 @@ def parse(gin_files: Sequence[str], bindings: Sequence[str]) -> None:
     except Exception as e:
       raise GinError(f"--gin_bindings[{index}] {binding!r}: {_one_line(e)}") from None
   gin.finalize()
+
+
+class _IncludeSearchFilter(logging.Filter):
+  """Drops gin's log records of its include search (gin/resource_reader.py).
+
+  gin tries every search path in turn with every file reader and logs each miss of its Python
+  package reader at error level, although the include is then found; `_read_with_includes` has
+  already resolved every include, so a miss here is not a problem worth a line.
+  """
+
+  def filter(self, record: logging.LogRecord) -> bool:
+    return not record.pathname.endswith(os.path.join("gin", "resource_reader.py"))
+
+
+@contextlib.contextmanager
+def _quiet_include_search():
+  root = logging.getLogger()  # gin/resource_reader.py logs through the root logger
+  quiet = _IncludeSearchFilter()
+  root.addFilter(quiet)
+  try:
+    yield
+  finally:
+    root.removeFilter(quiet)
 
 
 def _one_line(error: Exception) -> str:

@@ -27,9 +27,14 @@ EXPERIMENTS: Dict[str, Callable[..., cfg.ExperimentConfig]] = {
 
 @dataclasses.dataclass
 class Built:
-  """A Model Garden experiment config and the name of the configurable that built it."""
+  """A Model Garden experiment config and the name of the configurable that built it.
+
+  from_gin: the config came from gin bindings (errors name their file and line); False: from a
+  registered experiment and Model Garden's flags (errors name the config field).
+  """
   config: cfg.ExperimentConfig
   configurable: str
+  from_gin: bool = True
 
 
 def bound_configurable() -> str:

@@ -12,15 +12,10 @@ Order of work, so that a bad setting costs seconds, not a TPU reservation:
 A killed run started again with the same command resumes from the last checkpoint in model_dir
 (Model Garden's checkpoint manager); a NaN / too-large loss stops it before a checkpoint is written.
 """
-import atexit
-import dataclasses
-import logging as python_logging
+import contextlib
 import os
-import traceback
-from typing import Any, Dict, Optional, Sequence
+from typing import Any, Dict, Optional, Tuple
 
-from absl import flags
-from absl import logging
 import tensorflow as tf
 from tensorflow.python.framework import config as tf_framework_config  # op determinism off again
 import tf_keras
@@ -35,60 +30,21 @@ from official_halonet.data import validate
 from official_halonet.checkpoints import run_files
 from official_halonet.models import attention_maps
 from official_halonet.training import attention_summary
-from official_halonet.training import console
 from official_halonet.training import gin_config
 from official_halonet.training import loss_guard
 from official_halonet.training import precision
 from official_halonet.training import progress
 from official_halonet.training import registry
 from official_halonet.training.config_error import ConfigError
+from official_halonet.training.run_options import ConfigurationError
+from official_halonet.training.run_options import RunError
+from official_halonet.training.run_options import RunOptions
+from official_halonet.training.run_options import build_config
 from official_halonet.training import task as task_lib  # noqa: F401  (registers the task)
 
 MODES = ("train", "eval", "train_and_eval")
 ATTENTION_IMAGES = 3  # validation images whose attention maps go to TensorBoard
 STRATEGIES = ("tpu", "mirrored", "multi_worker_mirrored", "one_device")
-
-
-class RunError(RuntimeError):
-  """A run that cannot start or had to stop; the message says why and where."""
-
-
-class ConfigurationError(RunError):
-  """A gin setting that cannot work: `configurable`.`parameter`, located at its file and line."""
-
-  def __init__(self, error: ConfigError):
-    super().__init__(f"{gin_config.locate(error.parameter, error.configurable)}: "
-                     f"{error.configurable}.{error.parameter}: {error}")
-    self.parameter = error.parameter
-    self.configurable = error.configurable
-
-
-@dataclasses.dataclass
-class RunOptions:
-  gin_files: Sequence[str]
-  gin_bindings: Sequence[str] = ()
-  mode: str = "train_and_eval"
-  model_dir: str = ""
-  strategy: Optional[str] = None  # None: 'tpu' when tpu is set, else 'mirrored'
-  tpu: str = ""
-  num_gpus: Optional[int] = None  # None: all visible GPUs
-  num_cpu_devices: int = 0  # >1: split the host CPU into this many logical devices
-
-
-def build_config(options: RunOptions, mixed_precision_default: str = "float32") -> registry.Built:
-  """Steps 1-2: gin -> Model Garden ExperimentConfig + the configurable that built it.
-
-  Classification files bind `experiment`; the detection files in gin/detection/ bind
-  `detection_experiment` (Model Garden's Mask R-CNN / RetinaNet with a halonet backbone); see
-  training/registry.py. A bad setting is a ConfigurationError naming its file and line.
-  """
-  gin_config.parse(options.gin_files, options.gin_bindings)
-  try:
-    return registry.build(mixed_precision_default)
-  except ConfigError as e:
-    raise ConfigurationError(e) from None
-  except TypeError as e:  # e.g. a required parameter was never bound
-    raise RunError(f"gin configuration: {e}") from None
 
 
 def _strategy_name(options: RunOptions) -> str:
@@ -136,17 +92,19 @@ def configure_cpu_devices(count: int) -> None:
 def check_inputs(built: registry.Built, mode: str) -> None:
   """Step 3: every input pattern the mode reads matches files (names the pattern and binding)."""
   config, configurable = built.config, built.configurable
-  needed = [("train_input_path", config.task.train_data)] if "train" in mode else []
-  needed += [("eval_input_path", config.task.validation_data)] if "eval" in mode else []
-  for parameter, data_config in needed:
+  needed = [("train_input_path", "train_data", config.task.train_data)] if "train" in mode else []
+  needed += ([("eval_input_path", "validation_data", config.task.validation_data)]
+             if "eval" in mode else [])
+  for parameter, field, data_config in needed:
     if getattr(data_config, "tfds_name", ""):
       continue
     patterns = data_config.input_path
     patterns = patterns.split(",") if isinstance(patterns, str) else list(patterns)
     empty = [p for p in patterns if not p or not tf.io.gfile.glob(p)]
+    where = (f"{gin_config.locate(parameter, configurable)}: {configurable}.{parameter}"
+             if built.from_gin else f"task.{field}.input_path")
     if empty:
-      raise RunError(f"{gin_config.locate(parameter, configurable)}: {configurable}.{parameter}: "
-                     f"no files match {empty[0]!r}")
+      raise RunError(f"{where}: no files match {empty[0]!r}")
 
 
 def check_eval_data(config) -> None:
@@ -171,24 +129,14 @@ def latest_checkpoint_step(model_dir: str) -> Optional[int]:
   return int(path.rsplit("-", 1)[-1]) if path else None
 
 
-def run(options: RunOptions) -> Dict[str, Any]:
-  """Runs train / eval / train_and_eval; returns the final eval logs (may be empty)."""
-  if options.mode not in MODES:
-    raise RunError(f"--mode must be one of {MODES}, got {options.mode!r}")
-  if not options.model_dir:
-    raise RunError("--model_dir is required")
-  name = _strategy_name(options)
-  built = build_config(options, precision.default_dtype(name, _num_gpus(options)))
-  config = built.config
-  check_inputs(built, options.mode)
-  if "train" in options.mode and "eval" in options.mode:
-    check_eval_data(config)
-  strategy = create_strategy(options)
-  print(f"{type(strategy).__name__} with {strategy.num_replicas_in_sync} replica(s); "
-        f"{config.runtime.mixed_precision_dtype or 'float32'} compute", flush=True)
-  check_against_strategy(built, strategy.num_replicas_in_sync)
+def run(options: RunOptions, built: Optional[registry.Built] = None) -> Dict[str, Any]:
+  """Runs train / eval / train_and_eval; returns the final eval logs (may be empty).
 
-  model_dir = options.model_dir
+  built: a config made elsewhere (official_halonet/train.py: a registered Model Garden
+  experiment); None builds it from options' gin files and bindings.
+  """
+  built, strategy = prepare(options, built)
+  config, model_dir = built.config, options.model_dir
   if _is_chief(strategy):
     train_utils.serialize_config(config, model_dir)
     gin_config.write_operative_config(model_dir)
@@ -197,17 +145,7 @@ def run(options: RunOptions) -> Dict[str, Any]:
   resumed = latest_checkpoint_step(model_dir)
   if resumed is not None and "train" in options.mode:
     print(f"Resuming from the checkpoint at step {resumed} in {model_dir}", flush=True)
-
-  seed = getattr(config.task.train_data, "seed", None)
-  if seed is not None:  # the same initial weights on every run with this seed
-    tf_keras.utils.set_random_seed(seed)
-  # Op determinism is process-wide: on for this run only, so a caller in the same process (a
-  # notebook, a test) keeps its own setting, as TensorFlow's tf.data rewrites depend on it.
-  determinism_was_on = tf_framework_config.is_op_determinism_enabled()
-  if getattr(config.task.train_data, "deterministic", None):  # experiment.deterministic
-    tf.config.experimental.enable_op_determinism()
-    print(f"Deterministic: op determinism on, seed {seed}", flush=True)
-  try:
+  with _seeded(config):
     with strategy.scope():
       task = task_factory.get_task(config.task, logging_dir=model_dir)
       trainer = train_utils.create_trainer(
@@ -215,22 +153,11 @@ def run(options: RunOptions) -> Dict[str, Any]:
           checkpoint_exporter=run_files.maybe_create_best_ckpt_exporter(config, model_dir))
       if "train" in options.mode:
         create_optimizer_weights(trainer.optimizer, trainer.model)
-    train_actions = [progress.ProgressLogger(trainer.global_step, config.trainer.train_steps,
-                                             config.task.train_data.global_batch_size)]
-    if config.trainer.recovery_max_trials == 0:  # stop at once; > 0: Model Garden's reload-and-retry
-      train_actions.append(loss_guard.LossGuard(trainer.global_step, config.trainer.loss_upper_bound,
-                                                config.trainer.recovery_begin_steps))
-    last_eval = attention_summary.EvalLine(trainer.global_step)
-    eval_actions = [last_eval]
-    if "eval" in options.mode and _is_chief(strategy) and attention_maps.attention_layers(
-        trainer.model):
-      images = attention_summary.fixed_images(task.build_inputs(config.task.validation_data),
-                                              ATTENTION_IMAGES)
-      eval_actions.append(attention_summary.AttentionSummary(trainer.model, images, model_dir,
-                                                             trainer.global_step))
-    # Orbit evaluates after the last training chunk and --mode=eval evaluates once, so Model Garden's
-    # post-training evaluation would repeat the last one (a whole validation pass); it runs only
-    # when a finished run is started again and nothing is trained.
+    train_actions, eval_actions = _actions(config, task, trainer, options.mode,
+                                           _is_chief(strategy), model_dir)
+    # Orbit evaluates after the last training chunk and --mode=eval evaluates once, so Model
+    # Garden's post-training evaluation would repeat the last one (a whole validation pass); it
+    # runs only when a finished run is started again and nothing is trained.
     finished = resumed is not None and resumed >= config.trainer.train_steps
     try:
       _, eval_logs = train_lib.run_experiment(
@@ -241,29 +168,88 @@ def run(options: RunOptions) -> Dict[str, Any]:
       last = latest_checkpoint_step(model_dir)
       raise RunError(
           f"training stopped: {e} The last good checkpoint "
-          f"{'is step ' + str(last) if last is not None else 'does not exist yet'} in {model_dir}; "
-          f"nothing was written after it. Lower the learning rate or check the data, then run "
-          f"the same command to resume.") from None
-    eval_logs = {k: float(v) for k, v in (eval_logs or last_eval.logs or {}).items()
+          f"{'is step ' + str(last) if last is not None else 'does not exist yet'} in "
+          f"{model_dir}; nothing was written after it. Lower the learning rate or check the "
+          f"data, then run the same command to resume.") from None
+    eval_logs = {k: float(v) for k, v in (eval_logs or eval_actions[0].logs or {}).items()
                  if tf.size(v) == 1}
-    if eval_logs:
-      # The latest checkpoint's numbers, then the best one's: --mode=export takes the latest
-      # unless told --checkpoint=best.
-      summary = " | ".join(f"{k} {v:.4f}" for k, v in sorted(eval_logs.items())
-                           if not k.startswith("best_"))
-      print(f"final | latest checkpoint, step {latest_checkpoint_step(model_dir)} | {summary}",
-            flush=True)
-      best_subdir = config.trainer.best_checkpoint_export_subdir
-      best = run_files.best_checkpoint_record(model_dir, best_subdir)
-      metric = config.trainer.best_checkpoint_eval_metric
-      if best is not None and metric in best:
-        print(f"best | {metric} {best[metric]:.4f} at step {int(best['best_ckpt_global_step'])}, "
-              f"kept in {os.path.join(model_dir, best_subdir)}: export it with --checkpoint=best",
-              flush=True)
+    _print_summary(eval_logs, config, model_dir)
     return eval_logs
+
+
+def prepare(options: RunOptions, built: Optional[registry.Built] = None
+            ) -> Tuple[registry.Built, tf.distribute.Strategy]:
+  """Steps 1-4: the options, the config, the inputs and the strategy, before any model exists."""
+  if options.mode not in MODES:
+    raise RunError(f"--mode must be one of {MODES}, got {options.mode!r}")
+  if not options.model_dir:
+    raise RunError("--model_dir is required")
+  name = _strategy_name(options)
+  built = built or build_config(options, precision.default_dtype(name, _num_gpus(options)))
+  check_inputs(built, options.mode)
+  if "train" in options.mode and "eval" in options.mode:
+    check_eval_data(built.config)
+  strategy = create_strategy(options)
+  print(f"{type(strategy).__name__} with {strategy.num_replicas_in_sync} replica(s); "
+        f"{built.config.runtime.mixed_precision_dtype or 'float32'} compute", flush=True)
+  check_against_strategy(built, strategy.num_replicas_in_sync)
+  return built, strategy
+
+
+@contextlib.contextmanager
+def _seeded(config):
+  """The run's seed for the initial weights, and op determinism for this run only.
+
+  Op determinism is process-wide: it is turned off again afterwards, so a caller in the same
+  process (a notebook, a test) keeps its own setting, as TensorFlow's tf.data rewrites depend
+  on it.
+  """
+  seed = getattr(config.task.train_data, "seed", None)
+  if seed is not None:  # the same initial weights on every run with this seed
+    tf_keras.utils.set_random_seed(seed)
+  determinism_was_on = tf_framework_config.is_op_determinism_enabled()
+  if getattr(config.task.train_data, "deterministic", None):  # experiment.deterministic
+    tf.config.experimental.enable_op_determinism()
+    print(f"Deterministic: op determinism on, seed {seed}", flush=True)
+  try:
+    yield
   finally:
     if not determinism_was_on:
       tf_framework_config.disable_op_determinism()
+
+
+def _actions(config, task, trainer, mode: str, is_chief: bool, model_dir: str):
+  """Orbit actions: (train: progress line, loss guard; eval: eval line first, attention maps)."""
+  train_actions = [progress.ProgressLogger(trainer.global_step, config.trainer.train_steps,
+                                           config.task.train_data.global_batch_size)]
+  if config.trainer.recovery_max_trials == 0:  # stop at once; > 0: Model Garden's reload-and-retry
+    train_actions.append(loss_guard.LossGuard(trainer.global_step, config.trainer.loss_upper_bound,
+                                              config.trainer.recovery_begin_steps))
+  eval_actions = [attention_summary.EvalLine(trainer.global_step)]
+  if "eval" in mode and is_chief and attention_maps.attention_layers(trainer.model):
+    images = attention_summary.fixed_images(task.build_inputs(config.task.validation_data),
+                                            ATTENTION_IMAGES)
+    eval_actions.append(attention_summary.AttentionSummary(trainer.model, images, model_dir,
+                                                           trainer.global_step))
+  return train_actions, eval_actions
+
+
+def _print_summary(eval_logs: Dict[str, float], config, model_dir: str) -> None:
+  """The latest checkpoint's numbers, then the best one's: --mode=export takes the latest unless
+  told --checkpoint=best."""
+  if not eval_logs:
+    return
+  summary = " | ".join(f"{k} {v:.4f}" for k, v in sorted(eval_logs.items())
+                       if not k.startswith("best_"))
+  print(f"final | latest checkpoint, step {latest_checkpoint_step(model_dir)} | {summary}",
+        flush=True)
+  best_subdir = config.trainer.best_checkpoint_export_subdir
+  best = run_files.best_checkpoint_record(model_dir, best_subdir)
+  metric = config.trainer.best_checkpoint_eval_metric
+  if best is not None and metric in best:
+    print(f"best | {metric} {best[metric]:.4f} at step {int(best['best_ckpt_global_step'])}, "
+          f"kept in {os.path.join(model_dir, best_subdir)}: export it with --checkpoint=best",
+          flush=True)
 
 
 def create_optimizer_weights(optimizer, model: tf_keras.Model) -> None:
@@ -289,39 +275,3 @@ def _is_chief(strategy: tf.distribute.Strategy) -> bool:
     return True
   return resolver.task_type in (None, "chief") or (
       resolver.task_type == "worker" and resolver.task_id == 0)
-
-
-LOG_FILENAME = console.LOG_FILENAME
-
-
-def configure_logging(model_dir: str, verbose: bool = False) -> str:
-  """Sends absl / TensorFlow / Model Garden logs to a file, errors also to stderr.
-
-  The file is <model_dir>/main.log, appended to by every run; for a remote model_dir (gs://) a
-  local file under the temp directory (console.log_path). Unless `verbose`, Orbit's per-loop
-  dicts go only there too (console.quiet_orbit). Returns its path.
-  """
-  logging.set_verbosity(logging.INFO)
-  path = console.log_path(model_dir)
-  logging.get_absl_handler().python_handler.stream = open(path, "a", encoding="utf-8")
-  if not verbose:
-    console.quiet_orbit()
-  if flags.FLAGS.is_parsed() and not flags.FLAGS["stderrthreshold"].present:
-    flags.FLAGS.stderrthreshold = "error"
-  atexit.register(_drop_records_after_shutdown)
-  print(f"Logging to {path}", flush=True)
-  return path
-
-
-def _drop_records_after_shutdown() -> None:
-  """TensorFlow's checkpoints log the values they never restored when they are collected at
-  interpreter exit, after logging.shutdown has closed the log file: drop those records rather
-  than print a 'Logging error' traceback for each on the terminal."""
-  python_logging.raiseExceptions = False
-
-
-def log_exception(error: BaseException) -> None:
-  """Writes the full traceback of `error` to the log file (see configure_logging)."""
-  stream = logging.get_absl_handler().python_handler.stream
-  stream.write("".join(traceback.format_exception(error)))
-  stream.flush()
