@@ -15,13 +15,14 @@ body once: a step whose compiled program has loops says its estimate does not co
 What the numbers are not: TensorFlow's CPU lowering of one replica's step, compiled by the TPU
 compiler (no TPUStrategy all-reduce, no infeed), and a roofline lower bound, not a measured time.
 """
+import bisect
 import dataclasses
 import json
 import os
 import re
 import subprocess
 import tempfile
-from typing import Callable, Dict, List, Optional
+from typing import Callable, Dict, List, Optional, Tuple
 
 from official_halonet.tpu import chips
 from official_halonet.tpu import steps as steps_lib
@@ -119,15 +120,30 @@ def _bytes(number: str, unit: str) -> float:
   return float(number) * 1024 ** "BKMGT".index(unit or "B")
 
 
-def batch_guess(report: StepReport) -> Optional[int]:
-  """From an out-of-memory report ('temporaries (17.52G) exceeds available HBM (15.75G)'): the
-  batch at which the temporaries, taken as proportional to the batch, would just fit."""
-  found = re.search(r"temporaries \(([\d.]+)([KMGT]?)\) exceeds available HBM \(([\d.]+)([KMGT]?)\)",
-                    report.error)
-  if not found:
+def hbm_shortfall(report: StepReport) -> Optional[Tuple[float, float]]:
+  """(bytes needed, bytes available) from an out-of-memory report's message, e.g. 'the total
+  memory required for HLO temporaries (17.52G) exceeds available HBM (15.75G)'; else None."""
+  found = re.search(r"temporaries \(([\d.]+)([KMGT]?)\) exceeds available HBM "
+                    r"\(([\d.]+)([KMGT]?)\)", report.error)
+  return (_bytes(*found.group(1, 2)), _bytes(*found.group(3, 4))) if found else None
+
+
+def batch_guess(compiled: List[StepReport]) -> Optional[int]:
+  """The batch at which the HLO temporaries would just fill the HBM the compiler offers: a line
+  (temporaries = fixed + per-image * batch) through the two latest compiles, fitting or not, or
+  through the origin when there is one; None before any out-of-memory report."""
+  available = [hbm_shortfall(r)[1] for r in compiled if hbm_shortfall(r)]
+  points = [(r.batch, r.hbm["temporaries"] if r.compiled else hbm_shortfall(r)[0])
+            for r in compiled if r.compiled or hbm_shortfall(r)][-2:]
+  if not available:
     return None
-  needed, available = _bytes(*found.group(1, 2)), _bytes(*found.group(3, 4))
-  return int(report.batch * available / needed)
+  (b1, t1) = points[-1]
+  if len(points) == 1 or points[0][0] == b1:
+    return int(b1 * available[-1] / t1)
+  (b0, t0) = points[0]
+  per_image = (t1 - t0) / (b1 - b0)
+  # Memory that does not grow with the batch and already exceeds the HBM: nothing fits (0).
+  return max(0, int(b1 + (available[-1] - t1) / per_image)) if per_image > 0 else 0
 
 
 def per_device_batch(global_batch: int, tpu: chips.Slice, setting: str) -> int:
@@ -148,26 +164,40 @@ def compile_step(steps: steps_lib.Steps, kind: str, batch: int, tpu: chips.Slice
   return step_report(kind, batch, compile_for(traced.hlo, tpu.generation, optimized_hlo))
 
 
-def largest_fitting_batch(fits: Callable[[int], bool], too_big: int,
-                          guess: Optional[int] = None) -> Optional[int]:
-  """The largest batch below `too_big` for which `fits` holds, in multiples of 8 from 16 up (as a
-  TPU batch should be), or None when not even 1 fits. Tries `guess` and the next multiple first
-  (two compiles when the guess is right), then bisects; at most MAX_COMPILES calls of `fits`."""
-  unit = 8 if too_big >= 16 else 1
-  low, high = 0, (too_big - 1) // unit + 1  # in units: low fits (0: none known), high does not
-  probes = [guess // unit, guess // unit + 1] if guess else []
+def batch_sizes_below(batch: int) -> List[int]:
+  """The per-device batches worth trying below `batch`: 1..7, then multiples of 8 (from 16 up a TPU
+  batch should be one); every size when `batch` < 16."""
+  if batch < 16:
+    return list(range(1, batch))
+  return list(range(1, 8)) + list(range(8, batch, 8))
+
+
+def largest_fitting_batch(probe: Callable[[int], StepReport], too_big: StepReport
+                          ) -> Optional[int]:
+  """The largest of batch_sizes_below(too_big.batch) whose compile fits, or None. Each probe
+  compiles; the size tried next is the largest at or under batch_guess's line through the compiles
+  so far, else the next size up when a guess just fit, else the middle of the sizes still open:
+  usually 2-3 compiles, at most MAX_COMPILES."""
+  sizes = batch_sizes_below(too_big.batch)
+  low, high = -1, len(sizes)  # indices: sizes[low] fits (-1: none known), sizes[high] does not
+  compiled, step_up = [too_big], False  # step_up: a guess just fit; try one size more
   for _ in range(MAX_COMPILES):
-    candidates = [p for p in probes if low < p < high]
-    middle = candidates[0] if candidates else (low + high) // 2
+    guess = batch_guess(compiled)
+    guess = None if guess is None else min(max(bisect.bisect_right(sizes, guess) - 1, 0),
+                                           high - 1)
+    candidates = ([guess] if guess is not None else []) + ([low + 1] if step_up else [])
+    inside = [c for c in candidates if low < c < high]
+    middle = inside[0] if inside else (low + high) // 2
     if not low < middle < high:
       break
-    if fits(middle * unit):
+    report = probe(sizes[middle])
+    compiled.append(report)
+    step_up = report.fits and middle == guess
+    if report.fits:
       low = middle
     else:
       high = middle
-  if low == 0 and unit > 1:
-    return largest_fitting_batch(fits, unit)
-  return low * unit or None
+  return sizes[low] if low >= 0 else None
 
 
 @dataclasses.dataclass
@@ -183,10 +213,10 @@ class CheckReport:
   probes: Dict[int, bool] = dataclasses.field(default_factory=dict)  # bisection: batch -> fits
   recompute: Optional[StepReport] = None
 
-  def probe(self, step: StepReport) -> bool:
-    """Records one bisection compile; whether it fit."""
+  def probe(self, step: StepReport) -> StepReport:
+    """Records one bisection compile."""
     self.probes[step.batch] = step.fits
-    return step.fits
+    return step
 
   def to_json(self) -> Dict:
     def step(report: StepReport) -> Dict:
@@ -230,8 +260,7 @@ def check(options, topology: str, say: Callable[[str], None] = print,
     say(f"the train step does not fit at {train.batch} per device: bisecting for the largest "
         f"batch that does")
     report.largest_fitting_batch = largest_fitting_batch(
-        lambda b: report.probe(compile_step(steps, "train", b, tpu)), train.batch,
-        batch_guess(train))
+        lambda b: report.probe(compile_step(steps, "train", b, tpu)), train)
     if steps.has_attention:
       say("compiling the train step once more with recompute_attention")
       report.recompute = compile_step(steps_lib.Steps(options, recompute=True), "train",

@@ -33,8 +33,10 @@ from official.vision.data import tf_example_builder
 from official.vision.dataloaders import tfexample_utils
 from official_halonet.data import pipeline
 from official_halonet.models import attention_maps
+from official_halonet.training import gin_config
 from official_halonet.training import precision
 from official_halonet.training import registry
+from official_halonet.training import run_options
 from official_halonet.training import runner
 
 KINDS = ("train", "eval")
@@ -56,10 +58,10 @@ class Traced:
 class Steps:
   """A configuration's trainer, built once; `hlo` traces its steps at any per-replica batch."""
 
-  def __init__(self, options: runner.RunOptions, recompute: bool = False):
+  def __init__(self, options: run_options.RunOptions, recompute: bool = False):
     options = dataclasses.replace(options, gin_bindings=list(options.gin_bindings) +
                                   _compile_only_bindings(options, recompute))
-    built = runner.build_config(options, precision.default_dtype("tpu", 0))
+    built = run_options.build_config(options, precision.default_dtype("tpu", 0))
     self.config = built.config
     self.configurable = built.configurable
     if getattr(self.config.task, "annotation_file", None):
@@ -148,10 +150,10 @@ class Steps:
     return Traced(kind, batch, hlo)
 
 
-def _compile_only_bindings(options: runner.RunOptions, recompute: bool):
+def _compile_only_bindings(options: run_options.RunOptions, recompute: bool):
   """Bindings a compile needs beyond the user's: input paths that are never read (when the
   configuration names none: shapes come from the config, not the files) and the recompute switch."""
-  runner.gin_config.parse(options.gin_files, options.gin_bindings)
+  gin_config.parse(options.gin_files, options.gin_bindings)
   name = registry.bound_configurable()
   bound = gin.get_bindings(name)
   extra = [f"{name}.recompute_attention = True"] if recompute else []
