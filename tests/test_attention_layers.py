@@ -377,6 +377,36 @@ def _softmax_dtypes(fn, spec):
   return [op.get_attr("T") for op in graph.get_operations() if op.type in ("Softmax", "Exp")]
 
 
+def test_bfloat16_logit_storage_against_float32():
+  """attend() with logits stored in bfloat16 (mixed_bfloat16) vs float32 on the same inputs, within
+  the bound of block_attention's docstring: per query, u_bf16·max_k(2|position| + |q·k|) = Δ off
+  each logit gives probabilities within exp(±2Δ), plus bfloat16 roundings of the weights, their
+  sum, the weighted sum and the quotient (4 u_bf16) and float32 rounding over the K keys and D
+  channels, all relative to Σ_k p_k|v_k|."""
+  from official_halonet.layers import block_attention
+  shape, window, dv = [2, 3, 4, 2], 3, 8  # B, Z, Q, N; K = window²
+  q, k = (3.0 * tf.random.stateless_normal(shape[:2] + [n] + shape[3:] + [8], seed=[7, n])
+          for n in (shape[2], window**2))
+  v = tf.cast(tf.random.stateless_normal(shape[:2] + [window**2, shape[3], dv], seed=[8, 1]),
+              tf.bfloat16)
+  rows, cols = (2.0 * tf.random.stateless_normal([2, 3, 2, 4, window], seed=[9, n]) for n in (1, 2))
+  got = block_attention.attend(q, k, v, rows, cols, storage=tf.bfloat16)
+  want = block_attention.attend(q, k, tf.cast(v, tf.float32), rows, cols)
+  assert got.dtype == tf.bfloat16
+  content = np.einsum("bzqnd,bzknd->bznqk", q.numpy(), k.numpy())
+  position = (rows.numpy()[..., :, None] + cols.numpy()[..., None, :]).reshape(content.shape)
+  u = 2.0**-8
+  delta = u * np.max(2 * np.abs(position) + np.abs(content), axis=-1)  # [B, Z, N, Q]
+  p = np.exp(content + position - (content + position).max(-1, keepdims=True))
+  p /= p.sum(-1, keepdims=True)
+  mass = np.einsum("bznqk,bzknd->bzqnd", p, np.abs(tf.cast(v, tf.float32).numpy()))
+  relative = np.expm1(2 * delta) + 4 * u + tolerance.worst_case(window**2 + 8)
+  bound = relative.transpose(0, 1, 3, 2)[..., None] * mass
+  error = np.abs(tf.cast(got, tf.float32).numpy() - want.numpy())
+  assert (error <= bound).all(), (error - bound).max()
+  assert error.max() > 0  # the bfloat16 path did round
+
+
 def test_mixed_bfloat16_logits_in_float32():
   x = tf.random.stateless_normal([2, 11, 12, 8], seed=[5, 6])
   full = HaloAttention(num_heads=2, key_dim=16, block_size=4, halo_size=1)

@@ -10,6 +10,13 @@ q arrives already scaled (s_qk = D^-1/2 folded in), so this is the layer's eq. 2
 normalisation is deferred to the [.., Q, N, Dv] output, which saves a pass over the K-wide weights,
 and the max is a constant shift that needs no gradient.
 
+Storage dtype (`storage`, bfloat16 under mixed_bfloat16, else None): q·k, the position sum, the max,
+exp and the softmax sum are float32, but the [.., Q, K] tensors that go through memory, the
+position grid and the logits, are rounded to `storage` (the max is taken before that rounding).
+Each logit is then off by at most u·(2|position| + |q·k|), u = 2^-8 for bfloat16, which perturbs
+each probability by a factor within exp(±2·that) (tests/test_attention_layers.py bounds the output
+against float32 with it).
+
 Shapes:
   q     [B, Z, Q, N, D]   float32 (the logits' dtype)
   k     [B, Z, K, N, D]   same dtype as q
@@ -25,30 +32,38 @@ import tensorflow as tf
 MASKED_LOGIT = -1e9
 
 
+def _stored(x: tf.Tensor, storage: Optional[tf.DType]) -> tf.Tensor:
+  """x rounded to the storage dtype and back (identity without one)."""
+  return x if storage is None else tf.cast(tf.cast(x, storage), x.dtype)
+
+
 def logits(q: tf.Tensor, k: tf.Tensor, rows: Optional[tf.Tensor] = None,
-           cols: Optional[tf.Tensor] = None, mask: Optional[tf.Tensor] = None) -> tf.Tensor:
-  """L: [B, Z, N, Q, K] (see the module docstring)."""
+           cols: Optional[tf.Tensor] = None, mask: Optional[tf.Tensor] = None,
+           storage: Optional[tf.DType] = None) -> tf.Tensor:
+  """L: [B, Z, N, Q, K] before its own rounding to `storage` (see the module docstring)."""
   result = tf.einsum("bzqnd,bzknd->bznqk", q, k)
   if rows is not None:
     shape = tf.shape(rows)
     window = rows.shape[-1] or shape[-1]
-    position = rows[..., :, None] + cols[..., None, :]  # [B, Z, N, Q, w, w]
+    position = _stored(rows[..., :, None] + cols[..., None, :], storage)  # [B, Z, N, Q, w, w]
     result += tf.reshape(position, tf.concat([shape[:-1], [window * window]], axis=0))
   if mask is not None:
     result = tf.where(mask, result, MASKED_LOGIT)
   return result
 
 
-def probabilities(q, k, rows=None, cols=None, mask=None) -> tf.Tensor:
+def probabilities(q, k, rows=None, cols=None, mask=None, storage=None) -> tf.Tensor:
   """softmax(L) over the keys: [B, Z, N, Q, K], float32 (for display; plain autodiff)."""
-  return tf.nn.softmax(logits(q, k, rows, cols, mask), axis=-1)
+  return tf.nn.softmax(_stored(logits(q, k, rows, cols, mask, storage), storage), axis=-1)
 
 
 def attend(q: tf.Tensor, k: tf.Tensor, v: tf.Tensor, rows: Optional[tf.Tensor] = None,
-           cols: Optional[tf.Tensor] = None, mask: Optional[tf.Tensor] = None) -> tf.Tensor:
+           cols: Optional[tf.Tensor] = None, mask: Optional[tf.Tensor] = None,
+           storage: Optional[tf.DType] = None) -> tf.Tensor:
   """out = softmax(L)·v per block and head: [B, Z, Q, N, Dv] (see the module docstring)."""
-  values = logits(q, k, rows, cols, mask)
-  weights = tf.exp(values - tf.stop_gradient(tf.reduce_max(values, axis=-1, keepdims=True)))
+  values = logits(q, k, rows, cols, mask, storage)
+  shift = tf.stop_gradient(tf.reduce_max(values, axis=-1, keepdims=True))
+  weights = tf.exp(_stored(values, storage) - shift)
   sums = tf.transpose(tf.reduce_sum(weights, axis=-1), [0, 1, 3, 2])[..., None]  # [B, Z, Q, N, 1]
   out = tf.einsum("bznqk,bzknd->bzqnd", tf.cast(weights, v.dtype), v)
   return out / tf.cast(sums, v.dtype)

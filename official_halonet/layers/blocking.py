@@ -1,8 +1,8 @@
 """Blocked layout helpers: cut a feature map into b×b blocks and (b+2h)×(b+2h) halo windows.
 
-Only pad / reshape / slice / concat are used (no image patch-extraction op), so XLA compiles the
-window formation to plain copies on TPU, GPU and CPU, and every shape may be unknown (None) at trace
-time. All tensors are channels-last.
+Blocks use pad / reshape / transpose; halo windows one pad and one gather of whole pixels (no image
+patch-extraction op), which XLA compiles to a row gather on TPU, GPU and CPU. Every shape may be
+unknown (None) at trace time. All tensors are channels-last.
 
   pad_to_multiple  [B, H, W, C]              -> [B, ceil(H/b)·b, ceil(W/b)·b, C]   (zeros bottom/right)
   to_blocks        [B, n_h·b, n_w·b, C]      -> [B, n_h, n_w, b·b, C]
@@ -54,45 +54,21 @@ def from_blocks(x: tf.Tensor, block: int) -> tf.Tensor:
   return tf.reshape(x, [batch, n_h * block, n_w * block, channels])
 
 
-def _windows_along(x: tf.Tensor, axis: int, block: int, halo: int) -> tf.Tensor:
-  """Splits `axis` (length n·b) into n overlapping windows of b + 2h: [..., n, b + 2h, ...].
-
-  Window t covers positions t·b - h .. t·b + b + h - 1 of the axis; positions outside the axis are
-  zero. The axis is zero-padded by m = ceil(h / b) whole blocks on each side and cut into n + 2m
-  blocks; window t is then the last h - (m - 1)·b positions of block t, blocks t + 1 .. t + 2m - 1
-  whole and the first h - (m - 1)·b positions of block t + 2m (in padded block numbering), so each
-  window is built at its exact width. For h <= b (every published model): the last h positions of
-  the block before, the block, the first h of the block after.
-  """
-  shape = dims(x)
-  n = shape[axis] // block
-  extra = ceil_div(halo, block)  # m
-  if extra:
-    paddings = [[0, 0]] * len(shape)
-    paddings[axis] = [extra * block, extra * block]
-    x = tf.pad(x, paddings)
-  x = tf.reshape(x, shape[:axis] + [n + 2 * extra, block] + shape[axis + 1:])
-  if not extra:
-    return x
-  lead = (slice(None),) * axis
-  first, end = extra * block - halo, extra * block + block + halo  # the window in blocks t .. t + 2m
-  pieces = []
-  for j in range(2 * extra + 1):  # the part of neighbour j inside the window
-    start, stop = max(first - j * block, 0), min(end - j * block, block)
-    if start < stop:
-      pieces.append(x[lead + (slice(j, j + n), slice(start, stop))])
-  return tf.concat(pieces, axis=axis + 1)  # [..., n, b + 2h, ...]
-
-
 def halo_windows(x: tf.Tensor, block: int, halo: int) -> tf.Tensor:
   """[B, n_h·b, n_w·b, C] -> [B, n_h, n_w, w·w, C] with w = b + 2h, zeros outside the map.
 
   Window (t, u) holds rows t·b - h .. t·b + b + h - 1 and columns u·b - h .. u·b + b + h - 1, row-major.
+  One gather of whole C-wide pixels from the zero-padded map flattened to [B, pixels, C], so no
+  tensor above rank 5 and no transposed copy of the windows is formed.
   """
-  batch, _, _, channels = dims(x)
+  batch, height, width, channels = dims(x)
+  n_h, n_w = height // block, width // block
   win = block + 2 * halo
-  x = _windows_along(x, 1, block, halo)  # [B, n_h, w, W, C]
-  x = _windows_along(x, 3, block, halo)  # [B, n_h, w, n_w, w, C]
-  n_h, n_w = dims(x)[1], dims(x)[3]
-  x = tf.transpose(x, [0, 1, 3, 2, 4, 5])
+  if halo:
+    x = tf.pad(x, [[0, 0], [halo, halo], [halo, halo], [0, 0]])
+  offsets = tf.range(win)
+  rows = tf.range(n_h)[:, None, None, None] * block + offsets[None, None, :, None]
+  cols = tf.range(n_w)[None, :, None, None] * block + offsets[None, None, None, :]
+  index = tf.reshape(rows * (width + 2 * halo) + cols, [-1])  # [n_h·n_w·w·w] flat pixels
+  x = tf.gather(tf.reshape(x, [batch, -1, channels]), index, axis=1)
   return tf.reshape(x, [batch, n_h, n_w, win * win, channels])

@@ -24,7 +24,9 @@ Window shape: 'block' attends to the whole (b + 2h)² window (HaloNet, unmasked 
 Relative positions: see relative_position.py ('factorized' HaloNet, 'split' SASA, or 'none').
 A strided layer indexes its tables by each query's input position s·i' ('input', the default) or,
 with query_positions='subsampled', by i' as timm does (for weights imported from timm).
-Logits and softmax are computed in float32 whatever the layer's compute dtype.
+Logits and softmax are computed in float32 whatever the layer's compute dtype; under mixed_bfloat16
+the logits and position terms are stored in bfloat16 between the q·k product and the softmax (max,
+exp and sum stay float32; see block_attention.py for the error bound).
 """
 from typing import Any, Dict, Optional, Tuple
 
@@ -244,13 +246,15 @@ class HaloAttention(tf_keras.layers.Layer):
           b, h, s, self.rel_pos, self.query_positions == "subsampled")
     mask = self._key_mask(height, width, blocks, logit_dtype)
     v = self._values(tf.reshape(v, [batch, blocks, (b + 2 * h)**2, -1]))  # [B, X·Y, w², N, Dv]
-    out = block_attention.attend(scaled, k, v, rows, cols, mask)  # [B, X·Y, bq², N, Dv]
+    # Under mixed_bfloat16 the logits go through memory in bfloat16 (block_attention docstring).
+    storage = tf.bfloat16 if v.dtype == tf.bfloat16 else None
+    out = block_attention.attend(scaled, k, v, rows, cols, mask, storage)  # [B, X·Y, bq², N, Dv]
     out = tf.reshape(out, [batch, n_x, n_y, bq * bq, self.value_dim])
     out = blocking.from_blocks(out, bq)[:, :out_h, :out_w, :]
     if self.pool_after:
       out = tf.nn.avg_pool2d(out, self.strides, self.strides, "SAME")
     if return_attention_scores:  # the softmax the output used
-      return out, block_attention.probabilities(scaled, k, rows, cols, mask)
+      return out, block_attention.probabilities(scaled, k, rows, cols, mask, storage)
     return out
 
   def _key_mask(self, height, width, blocks, dtype) -> Optional[tf.Tensor]:
