@@ -89,10 +89,14 @@ def halo_windows(x: tf.Tensor, block: int, halo: int) -> tf.Tensor:
 
   Window (t, u) holds rows t·b - h .. t·b + b + h - 1 and columns u·b - h .. u·b + b + h - 1, row-major.
   """
-  batch, _, _, channels = dims(x)
+  batch, _, width, channels = dims(x)
   win = block + 2 * halo
   x = _windows_along(x, 1, block, halo)  # [B, n_h, w, W, C]
-  x = _windows_along(x, 3, block, halo)  # [B, n_h, w, n_w, w, C]
-  n_h, n_w = dims(x)[1], dims(x)[3]
-  x = tf.transpose(x, [0, 1, 3, 2, 4, 5])
+  n_h = dims(x)[1]
+  # B and n_h share one axis for the column pass, so no tensor exceeds rank 5 (LiteRT's
+  # StridedSlice limit); merging leading axes is free.
+  x = tf.reshape(x, [batch * n_h, win, width, channels])
+  x = _windows_along(x, 2, block, halo)  # [B·n_h, w, n_w, w, C]
+  n_w = dims(x)[2]
+  x = tf.transpose(x, [0, 2, 1, 3, 4])
   return tf.reshape(x, [batch, n_h, n_w, win * win, channels])

@@ -221,7 +221,10 @@ class HaloAttention(tf_keras.layers.Layer):
     batch, height, width, _ = blocking.dims(x)
     out_h, out_w = blocking.ceil_div(height, s), blocking.ceil_div(width, s)
 
-    q = blocking.pad_to_multiple(self.query(x[:, ::s, ::s, :]), bq)  # [B, Hp/s, Wp/s, N·D]
+    # Every s-th row / column as a 1x1 max pool (not x[:, ::s, ::s]): a strided slice of a free
+    # batch gives OpenVINO a bounded batch dim, on which its CPU Einsum fails.
+    queries = x if s == 1 else tf.nn.max_pool2d(x, 1, s, "VALID")
+    q = blocking.pad_to_multiple(self.query(queries), bq)  # [B, Hp/s, Wp/s, N·D]
     kv = blocking.pad_to_multiple(self.key_value(x), b)  # [B, Hp, Wp, N·(D + Dv)]
     q = blocking.to_blocks(q, bq)  # [B, X, Y, bq², N·D]
     kv = blocking.halo_windows(kv, b, h)  # [B, X, Y, w², N·(D + Dv)]
