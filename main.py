@@ -49,6 +49,9 @@ flags.DEFINE_string("export_dir", "", "--mode=export / publish: where the SavedM
 flags.DEFINE_string("checkpoint", "latest", "--mode=export / publish: which checkpoint: "
                     "'latest' (the newest in --model_dir), 'best' (the best-evaluated one, "
                     "<model_dir>/best_ckpt) or a checkpoint path.")
+flags.DEFINE_string("formats", "saved_model", "--mode=export: comma-separated formats written "
+                    "beside the SavedModel (always written), each checked against the Keras model: "
+                    "saved_model, tflite (LiteRT, builtin ops), onnx, openvino.")
 flags.DEFINE_bool("demo", False, "Run the built-in demo end to end (needs nothing else).")
 flags.DEFINE_bool("verbose", False, "Show TensorFlow's C++ lines and Orbit's per-loop output on "
                   "the console (by default they go to <model_dir>/main.log only).")
@@ -77,7 +80,8 @@ def main(argv):
     elif FLAGS.mode == "export":
       from official_halonet.export import saved_model
       path = saved_model.export_from_run(options, export_dir=FLAGS.export_dir,
-                                         checkpoint_path=FLAGS.checkpoint)
+                                         checkpoint_path=FLAGS.checkpoint,
+                                         formats=FLAGS.formats)
       print(f"SavedModel written to {path}", flush=True)
     elif FLAGS.mode == "publish":
       from official_halonet.export import hub
