@@ -116,6 +116,7 @@ _SIZE_FIELDS = {"blocks", "base_width", "value_ratio", "output_ratio", "block_si
 
 def _op_signature(spec):
   kinds = {k: v for k, v in dataclasses.asdict(spec).items() if k not in _SIZE_FIELDS}
+  kinds["stage_types"] = sorted(set(spec.stage_types))  # which stage is which: same ops
   if spec.block_types is not None:
     kinds["block_types"] = sorted({kind for stage in spec.block_types for kind in stage})
   kinds.update(se=bool(spec.se_ratio), conv_se=bool(spec.conv_se_ratio),
