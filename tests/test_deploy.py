@@ -4,7 +4,6 @@ free batch in ONNX Runtime and OpenVINO, parity with the Keras model, and the re
 One tiny model is converted to every format once (module fixture); one model of every op signature
 in models.MODELS (models that differ only in sizes share one) is converted to LiteRT at tiny width
 (conversion only: it fails when an op needs the Flex delegate)."""
-import dataclasses
 import os
 
 import numpy as np
@@ -24,7 +23,7 @@ from official_halonet.export import saved_model
 from official_halonet.training import runner
 import tolerance
 
-TINY = dict(blocks=[1, 1, 1, 1], base_width=8, stem_width=8)
+TINY = dict(blocks=[1, 1, 1, 1], base_width=8, stem_width=8, num_heads=[2, 2, 2, 2])
 
 
 def _bound(model, reference):
@@ -105,32 +104,32 @@ def test_unknown_format_and_unsized_model_fail_in_one_line_before_anything_is_wr
     formats.check_model(unsized, ("saved_model", "tflite"))
 
 
-# Spec fields that size a model without changing which ops it runs (widths, depths, b and h, the
-# resolution, the papers' numbers); models that differ only in these share one LiteRT check.
-_SIZE_FIELDS = {"blocks", "base_width", "value_ratio", "output_ratio", "block_size", "halo_size",
-                "num_heads", "head_dim", "final_width", "stem_width", "sasa_kernel", "image_size",
-                "randaug_magnitude", "paper_params", "paper_top1", "output_widths", "group_width",
-                "key_head_dim", "se_divisor", "norm_epsilon", "eval_crop_fraction",
-                "eval_interpolation", "se_ratio", "conv_se_ratio"}
+# The spec fields that choose which layers a model has; models that agree on them share one
+# LiteRT check. The others only size a model (widths, depths, b and h, resolution) or pick among
+# elementwise ops every model has (activation, SE / final 1x1 conv present or not).
+_LAYER_FIELDS = ("stem", "stem_pool", "padding", "eca", "timm_positions", "se_activation")
 
 
 def _op_signature(spec):
-  kinds = {k: v for k, v in dataclasses.asdict(spec).items() if k not in _SIZE_FIELDS}
-  kinds["stage_types"] = sorted(set(spec.stage_types))  # which stage is which: same ops
+  """(the layer-choosing fields, the set of stage / block kinds)."""
+  kinds = set(spec.stage_types)
   if spec.block_types is not None:
-    kinds["block_types"] = sorted({kind for stage in spec.block_types for kind in stage})
-  kinds.update(se=bool(spec.se_ratio), conv_se=bool(spec.conv_se_ratio),
-               final=bool(spec.final_width))
-  return repr(sorted(kinds.items()))
+    kinds |= {kind for stage in spec.block_types for kind in stage}
+  return repr([getattr(spec, name) for name in _LAYER_FIELDS]), kinds
 
 
 def _litert_representatives():
-  """One model per op signature: the narrow '_mini' rows for timm's (whose blocks are listed one by
-  one and cannot be shrunk), else the first named."""
-  chosen = {}
-  for name in sorted(models.MODELS, key=lambda n: (not n.endswith("_mini"), n)):
-    chosen.setdefault(_op_signature(models.get_spec(name)), name)
-  return sorted(chosen.values())
+  """Models whose layers together cover every model's: one whose kinds of stage include another's
+  (same stem and settings) covers it. timm's are checked through their narrow '_mini' rows
+  (blocks listed one by one cannot be shrunk)."""
+  chosen = []
+  order = sorted(models.MODELS, key=lambda n: (
+      -len(_op_signature(models.get_spec(n))[1]), not n.endswith("_mini"), n))
+  for name in order:
+    fields, kinds = _op_signature(models.get_spec(name))
+    if not any(fields == f and kinds <= k for _, f, k in chosen):
+      chosen.append((name, fields, kinds))
+  return sorted(name for name, _, _ in chosen)
 
 
 @pytest.mark.parametrize("model_id", _litert_representatives())
