@@ -54,6 +54,9 @@ flags.DEFINE_string("checkpoint", "latest", "--mode=export / publish: which chec
 flags.DEFINE_string("tpu_topology", "", "--mode=tpu_check: a Cloud TPU slice name, e.g. v4-32, "
                     "v5litepod-16, v5p-8, v6e-8, v3-8.")
 flags.DEFINE_string("output", "", "--mode=tpu_check: also write the report as JSON here.")
+flags.DEFINE_string("formats", "saved_model", "--mode=export: comma-separated formats written "
+                    "beside the SavedModel (always written), each checked against the Keras model: "
+                    "saved_model, tflite (LiteRT, builtin ops), onnx, openvino.")
 flags.DEFINE_bool("demo", False, "Run the built-in demo end to end (needs nothing else).")
 flags.DEFINE_bool("verbose", False, "Show TensorFlow's C++ lines and Orbit's per-loop output on "
                   "the console (by default they go to <model_dir>/main.log only).")
@@ -83,7 +86,8 @@ def main(argv):
     if FLAGS.mode == "export":
       from official_halonet.export import saved_model
       path = saved_model.export_from_run(options, export_dir=FLAGS.export_dir,
-                                         checkpoint_path=FLAGS.checkpoint)
+                                         checkpoint_path=FLAGS.checkpoint,
+                                         formats=FLAGS.formats)
       print(f"SavedModel written to {path}", flush=True)
     elif FLAGS.mode == "tpu_check":
       return tpu_check(options)

@@ -35,6 +35,9 @@ flags.DEFINE_string("output_dir", None, "Where the checkpoint and SavedModel go 
 flags.DEFINE_bool("saved_model", True, "Also write the SavedModel (else only the checkpoint).")
 flags.DEFINE_bool("verbose", False, "Show TensorFlow's and absl's log lines on the console (by "
                   "default they go to <temp>/official_halonet/convert_timm.log).")
+flags.DEFINE_string("formats", "saved_model", "Formats written beside the SavedModel, each "
+                    "checked against the Keras model: saved_model, tflite, onnx, openvino "
+                    "(official_halonet/export/formats.py).")
 
 CHECKPOINT_SUBDIR = "checkpoint"
 SAVED_MODEL_SUBDIR = "saved_model"
@@ -59,17 +62,26 @@ def experiment_config(name: str, num_classes: int):
       eval_input_path=_PLACEHOLDER_INPUT, global_batch_size=1))
 
 
-def convert(name: str, weights: str, output_dir: str, saved_model: bool = True) -> dict:
-  """Converts and writes everything (see module docstring); returns the conversion record."""
+def convert(name: str, weights: str, output_dir: str, saved_model: bool = True,
+            formats: str = "saved_model") -> dict:
+  """Converts and writes everything (see module docstring); returns the conversion record.
+  `formats` as export/formats.py: deploy formats go into saved_model/ with their parity in
+  conversion.json['deploy']."""
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
   from official_halonet import models  # pylint: disable=g-import-not-at-top
+  from official_halonet.export import formats as formats_lib  # pylint: disable=g-import-not-at-top
   from official_halonet.export import saved_model as export  # pylint: disable=g-import-not-at-top
   from official_halonet.models import timm_weights  # pylint: disable=g-import-not-at-top
 
   if os.path.exists(output_dir) and (not os.path.isdir(output_dir) or os.listdir(output_dir)):
     raise models.TimmWeightsError(f"--output_dir {output_dir} exists and is not an empty "
                                   f"directory; choose a new one")
-  model = models.from_timm(name, weights)  # every check happens here, before any write
+  try:
+    names = formats_lib.parse_formats(formats)
+    model = models.from_timm(name, weights)  # every check happens here, before any write
+    formats_lib.check_model(model, names if saved_model else ())
+  except formats_lib.FormatError as e:
+    raise models.TimmWeightsError(str(e)) from None
   num_classes = int(timm_weights.classifier(model).kernel.shape[-1])
   config = experiment_config(name, num_classes)
   spec = models.get_spec(name)
@@ -84,8 +96,13 @@ def convert(name: str, weights: str, output_dir: str, saved_model: bool = True) 
       eval_center_crop_fraction=config.task.validation_data.center_crop_fraction,
       eval_resize_method=config.task.validation_data.tf_resize_method)
   if saved_model:
-    record["saved_model"] = export.export_saved_model(
-        model, config, os.path.join(output_dir, SAVED_MODEL_SUBDIR))
+    path = os.path.join(output_dir, SAVED_MODEL_SUBDIR)
+    try:
+      deploy = formats_lib.export_deploy(model, config.task.validation_data, names, path)
+    except formats_lib.FormatError as e:
+      raise models.TimmWeightsError(str(e)) from None
+    record["saved_model"] = export.export_saved_model(model, config, path)
+    record.update({"deploy": deploy} if deploy else {})
   with open(os.path.join(output_dir, "conversion.json"), "w") as f:
     json.dump(record, f, indent=1)
   return record
@@ -101,7 +118,8 @@ def main(argv):
     print(f"convert_timm: {', '.join(missing)} required", file=sys.stderr)
     return 2
   try:
-    record = convert(FLAGS.timm_model, FLAGS.weights, FLAGS.output_dir, FLAGS.saved_model)
+    record = convert(FLAGS.timm_model, FLAGS.weights, FLAGS.output_dir, FLAGS.saved_model,
+                     FLAGS.formats)
   except models.TimmWeightsError as e:
     print(f"convert_timm: {e}", file=sys.stderr)
     return 1

@@ -62,7 +62,7 @@ def run(tmp_path_factory):
     runner.run(options)
     # Export from the run's operative config alone, as `main.py --mode=export --model_dir=...`.
     export_options = runner.RunOptions(gin_files=[], model_dir=model_dir)
-    export_dir = saved_model.export_from_run(export_options)
+    export_dir = saved_model.export_from_run(export_options, formats="saved_model,tflite")
     modules = hub_export.publish_from_run(export_options, str(root / "publish"))
   return dict(root=str(root), data_dir=data_dir, model_dir=model_dir, export_dir=export_dir,
               modules=modules, options=options, printed=printed.getvalue())
@@ -308,6 +308,34 @@ def test_publish_writes_readme_and_metadata(run):
   with open(os.path.join(run["modules"]["feature_vector"], "metadata.json")) as f:
     features = json.load(f)
   assert classifier["parameters"] == features["parameters"] + 32 * 10 + 10
+
+
+def test_export_checks_litert_on_the_runs_validation_images(run):
+  with open(os.path.join(run["export_dir"], saved_model.METADATA)) as f:
+    deploy = json.load(f)["deploy"]
+  assert deploy["parity_images"].startswith("the first 8 validation records")
+  assert deploy["preprocessing"]["center_crop_fraction"] > 0
+  tflite = deploy["formats"]["tflite"]
+  assert os.path.exists(os.path.join(run["export_dir"], tflite["file"]))
+  assert tflite["top1_agreement"] == 1.0 and tflite["max_abs_logit_diff"] <= tflite["bound"]
+  assert "tflite max |logit diff|" in run["printed"]
+
+
+def test_publish_writes_the_kaggle_models_layout_and_hub_loads_the_variation(run):
+  root = os.path.dirname(run["modules"]["classifier"])
+  with open(os.path.join(root, hub_export.KAGGLE_MODEL_METADATA)) as f:
+    model = json.load(f)
+  assert model["slug"] == "official-halonet-tiny" and "tiny" in model["description"]
+  for kind, path in run["modules"].items():
+    with open(os.path.join(path, hub_export.KAGGLE_INSTANCE_METADATA)) as f:
+      instance = json.load(f)
+    assert instance["modelSlug"] == model["slug"]
+    assert instance["instanceSlug"] == kind.replace("_", "-")
+    assert instance["framework"] == "tensorFlow2" and instance["licenseName"] == "Apache 2.0"
+    assert "float32 [batch, 32, 32, 3]" in instance["overview"]
+  import tensorflow_hub as hub  # pylint: disable=g-import-not-at-top
+  loaded = hub.load(run["modules"]["classifier"])  # what kagglehub.model_download's path gives
+  assert loaded(tf.zeros([2, 32, 32, 3])).shape == (2, 10)
 
 
 @pytest.mark.parametrize("binding,expected", [

@@ -21,7 +21,10 @@ one zero-argument function) that `hub.KerasLayer(path, trainable=True)` picks up
 
 `publish` writes <output_dir>/classifier and <output_dir>/feature_vector, each with README.md and
 metadata.json (model, parameters, image size, training data, checkpoint, EMA, top-1 when known:
-the run's eval accuracy at the exported step (`saved_model.restore_run`), or passed in).
+the run's eval accuracy at the exported step (`saved_model.restore_run`), or passed in), and the
+Kaggle Models layout around them: <output_dir>/model-metadata.json (the model: owner, title, slug,
+description) and in each module's directory model-instance-metadata.json (a variation named
+'classifier' / 'feature-vector', framework tensorFlow2, license, input / output description).
 """
 import json
 import os
@@ -39,6 +42,13 @@ from official_halonet.training import run_options
 CLASSIFIER = "classifier"
 FEATURE_VECTOR = "feature_vector"
 DEFAULT_SUBDIR = "hub"
+# Kaggle Models (TF Hub's successor): the files `kaggle models create` / `instances create` and
+# kagglehub.model_upload read; the owner is a placeholder to set before uploading.
+KAGGLE_MODEL_METADATA = "model-metadata.json"
+KAGGLE_INSTANCE_METADATA = "model-instance-metadata.json"
+KAGGLE_FRAMEWORK = "tensorFlow2"
+KAGGLE_LICENSE = "Apache 2.0"
+KAGGLE_OWNER = "INSERT_OWNER_SLUG_HERE"
 
 
 class _Untracked:
@@ -185,20 +195,57 @@ module's L2 weight decay appears in `layer.losses`. Metadata: metadata.json.
 """
 
 
-def publish(run: saved_model.RestoredRun, output_dir: str,
-            top1: Optional[float] = None) -> Dict[str, str]:
-  """Writes the classifier and feature-vector modules with README.md and metadata.json each."""
+def _slug(text: str) -> str:
+  return text.lower().replace("_", "-")
+
+
+def kaggle_model_metadata(meta: Dict[str, Any], owner: str) -> Dict[str, Any]:
+  """model-metadata.json of the Kaggle model (one per published model)."""
+  return {
+      "ownerSlug": owner, "title": f"official_halonet {meta['model_id']}",
+      "slug": _slug(f"official-halonet-{meta['model_id']}"),
+      "subtitle": "HaloNet / SASA local self-attention backbone (TensorFlow 2, Model Garden)",
+      "isPrivate": True, "description": _readme(meta), "publishTime": "",
+      "provenanceSources": meta["training_data"]["input_path"] or "",
+  }
+
+
+def kaggle_instance_metadata(meta: Dict[str, Any], model: Dict[str, Any]) -> Dict[str, Any]:
+  """model-instance-metadata.json of one variation (the module's directory)."""
+  return {
+      "ownerSlug": model["ownerSlug"], "modelSlug": model["slug"],
+      "instanceSlug": _slug(meta["module"]), "framework": KAGGLE_FRAMEWORK,
+      "overview": f"{meta['model_id']} {meta['module']}: input {meta['input']}, "
+                  f"output {meta['output']}",
+      "usage": _readme(meta), "licenseName": KAGGLE_LICENSE, "fineTunable": True,
+      "trainingData": [meta["training_data"]["input_path"] or ""],
+      "modelInstanceType": "Unspecified", "baseModelInstanceId": 0, "externalBaseModelUrl": "",
+  }
+
+
+def _write_json(path: str, value: Dict[str, Any]):
+  with tf.io.gfile.GFile(path, "w") as f:
+    json.dump(value, f, indent=2)
+
+
+def publish(run: saved_model.RestoredRun, output_dir: str, top1: Optional[float] = None,
+            kaggle_owner: str = KAGGLE_OWNER) -> Dict[str, str]:
+  """Writes the classifier and feature-vector modules with README.md and metadata.json each, and
+  the Kaggle Models layout: <output_dir>/model-metadata.json and, in each module's directory (one
+  variation each), model-instance-metadata.json."""
   size = int(run.config.task.model.input_size[0])
   written = {}
   for kind in (CLASSIFIER, FEATURE_VECTOR):
     path = os.path.join(output_dir, kind)
     save_module(run.model, size, kind, path)
     meta = metadata(run, kind, top1)
-    with tf.io.gfile.GFile(os.path.join(path, "metadata.json"), "w") as f:
-      json.dump(meta, f, indent=2)
+    _write_json(os.path.join(path, "metadata.json"), meta)
     with tf.io.gfile.GFile(os.path.join(path, "README.md"), "w") as f:
       f.write(_readme(meta))
+    model = kaggle_model_metadata(meta, kaggle_owner)
+    _write_json(os.path.join(path, KAGGLE_INSTANCE_METADATA), kaggle_instance_metadata(meta, model))
     written[kind] = path
+  _write_json(os.path.join(output_dir, KAGGLE_MODEL_METADATA), model)
   return written
 
 

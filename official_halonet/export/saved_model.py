@@ -64,6 +64,7 @@ from official.core import task_factory
 from official.core import train_utils
 from official_halonet.data import images as data_images
 from official_halonet.data import pipeline
+from official_halonet.export import formats as formats_lib
 from official_halonet.checkpoints import match
 from official_halonet.checkpoints import restore
 from official_halonet.training import gin_config
@@ -291,7 +292,7 @@ def export_saved_model(model: tf_keras.Model, config: cfg.ExperimentConfig, expo
 
 
 def export_from_run(options: run_options.RunOptions, export_dir: str = "",
-                    checkpoint_path: str = "") -> str:
+                    checkpoint_path: str = "", formats: str = formats_lib.SAVED_MODEL) -> str:
   """`main.py --mode=export`: one of the run's checkpoints as a SavedModel; returns its path.
 
   Args:
@@ -300,13 +301,28 @@ def export_from_run(options: run_options.RunOptions, export_dir: str = "",
     export_dir: where to write; default <model_dir>/saved_model.
     checkpoint_path: '' or 'latest' (model_dir's newest), 'best' (model_dir/best_ckpt), or a
       checkpoint directory / prefix.
+    formats: comma-separated names from export/formats.py (the SavedModel is always written);
+      each deploy format goes beside it and its parity with the Keras model into metadata.json.
 
   Raises:
-    run_options.RunError: no configuration or checkpoint, or a checkpoint that does not match.
+    run_options.RunError: no configuration or checkpoint, a checkpoint that does not match, an
+      unknown format or one the model cannot take (before anything is written), or a format
+      whose logits differ from the Keras model's.
   """
-  run = restore_run(options, checkpoint_path)
-  export_dir = export_dir or os.path.join(options.model_dir, DEFAULT_SUBDIR)
-  export_saved_model(run.model, run.config, export_dir, run.gin_text, metadata(run))
+  try:
+    names = formats_lib.parse_formats(formats)
+    run = restore_run(options, checkpoint_path)
+    formats_lib.check_model(run.model, names)
+    export_dir = export_dir or os.path.join(options.model_dir, DEFAULT_SUBDIR)
+    meta = metadata(run)
+    deploy = formats_lib.export_deploy(run.model, run.config.task.validation_data, names,
+                                       export_dir)
+  except formats_lib.FormatError as e:
+    raise run_options.RunError(str(e)) from None
+  meta.update({"deploy": deploy} if deploy else {})
+  export_saved_model(run.model, run.config, export_dir, run.gin_text, meta)
+  parity = "".join(f" | {name} max |logit diff| {r['max_abs_logit_diff']:.2g}, top-1 agreement "
+                   f"{r['top1_agreement']:.0%}" for name, r in deploy.get("formats", {}).items())
   print(f"export | {describe_checkpoint(run)} -> SavedModel {export_dir} | signatures "
-        f"{', '.join(SIGNATURES)}", flush=True)
+        f"{', '.join(SIGNATURES)}{parity}", flush=True)
   return export_dir

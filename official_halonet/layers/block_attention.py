@@ -45,7 +45,8 @@ def logits(q: tf.Tensor, k: tf.Tensor, rows: Optional[tf.Tensor] = None,
   if rows is not None:
     shape = tf.shape(rows)
     window = rows.shape[-1] or shape[-1]
-    position = _stored(rows[..., :, None] + cols[..., None, :], storage)  # [B, Z, N, Q, w, w]
+    # expand_dims rather than [..., None] (a 6-D StridedSlice, which LiteRT's builtins lack).
+    position = _stored(tf.expand_dims(rows, -1) + tf.expand_dims(cols, -2), storage)  # [B,Z,N,Q,w,w]
     result += tf.reshape(position, tf.concat([shape[:-1], [window * window]], axis=0))
   if mask is not None:
     result = tf.where(mask, result, MASKED_LOGIT)

@@ -223,7 +223,16 @@ class HaloAttention(tf_keras.layers.Layer):
     batch, height, width, _ = blocking.dims(x)
     out_h, out_w = blocking.ceil_div(height, s), blocking.ceil_div(width, s)
 
-    q = blocking.pad_to_multiple(self.query(x[:, ::s, ::s, :]), bq)  # [B, Hp/s, Wp/s, N·D]
+    # Every s-th row / column. With an unknown batch (a free-batch export) as a 1x1 max pool: a
+    # strided slice there gives OpenVINO a bounded batch dim, on which its CPU Einsum fails. With
+    # a static batch (training, XLA) the slice, which XLA runs faster.
+    if s == 1:
+      queries = x
+    elif x.shape[0] is None:
+      queries = tf.nn.max_pool2d(x, 1, s, "VALID")
+    else:
+      queries = x[:, ::s, ::s, :]
+    q = blocking.pad_to_multiple(self.query(queries), bq)  # [B, Hp/s, Wp/s, N·D]
     kv = blocking.pad_to_multiple(self.key_value(x), b)  # [B, Hp, Wp, N·(D + Dv)]
     q = blocking.to_blocks(q, bq)  # [B, X, Y, bq², N·D]
     kv = blocking.halo_windows(kv, b, h)  # [B, X, Y, w², N·(D + Dv)]

@@ -93,16 +93,18 @@ def relative_terms(q: tf.Tensor, table_h: tf.Tensor, table_w: tf.Tensor, block: 
   """
   index = window_index(block, halo, stride, subsampled)
   rel_h, rel_w = _rows_at(table_h, index), _rows_at(table_w, index)  # [bq, w, D']
+  bq, window = index.shape
+  batch_blocks, heads = tf.shape(q)[:2], q.shape[4]
+  # B and Z share one axis here, so no tensor exceeds rank 5 (LiteRT's StridedSlice limit).
+  q = tf.reshape(q, [-1] + q.shape[2:].as_list())  # [B·Z, bq, bq, N, D]
   if mode == "split":
     half = q.shape[-1] // 2
     q_h, q_w = q[..., :half], q[..., half:]
   else:
     q_h = q_w = q
-  rows = tf.einsum("bzijnd,ikd->bznijk", q_h, rel_h)  # query (i, j), key row k
-  cols = tf.einsum("bzijnd,jld->bznijl", q_w, rel_w)  # query (i, j), key column l
-  shape = tf.shape(rows)
-  bq, window = index.shape
-  flat = tf.concat([shape[:3], [bq * bq, window]], axis=0)
+  rows = tf.einsum("zijnd,ikd->znijk", q_h, rel_h)  # query (i, j), key row k
+  cols = tf.einsum("zijnd,jld->znijl", q_w, rel_w)  # query (i, j), key column l
+  flat = tf.concat([batch_blocks, [heads, bq * bq, window]], axis=0)
   return tf.reshape(rows, flat), tf.reshape(cols, flat)
 
 
