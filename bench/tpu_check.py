@@ -2,7 +2,8 @@
 batch on each named TPU generation, one markdown row per (file, generation) and the JSON reports.
 
     python bench/tpu_check.py --gin_files=h1,halonet50,resnet50 --generations=v5litepod,v4
-    python bench/tpu_check.py --per_device_batch=32 --nobisect
+    python bench/tpu_check.py --gin_files=resnet50 --generations=v3 --per_device_batch=64 \
+        --gin_bindings="experiment.image_size = 224"        # the calibration row
 
 The slice is chosen so that the file's global batch gives --per_device_batch images per device
 (e.g. 4096 / 32 = 128 devices: v4-128, v5litepod-128); the eval batch is bound to the same. The
@@ -31,6 +32,8 @@ def _define_flags(values: flags.FlagValues) -> None:
                     flag_values=values)
   flags.DEFINE_integer("per_device_batch", 32, "Images per device (the paper's 32 per core).",
                        flag_values=values)
+  flags.DEFINE_multi_string("gin_bindings", [], "Extra bindings for every file, e.g. "
+                            "\"experiment.image_size = 224\".", flag_values=values)
   flags.DEFINE_bool("bisect", False, "Search the largest batch that fits when one does not.",
                     flag_values=values)
   flags.DEFINE_string("out", str(ROOT / "bench" / "results" / "tpu_check.json"),
@@ -66,11 +69,11 @@ def main(argv=None):
   print("|---|---|---|---|---|---|---|---|---|---|")
   for name in args.gin_files:
     gin_file = str(ROOT / "gin" / f"{name}.gin")
-    options = runner.RunOptions(gin_files=[gin_file])
+    options = runner.RunOptions(gin_files=[gin_file], gin_bindings=list(args.gin_bindings))
     global_batch = steps_lib.Steps(options).global_batch_size
     devices = max(1, global_batch // args.per_device_batch)
-    options.gin_bindings = [f"experiment.eval_batch_size = {devices * args.per_device_batch}",
-                            f"experiment.global_batch_size = {devices * args.per_device_batch}"]
+    options.gin_bindings += [f"experiment.eval_batch_size = {devices * args.per_device_batch}",
+                             f"experiment.global_batch_size = {devices * args.per_device_batch}"]
     for generation in args.generations:
       start = time.time()
       report = check.check(options, chips.GENERATIONS[generation].slice_name(devices),
