@@ -107,14 +107,13 @@ def test_unknown_format_and_unsized_model_fail_in_one_line_before_anything_is_wr
 # The spec fields that choose which layers a model has; models that agree on them share one
 # LiteRT check. The others only size a model (widths, depths, b and h, resolution) or pick among
 # elementwise ops every model has (activation, SE / final 1x1 conv present or not).
-_LAYER_FIELDS = ("stem", "stem_pool", "padding", "eca", "timm_positions", "se_activation")
+_LAYER_FIELDS = ("stem", "stem_pool", "padding", "eca", "query_positions", "se_activation")
 
 
 def _op_signature(spec):
   """(the layer-choosing fields, the set of stage / block kinds)."""
-  kinds = set(spec.stage_types)
-  if spec.block_types is not None:
-    kinds |= {kind for stage in spec.block_types for kind in stage}
+  kinds = {kind for stage in spec.stage_types
+           for kind in ((stage,) if isinstance(stage, str) else stage)}
   return repr([getattr(spec, name) for name in _LAYER_FIELDS]), kinds
 
 
