@@ -134,7 +134,7 @@ def _litert_representatives():
 @pytest.mark.parametrize("model_id", _litert_representatives())
 def test_every_kind_of_model_converts_to_litert_builtin_ops(model_id):
   tf_keras.backend.clear_session()
-  narrow = {} if models.get_spec(model_id).block_types is not None else TINY
+  narrow = {} if models.get_spec(model_id).lists_blocks else TINY
   model = models.build(model_id, num_classes=3, image_size=32, **narrow)
   assert len(litert.convert(formats.logits_function(model), 32)) > 1000
 
