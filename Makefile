@@ -37,7 +37,7 @@ demo: $(STAMP)
 	$(PY) main.py --demo
 
 test: $(STAMP) $(TPU_STAMP) shellcheck
-	$(PY) -m pytest -n 2 --dist loadgroup -q tests
+	$(PY) -m pytest -n 2 --dist loadgroup -q --durations=25 tests
 
 # The tpu_scripts tests lint with shellcheck when it is installed; as root with apt (CI), install it
 # from Debian's packages, otherwise that one test says why it skipped.

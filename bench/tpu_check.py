@@ -4,6 +4,7 @@ batch on each named TPU generation, one markdown row per (file, generation) and 
     python bench/tpu_check.py --gin_files=h1,halonet50,resnet50 --generations=v5litepod,v4
     python bench/tpu_check.py --gin_files=resnet50 --generations=v3 --per_device_batch=64 \
         --gin_bindings="experiment.image_size = 224"        # the calibration row
+    python bench/tpu_check.py --readme      # the README's table from the saved rows
 
 The slice is chosen so that the file's global batch gives --per_device_batch images per device
 (e.g. 4096 / 32 = 128 devices: v4-128, v5litepod-128); the eval batch is bound to the same. The
@@ -34,8 +35,12 @@ def _define_flags(values: flags.FlagValues) -> None:
                        flag_values=values)
   flags.DEFINE_multi_string("gin_bindings", [], "Extra bindings for every file, e.g. "
                             "\"experiment.image_size = 224\".", flag_values=values)
+  flags.DEFINE_list("steps", ["train"], "Steps compiled: train, eval (the table shows train).",
+                    flag_values=values)
   flags.DEFINE_bool("bisect", False, "Search the largest batch that fits when one does not.",
                     flag_values=values)
+  flags.DEFINE_bool("readme", False, "Compile nothing: print the README's table of the train "
+                    "steps saved in --out for --generations.", flag_values=values)
   flags.DEFINE_string("out", str(ROOT / "bench" / "results" / "tpu_check.json"),
                       "Where the JSON reports go (merged with rows already there).",
                       flag_values=values)
@@ -52,6 +57,27 @@ def row(name: str, report, seconds: float) -> str:
           f"{roof['flop_per_byte']:.1f} | {roof['step_seconds'] * 1e3:.0f} | {seconds:.0f} s |")
 
 
+def readme_table(saved: dict, generations) -> str:
+  """The README's table: each saved train step on `generations`, published files in order."""
+  lines = ["| gin file | slice | batch / device | fits | HBM GB | TFLOP | GB accessed | FLOP / byte "
+           "| roofline ms | img/s per chip |", "|---|---|---|---|---|---|---|---|---|---|"]
+  order = {name: i for i, name in enumerate(PUBLISHED)}
+  for key in sorted(saved, key=lambda k: (order.get(k.split("@")[0], len(order)), k)):
+    name, report = key.split("@")[0], saved[key]
+    if report["topology"].rsplit("-", 1)[0] not in generations:
+      continue
+    step = report["steps"][0]
+    start = f"| {name} | {report['topology']} | {step['batch']} |"
+    if not step["compiled"]:
+      lines.append(f"{start} no: {step['error'][:100]} | | | | | | |")
+      continue
+    lines.append(f"{start} {'yes' if step['fits'] else 'no'} | {step['hbm']['total'] / 1e9:.2f} "
+                 f"| {step['flops'] / 1e12:.2f} | {step['bytes_accessed'] / 1e9:.1f} | "
+                 f"{step['flop_per_byte']:.1f} | {step['step_seconds'] * 1e3:.1f} | "
+                 f"{step['images_per_second_per_chip']:.0f} |")
+  return "\n".join(lines)
+
+
 def main(argv=None):
   import official_halonet  # noqa: F401
   from official_halonet.data import command_line
@@ -64,6 +90,9 @@ def main(argv=None):
                             description=__doc__.split("\n\n")[0])
   out = pathlib.Path(args.out)
   saved = json.loads(out.read_text()) if out.exists() else {}
+  if args.readme:
+    print(readme_table(saved, args.generations))
+    return
   print("| gin file | slice | train batch / device | fits | HBM GB | TFLOP | GB accessed | "
         "FLOP/B | roofline ms | compile (host) |")
   print("|---|---|---|---|---|---|---|---|---|---|")
@@ -78,7 +107,7 @@ def main(argv=None):
       start = time.time()
       report = check.check(options, chips.GENERATIONS[generation].slice_name(devices),
                            say=lambda line: None,
-                           bisect=args.bisect)
+                           bisect=args.bisect, kinds=tuple(args.steps))
       print(row(name, report, time.time() - start), flush=True)
       saved[f"{name}@{report.topology}"] = report.to_json()
       out.write_text(json.dumps(saved, indent=1, default=str))

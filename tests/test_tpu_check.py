@@ -1,9 +1,10 @@
 """main.py --mode=tpu_check: the HLO half (TensorFlow) and the compile half (libtpu, side env).
 
 The compile tests need the side environment that `make test` builds (`make tpu-env`, .tpu-venv).
-Real compiles, three in all: one check of the demo's tiny model at a batch sized to overflow a v5e
-chip's HBM (the eval step fits, the train step does not, and the compiler says by how much), and
-the train step at the demo's own batch, which fits. The search for the largest batch that fits is
+Real compiles, four in all: a tiny RetinaNet halo train step, which fits; one check of the demo's
+tiny model at a batch sized to overflow a v5e chip's HBM (the eval step fits, the train step does
+not, and the compiler says by how much); and the demo's train step at its own batch, which fits.
+The search for the largest batch that fits is
 run against a stand-in compile that answers as the compiler does, at any scale: a real compile
 that fits with ~15 GiB of temporaries takes about 16 minutes of host time (measured on the 2-core
 development machine), too long for the suite; `bench/tpu_check.py --bisect` runs it for real.
@@ -14,6 +15,7 @@ import re
 import subprocess
 import sys
 
+import detection_fixtures as fx
 import pytest
 
 import official_halonet  # noqa: F401
@@ -138,8 +140,11 @@ def overflow_report():
 
 @pytest.fixture(scope="module")
 def fitting_train_step():
-  steps = steps_lib.Steps(_options())
-  return check.compile_step(steps, "train", 16, chips.parse_slice(TOPOLOGY))
+  """The demo's own batch (64 over 4 devices), the train step alone (bench/tpu_check.py's way)."""
+  report = check.check(_options(), TOPOLOGY, say=lambda line: None, kinds=("train",))
+  assert [step.kind for step in report.steps] == ["train"]
+  assert report.largest_fitting_batch is None and report.recompute is None  # it fits: no search
+  return report.steps[0]
 
 
 def test_eval_step_compiles_fits_and_has_a_consistent_roofline(overflow_report):
@@ -165,6 +170,7 @@ def test_an_overflowing_batch_does_not_fit_and_the_compilers_numbers_point_below
   assert not train.compiled and train.out_of_memory
   assert re.search(r"temporaries \([\d.]+G\) exceeds available HBM \(15.75G\)", train.error)
   fits = fitting_train_step
+  assert fits.batch == 16
   assert fits.compiled and fits.hbm["temporaries"] < overflow_report.generation.hbm_bytes
   assert 16 < check.batch_guess([train]) < 65536
   assert 16 < check.batch_guess([train, fits]) < 65536  # the line through both compiles
@@ -191,3 +197,27 @@ def test_the_json_report_holds_the_table(overflow_report, tmp_path):
   assert saved["steps"][1]["fits"] and not saved["steps"][0]["fits"]
   assert saved["steps"][1]["step_seconds"] > 0
   assert "Ran out of memory" in saved["steps"][0]["error"]
+
+
+RETINANET = os.path.join(ROOT, "gin", "detection", "retinanet_r50_halo_b8.gin")
+SMALL_RETINANET = {"decoder": {"fpn": {"num_filters": 16}},
+                   "head": {"num_convs": 1, "num_filters": 16},
+                   "detection_generator": {"max_num_detections": 10}}
+
+
+def test_a_detection_train_step_compiles_and_fits():
+  """The published RetinaNet halo recipe, its backbone shrunk through the backbone config's shape
+  overrides and small heads, at 128 px and 2 images per device: Model Garden's detection train
+  step (anchor targets, focal and box losses, the optimizer) compiles for v5e and fits."""
+  model = dict(SMALL_RETINANET,
+               backbone={"halonet": fx.tiny_overrides("resnet50_se_halo_b8")})
+  options = runner.RunOptions(gin_files=[RETINANET], gin_bindings=[
+      "detection_experiment.image_size = 128", "detection_experiment.num_classes = 4",
+      "detection_experiment.global_batch_size = 8", "detection_experiment.eval_batch_size = 8",
+      f"detection_experiment.params_override = {{'task': {{'model': {model!r}}}}}"])
+  report = check.check(options, TOPOLOGY, say=lambda line: None, kinds=("train",))
+  train = report.steps[0]
+  assert (train.kind, train.batch, report.precision) == ("train", 2, "bfloat16")
+  assert train.compiled and train.fits, train.error
+  assert 0 < train.hbm["total"] < report.generation.hbm_bytes
+  assert train.flops > 0 and train.bytes_accessed > 0 and train.while_loops == 0

@@ -235,9 +235,11 @@ class CheckReport:
 
 
 def check(options, topology: str, say: Callable[[str], None] = print,
-          optimized_hlo_dir: str = "", bisect: bool = True) -> CheckReport:
+          optimized_hlo_dir: str = "", bisect: bool = True,
+          kinds: Tuple[str, ...] = ("train", "eval")) -> CheckReport:
   """Runs tpu_check for `options` (runner.RunOptions) on the slice named `topology`; `bisect`
-  False skips the search for the largest fitting batch and the recompute compile."""
+  False skips the search for the largest fitting batch and the recompute compile; `kinds` names
+  the steps compiled, the train step first when it is one of them."""
   try:
     tpu = chips.parse_slice(topology)
   except ValueError as e:
@@ -249,6 +251,7 @@ def check(options, topology: str, say: Callable[[str], None] = print,
     raise CheckError(str(e)) from None
   batches = {"train": per_device_batch(steps.global_batch_size, tpu, "global_batch_size"),
              "eval": per_device_batch(steps.eval_batch_size, tpu, "eval_batch_size")}
+  batches = {kind: batch for kind, batch in batches.items() if kind in kinds}
   precision = steps.config.runtime.mixed_precision_dtype or "float32"
   report = CheckReport(tpu.name, tpu.generation, tpu.devices, precision, steps.num_parameters, [])
   for kind, batch in batches.items():
@@ -256,7 +259,7 @@ def check(options, topology: str, say: Callable[[str], None] = print,
     hlo_path = os.path.join(optimized_hlo_dir, f"{kind}.hlo.txt") if optimized_hlo_dir else ""
     report.steps.append(compile_step(steps, kind, batch, tpu, hlo_path))
   train = report.steps[0]
-  if train.out_of_memory and bisect:
+  if train.kind == "train" and train.out_of_memory and bisect:
     say(f"the train step does not fit at {train.batch} per device: bisecting for the largest "
         f"batch that does")
     report.largest_fitting_batch = largest_fitting_batch(
