@@ -23,11 +23,15 @@ sys.path.insert(0, str(ROOT))
 PUBLISHED = ("h0", "h1", "h2", "h3", "h4", "h5", "h6", "h7", "h7_c1", "h7_c12", "h7_c123",
              "halonet50", "resnet50", "h4_i21k_pretrain", "h4_i21k_finetune_384",
              "h4_i21k_finetune_512", "sasa_resnet26", "sasa_resnet38", "sasa_resnet50",
-             "resnet50_se_halo_b8", "resnet50_se_halo_b32", "resnet101_se_halo_b8")
+             "resnet50_se_halo_b8", "resnet50_se_halo_b32", "resnet101_se_halo_b8",
+             "detection/retinanet_r50_halo_b8", "detection/retinanet_sasa_r50",
+             "detection/retinanet_sasa_r50_attention_stem", "detection/maskrcnn_r50_halo_b8",
+             "detection/maskrcnn_r50_halo_b32", "detection/maskrcnn_r101_halo_b8")
 
 
 def _define_flags(values: flags.FlagValues) -> None:
-  flags.DEFINE_list("gin_files", list(PUBLISHED), "Files under gin/, without .gin.",
+  flags.DEFINE_list("gin_files", list(PUBLISHED), "Files under gin/, without .gin (detection "
+                    "files as detection/<name>: run them with a smaller --per_device_batch).",
                     flag_values=values)
   flags.DEFINE_list("generations", ["v5litepod", "v4"], "TPU generations (slice-name prefixes).",
                     flag_values=values)
@@ -101,8 +105,9 @@ def main(argv=None):
     options = runner.RunOptions(gin_files=[gin_file], gin_bindings=list(args.gin_bindings))
     global_batch = steps_lib.Steps(options).global_batch_size
     devices = max(1, global_batch // args.per_device_batch)
-    options.gin_bindings += [f"experiment.eval_batch_size = {devices * args.per_device_batch}",
-                             f"experiment.global_batch_size = {devices * args.per_device_batch}"]
+    settings = "detection_experiment" if name.startswith("detection/") else "experiment"
+    options.gin_bindings += [f"{settings}.{key} = {devices * args.per_device_batch}"
+                             for key in ("eval_batch_size", "global_batch_size")]
     for generation in args.generations:
       start = time.time()
       report = check.check(options, chips.GENERATIONS[generation].slice_name(devices),

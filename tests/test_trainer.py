@@ -45,7 +45,9 @@ LARGE = {"h5", "h6", "h7", "h7_c1", "h7_c12", "h7_c123", "h4_i21k_pretrain", "h4
 # the plain ResNet. Every other published model is built at real width in test_models.py
 # (parameter counts against the paper, endpoint shapes), from the same HaloNetConfig fields; a
 # full-width build costs 13-27 s on a 2-core machine, so building each twice is not repeated here.
-BUILT = {"demo", "h1", "halonet50", "sasa_resnet26", "resnet50_se_halo_b8", "resnet50"}
+# Built at real width and resolution: one of each backbone kind (H family, SASA, detection hybrid,
+# ResNet) and the demo; halonet50's layers are h1's with another head rule (test_models counts it).
+BUILT = {"demo", "h1", "sasa_resnet26", "resnet50_se_halo_b8", "resnet50"}
 PUBLISHED = sorted(os.path.splitext(os.path.basename(p))[0]
                    for p in glob.glob(os.path.join(GIN_DIR, "*.gin")))
 

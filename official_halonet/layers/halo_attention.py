@@ -209,6 +209,9 @@ class HaloAttention(tf_keras.layers.Layer):
     keys = np.stack([top - h + k_row, left - h + k_col], axis=-1)
     return queries.astype(np.int32), keys.astype(np.int32)
 
+  # Every branch below is on Python values (shapes, settings): AutoGraph has nothing to convert,
+  # and skipping its conversion makes every model build cheaper (docs/cpu_speed.md).
+  @tf.autograph.experimental.do_not_convert
   def call(self, x: tf.Tensor, return_attention_scores: bool = False, training=None):
     """[B, H, W, C] -> [B, H', W', value_dim]; with `return_attention_scores` also the softmax
     probabilities, float32 [B, Z, N, bq², w²] (Z blocks, N heads; see `attention_positions`)."""
