@@ -220,7 +220,7 @@ def test_block_conventions():
   # Every conv / projection kernel carries the regularizer.
   kernels = [w for w in backbone.trainable_weights if "kernel" in w.name]
   assert len(backbone.losses) >= len(kernels) > 0
-  # Squeeze-excitation only in the conv stage of this spec (conv_se_ratio).
+  # Squeeze-excitation only in the conv stage of this spec (se_blocks="conv").
   assert [n for n in names if n.endswith("_se")] == ["stage1_block1_se"]
   assert backbone.output_specs["5"][-1] == models.get_spec("tiny").final_width
 
@@ -389,3 +389,21 @@ def test_recompute_attention_reaches_every_attention_layer_and_keeps_the_gradien
   for name, g, w in zip(names, got, want):
     tolerance.assert_close(tf.convert_to_tensor(g).numpy(), tf.convert_to_tensor(w).numpy(), n,
                            err_msg=name)
+
+
+@pytest.mark.parametrize("fields,message", [
+    (dict(head_dim=16), r"give one head rule, num_heads or head_dim; got num_heads=\(4, 8, 8, 8\)"),
+    (dict(num_heads=None), "give one head rule"),
+    (dict(se_blocks="halo"), r"se_blocks 'halo' is not one of \('all', 'conv'\)"),
+    (dict(output_ratio=(4.0, 4.0, 3.0)), "output_ratio must be one number or 4"),
+])
+def test_a_spec_with_two_values_for_one_concept_is_refused(fields, message):
+  with pytest.raises(ValueError, match=message):
+    models.ModelSpec(blocks=(1, 1, 1, 1), **fields)
+
+
+def test_per_stage_output_ratio_and_conv_only_se():
+  spec = models.get_spec("sehalonet33ts")  # timm's widths 256, 512, 1024, 1536; SE in conv blocks
+  assert [spec.output_width(stage) for stage in range(4)] == [256, 512, 1024, 1536]
+  assert (spec.se("conv"), spec.se("halo")) == (1 / 16, 0.0)
+  assert models.get_spec("resnet50_se_halo_b8").se("halo") == 0.0625  # SE in every block

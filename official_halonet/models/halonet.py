@@ -110,7 +110,7 @@ class HaloNet(tf_keras.Model):
     spec, endpoints = self._spec, {}
     total_blocks, block_index = sum(spec.blocks), 0
     for stage, repeats in enumerate(spec.blocks):
-      width = spec.base_width * 2**stage
+      width = spec.width(stage)
       for i in range(repeats):
         rate = stochastic_depth_drop_rate * (block_index + 1) / total_blocks
         x = self._block(x, spec.block_type(stage, i), stage, width,
@@ -178,16 +178,15 @@ class HaloNet(tf_keras.Model):
     if stage_type == "conv":
       groups = width // spec.group_width if spec.group_width else 1
       return self._conv(x, width, 3, strides, name=f"{name}_conv2", groups=groups), width
-    heads = width // spec.head_dim if spec.head_dim else spec.num_heads[stage]
+    heads = spec.heads(stage)
     projection = dict(kernel_initializer=self._kernel_initializer,
                       kernel_regularizer=self._kernel_regularizer, recompute=self._recompute)
     if stage_type == "sasa":
       return SASAAttention(key_dim=width, value_dim=width, kernel_size=spec.sasa_kernel,
                            num_heads=heads, strides=strides,
                            name=f"{name}_sasa", **projection)(x), width
-    value_dim = int(round(spec.value_ratio * width))
-    key_dim = heads * spec.key_head_dim if spec.key_head_dim else width
-    return HaloAttention(num_heads=heads, key_dim=key_dim, value_dim=value_dim,
+    value_dim = spec.value_dim(stage)
+    return HaloAttention(num_heads=heads, key_dim=spec.key_dim(stage), value_dim=value_dim,
                          block_size=spec.block_size, halo_size=spec.halo_size, strides=strides,
                          query_positions=spec.query_positions,
                          name=f"{name}_halo", **projection)(x), value_dim
@@ -201,8 +200,7 @@ class HaloNet(tf_keras.Model):
     y, mid = self._spatial(y, stage_type, stage, width, strides, name)
     y = layers.BatchNormalization(name=f"{name}_2_bn", **self._norm_kwargs)(y)
     y = self._act(f"{name}_2_act")(y)
-    se_ratio = self._spec.conv_se_ratio if stage_type == "conv" else 0.0
-    se_ratio = max(se_ratio, self._spec.se_ratio)
+    se_ratio = self._spec.se(stage_type)
     if se_ratio > 0:
       divisor = self._spec.se_divisor
       y = nn_layers.SqueezeExcitation(in_filters=mid, out_filters=mid, se_ratio=se_ratio,
