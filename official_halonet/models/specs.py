@@ -173,7 +173,7 @@ MODELS: Dict[str, ModelSpec] = {
              top1=84.4, magnitude=24),
     "h7": _h(**_H7, params=67.0, top1=84.9),
     # Convolution-attention hybrids of H7: the first 1, 2 or 3 stages are SE conv bottlenecks
-    # (paper: "about 67 million parameters" each; C123 builds 54.3M, see the module docstring).
+    # (the paper counts each at about 67M; C123 does not build that: docs/h7_hybrid_parameters.md).
     "h7_c1": _h(**_H7, params=67.0, top1=None,
                 stage_types=("conv", "halo", "halo", "halo"), se_ratio=0.0625, se_blocks="conv"),
     "h7_c12": _h(**_H7, params=67.0, top1=None,
