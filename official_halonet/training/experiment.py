@@ -36,11 +36,11 @@ from official_halonet.models import config as model_config
 from official_halonet.models import factory as model_factory
 from official_halonet.models import specs
 from official_halonet.models.config import HaloNetConfig
+from official_halonet.training import gin_config
 from official_halonet.training import optimizer as optimizer_lib
 from official_halonet.training import precision
 from official_halonet.training import recipes
 from official_halonet.training import task as task_lib
-from official_halonet.training import gin_config
 from official_halonet.training.config_error import ConfigError
 from official_halonet.training.config_error import require as _require
 
