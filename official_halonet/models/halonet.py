@@ -41,11 +41,14 @@ layers = tf_keras.layers
 
 
 def _config_of(config: Union[HaloNetConfig, Mapping[str, Any], str]) -> HaloNetConfig:
-  """A copy of `config` as a HaloNetConfig; a model name is the config without overrides."""
+  """A copy of `config` as a HaloNetConfig; a model name is the config without overrides, a
+  mapping its fields (get_config's form)."""
   if isinstance(config, str):
     return HaloNetConfig(model_id=config)
-  if isinstance(config, (HaloNetConfig, Mapping)):
-    return HaloNetConfig(dict(config.as_dict() if isinstance(config, HaloNetConfig) else config))
+  if isinstance(config, HaloNetConfig):
+    return HaloNetConfig(config.as_dict())
+  if hasattr(config, "items"):  # a dict, or Keras' tracked wrapper of one
+    return HaloNetConfig(dict(config.items()))
   raise TypeError(f"HaloNet: config must be a HaloNetConfig or a model name, got "
                   f"{type(config).__name__}")
 
