@@ -191,6 +191,10 @@ def test_renamed_parameter_names_the_new_name(tmp_path):
   _expect_run_error(runner.RunOptions(gin_files=[str(bad)], model_dir=str(tmp_path)),
                     r"old\.gin:2: experiment\.stochastic_depth_rate is now "
                     r"experiment\.stochastic_depth_drop_rate$")
+  for build in (experiment_lib.experiment, experiment_lib.from_recipe):  # Python keywords too
+    with pytest.raises(gin_config.GinError, match=r"^experiment\.stochastic_depth_rate is now "
+                       r"experiment\.stochastic_depth_drop_rate$"):
+      build(stochastic_depth_rate=0.1)
 
 
 def test_bad_backbone_override_names_where_it_was_bound(tmp_path):

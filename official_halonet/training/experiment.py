@@ -223,6 +223,7 @@ def experiment(mixed_precision_default: str = "float32", **settings) -> cfg.Expe
   A bound `recipe` supplies the values nothing binds. mixed_precision_default: the dtype
   mixed_precision='auto' stands for (the runner sets it from the strategy).
   """
+  gin_config.refuse_renamed(CONFIGURABLE, settings)
   return build(from_recipe(**bound_values(GinSettings, CONFIGURABLE, settings)),
                mixed_precision_default)
 
