@@ -52,7 +52,7 @@ def run(options, verbose: bool = False) -> dict:
   from official_halonet import visualize
   from official_halonet.export import saved_model
   from official_halonet.training import attention_summary
-  from official_halonet.training import console
+  from official_halonet import console
   from official_halonet.training import runner
   start = time.time()
   options = dataclasses.replace(options, num_cpu_devices=options.num_cpu_devices or CPU_DEVICES)

@@ -16,7 +16,7 @@ import sys
 # TensorFlow's C++ INFO and WARNING lines (CUDA stubs, CPU features, "Local rendezvous is aborting"
 # once per replica on an input error) hide what matters; --verbose shows them. The level must be set
 # before TensorFlow is imported, so it is read from the command line here; what still reaches file
-# descriptor 2 goes to the run's main.log (training/console.py).
+# descriptor 2 goes to the run's main.log (official_halonet/console.py).
 VERBOSE = any(arg in ("--verbose", "--verbose=true", "--verbose=True") for arg in sys.argv[1:])
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "0" if VERBOSE else "2")
 # TensorFlow's default CPU allocator gives large buffers back to the OS after every step, so each
@@ -65,7 +65,7 @@ flags.DEFINE_bool("verbose", False, "Show TensorFlow's C++ lines and Orbit's per
 def main(argv):
   del argv
   import demo
-  from official_halonet.training import console
+  from official_halonet import console
   model_dir = FLAGS.model_dir or (demo.MODEL_DIR if FLAGS.demo else "")
   if not FLAGS.verbose:
     console.native_stderr_to(console.log_path(model_dir))

@@ -110,7 +110,7 @@ def convert(name: str, weights: str, output_dir: str, saved_model: bool = True,
 
 def main(argv):
   del argv
-  from official_halonet.training import console  # pylint: disable=g-import-not-at-top
+  from official_halonet import console  # pylint: disable=g-import-not-at-top
   console.quiet(console.tool_log_path("convert_timm"), FLAGS.verbose)
   from official_halonet import models  # pylint: disable=g-import-not-at-top
   missing = [f"--{n}" for n in ("timm_model", "weights", "output_dir") if not getattr(FLAGS, n)]

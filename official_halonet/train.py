@@ -50,7 +50,7 @@ def options_from_flags(built, flag_values=None):
 
 def main(argv):
   del argv
-  from official_halonet.training import console  # pylint: disable=g-import-not-at-top
+  from official_halonet import console  # pylint: disable=g-import-not-at-top
   console.quiet(console.log_path(FLAGS.model_dir), FLAGS.verbose)
   from official_halonet.training import runner  # pylint: disable=g-import-not-at-top
   try:

@@ -126,7 +126,7 @@ def draw(model, images, path: str, layers: Sequence[str] = (),
 def main(argv):
   del argv
   flag = flags.FLAGS
-  from official_halonet.training import console
+  from official_halonet import console
   console.quiet(console.tool_log_path("visualize"), flag.verbose)
   from official_halonet.training import run_options
   try:

@@ -5,6 +5,7 @@ import os
 import numpy as np
 import pytest
 
+import console_check
 import data_fixtures as fx
 import tensorflow as tf
 
@@ -44,16 +45,17 @@ def _raw_examples(paths):
   return out
 
 
-def test_folder_converts_to_imagenet_format_and_reads_back(tmp_path, capsys):
+def test_folder_converts_to_imagenet_format_and_reads_back(tmp_path):
   counts = _image_folder(str(tmp_path / 'in'))
   out_dir = str(tmp_path / 'out')
-  status = convert.main([f'--input_dir={tmp_path}/in', f'--output_dir={out_dir}',
-                         '--split=validation', '--num_shards=3', '--label_offset=1'])
-  captured = capsys.readouterr()
-  assert status == 0
-  assert '7/7 images' in captured.err  # The progress bar.
-  assert 'Wrote 7 examples to 3 shards' in captured.out
-  assert 'Ignored 1 non-image file' in captured.out
+  # As the README runs it; its console holds its own lines only (no log record).
+  lines = console_check.run_quietly([
+      '-m', 'official_halonet.data.convert', f'--input_dir={tmp_path}/in',
+      f'--output_dir={out_dir}', '--split=validation', '--num_shards=3', '--label_offset=1'])
+  assert lines[0].startswith('Wrote 7 examples to 3 shards')
+  assert lines[1] == 'Ignored 1 non-image file(s).'
+  bar = [line for line in lines[2:] if line]  # the progress bar on stderr, redrawn after '\r'
+  assert bar and all(' images ' in line for line in bar) and '7/7 images' in bar[-1]
   shard_names = sorted(os.listdir(out_dir))
   assert shard_names == ['label_map.json'] + [f'validation-0000{i}-of-00003' for i in range(3)]
 

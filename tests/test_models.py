@@ -19,11 +19,15 @@ from official_halonet.layers import HaloAttention, SASAAttention, SpatiallyAware
 import tolerance
 
 
-def _count(model_id, num_classes=1000, **kwargs):
+def _config(model_id, **overrides):
+  return models.HaloNetConfig(model_id=model_id, **overrides)
+
+
+def _count(model_id, num_classes=1000, **overrides):
   """Trainable parameters of the named model with a num_classes classifier (as papers count)."""
   tf_keras.backend.clear_session()
-  backbone = models.HaloNet(model_id, input_specs=tf_keras.layers.InputSpec(
-      shape=[None, 64, 64, 3]), **kwargs)
+  backbone = models.HaloNet(_config(model_id, **overrides), input_specs=tf_keras.layers.InputSpec(
+      shape=[None, 64, 64, 3]))
   width = backbone.output_specs["5"][-1]
   weights = sum(int(np.prod(v.shape)) for v in backbone.trainable_variables)
   return (weights + width * num_classes + num_classes) / 1e6
@@ -132,7 +136,8 @@ def test_unknown_spatial_size_and_xla():
 
 
 def test_config_round_trip_gives_same_outputs():
-  original = models.HaloNet("tiny", block_size=2, halo_size=2, stochastic_depth_drop_rate=0.2,
+  original = models.HaloNet(_config("tiny", block_size=2, halo_size=2,
+                                    stochastic_depth_drop_rate=0.2),
                             kernel_regularizer=tf_keras.regularizers.L2(1e-5), activation="relu")
   clone = models.HaloNet.from_config(original.get_config())
   clone.set_weights(original.get_weights())
@@ -143,6 +148,22 @@ def test_config_round_trip_gives_same_outputs():
   assert clone.get_config() == original.get_config()
   assert [l.block_size for l in clone.layers if isinstance(l, HaloAttention)
           and not l.window == "centered"] == [2, 2]
+
+
+def test_a_keras_config_saved_in_the_flat_form_still_loads():
+  """Before the config was nested, get_config kept every HaloNetConfig field at the top level."""
+  current = models.HaloNet(_config("tiny", block_size=2, halo_size=2, blocks=[1, 2, 1, 1]),
+                           activation="relu", norm_epsilon=1e-5)
+  flat = {k: v for k, v in current.get_config().items() if k != "config"}
+  flat.update(current.get_config()["config"])
+  assert "model_id" in flat and "config" not in flat
+  loaded = models.HaloNet.from_config(flat)
+  assert loaded.get_config() == current.get_config() and loaded.spec == current.spec
+  assert [v.name for v in loaded.weights] == [v.name for v in current.weights]
+  # Overrides as HaloNet keywords (the flat form of the constructor) are refused in one line.
+  with pytest.raises(TypeError, match=r"HaloNet: HaloNetConfig fields \(block_size\) go in") as raised:
+    models.HaloNet("tiny", block_size=2)
+  assert "\n" not in str(raised.value)
 
 
 def _mg_backbone_config(model_id, **kwargs):
@@ -156,7 +177,7 @@ def test_model_garden_factory_build_equals_direct_build():
   via_factory = mg_backbone_factory.build_backbone(
       input_specs=specs, backbone_config=_mg_backbone_config("tiny", stochastic_depth_drop_rate=0.1),
       norm_activation_config=norm, l2_regularizer=regularizer)
-  direct = models.HaloNet("tiny", input_specs=specs, stochastic_depth_drop_rate=0.1,
+  direct = models.HaloNet(_config("tiny", stochastic_depth_drop_rate=0.1), input_specs=specs,
                           activation="swish", use_sync_bn=True, norm_momentum=0.9,
                           norm_epsilon=norm.norm_epsilon, kernel_regularizer=regularizer)
   assert isinstance(via_factory, models.HaloNet)
@@ -184,7 +205,7 @@ def test_model_garden_classification_factory_accepts_halonet_by_name():
 
 
 def test_block_conventions():
-  backbone = models.HaloNet("tiny", stochastic_depth_drop_rate=0.4,
+  backbone = models.HaloNet(_config("tiny", stochastic_depth_drop_rate=0.4),
                             kernel_regularizer=tf_keras.regularizers.L2(1e-4))
   names = [l.name for l in backbone.layers]
   # Zero-initialised gamma in the last BN of every residual branch, ones elsewhere.
@@ -199,7 +220,7 @@ def test_block_conventions():
   # Every conv / projection kernel carries the regularizer.
   kernels = [w for w in backbone.trainable_weights if "kernel" in w.name]
   assert len(backbone.losses) >= len(kernels) > 0
-  # Squeeze-excitation only in the conv stage of this spec (conv_se_ratio).
+  # Squeeze-excitation only in the conv stage of this spec (se_blocks="conv").
   assert [n for n in names if n.endswith("_se")] == ["stage1_block1_se"]
   assert backbone.output_specs["5"][-1] == models.get_spec("tiny").final_width
 
@@ -210,8 +231,8 @@ def test_hybrid_stage_types():
   small = dict(blocks=[1, 1, 1, 1], base_width=16, stem_width=16, head_dim=8)
   for model_id, conv_stages in (("h7_c1", 1), ("h7_c12", 2), ("h7_c123", 3)):
     tf_keras.backend.clear_session()
-    backbone = models.HaloNet(model_id, input_specs=tf_keras.layers.InputSpec(
-        shape=[None, 64, 64, 3]), **small)
+    backbone = models.HaloNet(_config(model_id, **small), input_specs=tf_keras.layers.InputSpec(
+        shape=[None, 64, 64, 3]))
     assert backbone.spec.stage_types == models.get_spec(model_id).stage_types
     halo_stages = {l.name.split("_")[0] for l in backbone.layers if isinstance(l, HaloAttention)}
     assert halo_stages == {f"stage{i}" for i in range(conv_stages + 1, 5)}, model_id
@@ -249,7 +270,7 @@ def test_block_override_builds_the_deeper_or_shallower_published_model():
                         ("resnet50_se_halo_b8", "resnet101_se_halo_b8")):
     tf_keras.backend.clear_session()
     want = models.HaloNet(shallow)
-    got = models.HaloNet(deep, blocks=models.get_spec(shallow).blocks)
+    got = models.HaloNet(_config(deep, blocks=models.get_spec(shallow).blocks))
     assert got.spec == dataclasses.replace(models.get_spec(shallow),
                                            paper_params=models.get_spec(deep).paper_params)
     assert [v.shape for v in got.trainable_variables] == [
@@ -259,8 +280,8 @@ def test_block_override_builds_the_deeper_or_shallower_published_model():
 
 def test_width_and_head_overrides_reach_the_layers():
   named = models.get_spec("resnet50_se_halo_b8")  # conv stages 1-3, halo stage 4, head_dim 16
-  backbone = models.HaloNet("resnet50_se_halo_b8", blocks=(1, 1, 2, 1), base_width=8,
-                            stem_width=16, head_dim=4)
+  backbone = models.HaloNet(_config("resnet50_se_halo_b8", blocks=(1, 1, 2, 1), base_width=8,
+                                    stem_width=16, head_dim=4))
   assert backbone.spec == dataclasses.replace(named, blocks=(1, 1, 2, 1), base_width=8,
                                               stem_width=16, head_dim=4)
   names = {l.name.split("_")[0] + "_" + l.name.split("_")[1] for l in backbone.layers
@@ -272,15 +293,16 @@ def test_width_and_head_overrides_reach_the_layers():
   (halo,) = [l for l in backbone.layers if isinstance(l, HaloAttention)]
   assert (halo.num_heads, halo.key_dim) == (64 // 4, 64)
   # num_heads replaces a head_dim rule: per-stage counts.
-  sasa = models.HaloNet("sasa_resnet26", base_width=8, stem_width=8, num_heads=(1, 2, 2, 4))
+  sasa = models.HaloNet(_config("sasa_resnet26", base_width=8, stem_width=8,
+                                num_heads=(1, 2, 2, 4)))
   heads = [l.num_heads for l in sasa.layers if isinstance(l, SASAAttention)]
   assert heads == [1] + [2] * 2 + [2] * 4 + [4]
 
 
 def test_shape_overrides_survive_get_config_and_the_model_garden_config():
   shape = dict(blocks=[1, 2, 1, 1], base_width=8, stem_width=8, num_heads=[1, 2, 2, 2])
-  original = models.HaloNet("tiny", **shape)
-  assert {k: original.get_config()[k] for k in shape} == shape
+  original = models.HaloNet(_config("tiny", **shape))
+  assert {k: original.get_config()["config"][k] for k in shape} == shape
   clone = models.HaloNet.from_config(original.get_config())
   assert clone.get_config() == original.get_config() and clone.spec == original.spec
   clone.set_weights(original.get_weights())
@@ -322,8 +344,9 @@ def test_shape_overrides_survive_get_config_and_the_model_garden_config():
 ])
 def test_a_bad_shape_override_is_one_line_naming_the_field(model_id, overrides, message):
   with pytest.raises(ValueError, match=f"model '{model_id}': {message}") as raised:
-    models.HaloNet(model_id, **overrides)
+    models.HaloNet(_config(model_id, **overrides))
   assert "\n" not in str(raised.value)
+  assert raised.value.field in overrides
 
 
 def test_recompute_attention_reaches_every_attention_layer_and_keeps_the_gradients():
@@ -342,11 +365,11 @@ def test_recompute_attention_reaches_every_attention_layer_and_keeps_the_gradien
   for model, flag in zip(built, (False, True, True)):
     attention = [l for l in model.layers if isinstance(l, HaloAttention)]
     assert attention and all(l.recompute is flag for l in attention), model.spec.name
-    assert model.get_config()["recompute_attention"] is flag
+    assert model.get_config()["config"]["recompute_attention"] is flag
   assert any(isinstance(l, SpatiallyAwareAttention) for l in stem.layers)
   # A config saved before the option existed still builds (the default: no recomputation).
   old = plain.get_config()
-  del old["recompute_attention"]
+  del old["config"]["recompute_attention"]
   assert models.HaloNet.from_config(old).get_config() == plain.get_config()
 
   recomputed.set_weights(plain.get_weights())
@@ -366,3 +389,21 @@ def test_recompute_attention_reaches_every_attention_layer_and_keeps_the_gradien
   for name, g, w in zip(names, got, want):
     tolerance.assert_close(tf.convert_to_tensor(g).numpy(), tf.convert_to_tensor(w).numpy(), n,
                            err_msg=name)
+
+
+@pytest.mark.parametrize("fields,message", [
+    (dict(head_dim=16), r"give one head rule, num_heads or head_dim; got num_heads=\(4, 8, 8, 8\)"),
+    (dict(num_heads=None), "give one head rule"),
+    (dict(se_blocks="halo"), r"se_blocks 'halo' is not one of \('all', 'conv'\)"),
+    (dict(output_ratio=(4.0, 4.0, 3.0)), "output_ratio must be one number or 4"),
+])
+def test_a_spec_with_two_values_for_one_concept_is_refused(fields, message):
+  with pytest.raises(ValueError, match=message):
+    models.ModelSpec(blocks=(1, 1, 1, 1), **fields)
+
+
+def test_per_stage_output_ratio_and_conv_only_se():
+  spec = models.get_spec("sehalonet33ts")  # timm's widths 256, 512, 1024, 1536; SE in conv blocks
+  assert [spec.output_width(stage) for stage in range(4)] == [256, 512, 1024, 1536]
+  assert (spec.se("conv"), spec.se("halo")) == (1 / 16, 0.0)
+  assert models.get_spec("resnet50_se_halo_b8").se("halo") == 0.0625  # SE in every block

@@ -10,9 +10,6 @@ import glob
 import json
 import math
 import os
-import re
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -32,6 +29,8 @@ from official_halonet.layers import HaloAttention
 from official_halonet.layers import relative_position
 from official_halonet.models import specs
 from official_halonet.training import runner
+import console_check
+from console_check import LOG_RECORD
 import data_fixtures
 import tolerance
 from tools import timm_parity
@@ -50,25 +49,7 @@ ROUNDOFF_RATIO = 2.0**-53 / 2.0**-24
 
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-# Log records on a console: absl's 'E1204 17:36:35.1 ... file.py:55]', TensorFlow C++'s
-# '2026-12-04 17:36:13.03: E external/...' and Python logging's default 'ERROR:root:'.
-LOG_RECORD = re.compile(r"^(?:([IWEF])\d{4} \d\d:\d\d:\d\d\.\d+ |"
-                        r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d+: ([IWEF]) |(INFO|ERROR|CRITICAL):)")
-
-
-def _run_quietly(args):
-  """Runs `python args...` from the repository as a user would (no TF_CPP_MIN_LOG_LEVEL set);
-  asserts it succeeded and its console (stdout and stderr) holds no error-level or INFO record."""
-  env = {k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"}
-  result = subprocess.run([sys.executable] + args, cwd=ROOT, env=dict(env, PYTHONPATH=ROOT),
-                          capture_output=True, text=True, timeout=600)
-  assert result.returncode == 0, result.stderr[-3000:]
-  console = (result.stdout + result.stderr).splitlines()
-  records = [line for line in console if LOG_RECORD.match(line)
-             and next(g for g in LOG_RECORD.match(line).groups() if g)[0] in "IEFC"]
-  assert not records, f"{len(records)} error / INFO records on the console:\n" + "\n".join(
-      line[:200] for line in records[:10])
-  return console
+_run_quietly = console_check.run_quietly
 
 
 def test_the_console_check_sees_each_log_format():

@@ -187,6 +187,25 @@ def test_unknown_parameter_in_binding_names_the_binding(tmp_path):
       r"--gin_bindings\[0\]", "doesn't have a parameter named 'epoch'")
 
 
+def test_renamed_parameter_names_the_new_name(tmp_path):
+  bad = tmp_path / "old.gin"
+  bad.write_text("include 'h0.gin'\nexperiment.stochastic_depth_rate = 0.1\n")
+  _expect_run_error(runner.RunOptions(gin_files=[str(bad)], model_dir=str(tmp_path)),
+                    r"old\.gin:2: experiment\.stochastic_depth_rate is now "
+                    r"experiment\.stochastic_depth_drop_rate$")
+  for build in (experiment_lib.experiment, experiment_lib.from_recipe):  # Python keywords too
+    with pytest.raises(gin_config.GinError, match=r"^experiment\.stochastic_depth_rate is now "
+                       r"experiment\.stochastic_depth_drop_rate$"):
+      build(stochastic_depth_rate=0.1)
+
+
+def test_bad_backbone_override_names_where_it_was_bound(tmp_path):
+  _expect_run_error(
+      runner.RunOptions(gin_files=["h0.gin"], gin_bindings=["experiment.block_size = 0"],
+                        model_dir=str(tmp_path)),
+      r"--gin_bindings\[0\]: experiment\.block_size: model 'h0': block_size must be a positive")
+
+
 def test_syntax_error_in_binding(tmp_path):
   _expect_run_error(
       runner.RunOptions(gin_files=["h0.gin"], gin_bindings=["experiment.model_id = 'h0"],

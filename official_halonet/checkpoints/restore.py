@@ -82,7 +82,7 @@ def _pretrained_geometry(model, block_size: Optional[int], halo_size: Optional[i
   (the published pretraining setting), or each layer's own when the backbone has no spec."""
   backbone = getattr(model, "backbone", None)
   # The published spec (what the checkpoint was pretrained with), not the fine-tuning overrides.
-  spec = (specs.get_spec(backbone.get_config()["model_id"])
+  spec = (specs.get_spec(backbone.config.model_id)
           if isinstance(getattr(backbone, "spec", None), specs.ModelSpec) else None)
   if block_size is None and spec is not None:
     block_size = spec.block_size

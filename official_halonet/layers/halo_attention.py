@@ -90,8 +90,8 @@ class HaloAttention(tf_keras.layers.Layer):
     rel_pos_initializer: for the relative-position tables (default normal, stddev D^-1/2).
     query_positions: 'input' or 'subsampled': which row of a strided query indexes the tables.
     recompute: in training, keep only the layer's input for the backward pass and recompute the
-      windows, logits and softmax there (tf.recompute_grad): less memory for more time (H1 at
-      batch 8: train-step peak 2.2 -> 1.0 GB, 30% fewer img/s on CPU; README 'Speed'). Same results.
+      windows, logits and softmax there (tf.recompute_grad): less memory for more time, the same
+      results (measured in docs/cpu_speed.md).
   """
 
   def __init__(self,

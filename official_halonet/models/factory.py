@@ -12,7 +12,7 @@ Outside Model Garden's tasks:
     model = official_halonet.models.build('h3', num_classes=1000)   # [B, 320, 320, 3] -> logits
 """
 import dataclasses
-from typing import Any, List, Optional
+from typing import Optional
 
 import tf_keras
 
@@ -21,30 +21,8 @@ from official.vision.configs import backbones as mg_backbones
 from official.vision.modeling import classification_model
 from official.vision.modeling.backbones import factory as mg_factory
 from official_halonet.models import specs
+from official_halonet.models.config import HaloNetConfig
 from official_halonet.models.halonet import HaloNet
-
-
-@dataclasses.dataclass
-class HaloNetConfig(hyperparams.Config):
-  """The `halonet` backbone config: a named spec and its overrides.
-
-  None keeps the spec's value; se_ratio = 0 or final_width = 0 removes that layer. blocks
-  (4 per-stage counts), base_width, stem_width and head_dim or num_heads (4 per-stage counts)
-  resize the named model (specs.resolve validates them). recompute_attention trades time for
-  memory (HaloNet's argument of that name).
-  """
-  model_id: str = "h0"
-  block_size: Optional[int] = None
-  halo_size: Optional[int] = None
-  se_ratio: Optional[float] = None
-  final_width: Optional[int] = None
-  blocks: Optional[List[int]] = None
-  base_width: Optional[int] = None
-  stem_width: Optional[int] = None
-  head_dim: Optional[int] = None
-  num_heads: Optional[List[int]] = None
-  stochastic_depth_drop_rate: float = 0.0
-  recompute_attention: bool = False
 
 
 @dataclasses.dataclass
@@ -58,12 +36,9 @@ def model_garden_activation(name: str) -> str:
   return "swish" if name == "silu" else name
 
 
-def halonet_backbone(model_id: str, **overrides: Any) -> Backbone:
-  """`Backbone(type='halonet')` for a named model; `overrides` are HaloNetConfig fields (per-stage
-  tuples become the lists Model Garden's config keeps)."""
-  return Backbone(type="halonet", halonet=HaloNetConfig(
-      model_id=model_id,
-      **{k: list(v) if isinstance(v, tuple) else v for k, v in overrides.items()}))
+def halonet_backbone(config: HaloNetConfig) -> Backbone:
+  """Model Garden's backbone one-of config for `config`: `Backbone(type='halonet')`."""
+  return Backbone(type="halonet", halonet=config)
 
 
 def activation_of(model_id: str, activation: Optional[str] = None) -> str:
@@ -80,8 +55,8 @@ def build_halonet(input_specs: tf_keras.layers.InputSpec,
   if backbone_config.type != "halonet":
     raise ValueError(f"build_halonet got a backbone config of type {backbone_config.type!r}.")
   return HaloNet(
+      config=backbone_config.get(),
       input_specs=input_specs,
-      **backbone_config.get().as_dict(),  # every HaloNetConfig field is a HaloNet argument
       activation=norm_activation_config.activation,
       use_sync_bn=norm_activation_config.use_sync_bn,
       norm_momentum=norm_activation_config.norm_momentum,
@@ -94,7 +69,7 @@ def build(model_id: str,
           image_size: Optional[int] = None,
           dropout_rate: float = 0.0,
           weight_decay: float = 0.0,
-          **backbone_kwargs) -> tf_keras.Model:
+          **overrides) -> tf_keras.Model:
   """A classifier: the named backbone, global average pooling, dropout and a dense layer.
 
   Args:
@@ -104,19 +79,17 @@ def build(model_id: str,
       accepted too: pass 0 for [B, None, None, 3].
     dropout_rate: dropout before the classifier.
     weight_decay: L2 factor on every kernel (Model Garden adds it as a regularization loss).
-    **backbone_kwargs: HaloNet overrides (block_size, halo_size, se_ratio, final_width, blocks,
-      base_width, stem_width, head_dim, num_heads, stochastic_depth_drop_rate, activation,
-      use_sync_bn, norm_momentum, norm_epsilon).
+    **overrides: HaloNetConfig fields (block_size=12, blocks=(1, 1, 1, 1), ...).
 
   Returns:
     Model Garden's ClassificationModel: [B, S, S, 3] float images -> [B, num_classes] logits.
   """
-  spec = specs.get_spec(model_id)
+  config = HaloNetConfig(model_id=model_id, **overrides)
+  spec = specs.resolve(config)
   size = spec.image_size if image_size is None else (image_size or None)
   input_specs = tf_keras.layers.InputSpec(shape=[None, size, size, 3])
   regularizer = tf_keras.regularizers.L2(weight_decay / 2) if weight_decay else None
-  backbone = HaloNet(model_id, input_specs=input_specs, kernel_regularizer=regularizer,
-                     **backbone_kwargs)
+  backbone = HaloNet(config, input_specs=input_specs, kernel_regularizer=regularizer)
   return classification_model.ClassificationModel(
       backbone=backbone, num_classes=num_classes, input_specs=input_specs,
       dropout_rate=dropout_rate, kernel_regularizer=regularizer)

@@ -1,9 +1,10 @@
 """HaloNet backbone: every model of specs.MODELS as a Model Garden vision backbone.
 
-A functional tf_keras.Model with endpoints {'2', '3', '4', '5'} (strides 4, 8, 16, 32), the
-constructor arguments kept for get_config, BN / activation / sync-BN from Model Garden's
-norm-activation settings, an L2 kernel regularizer, stochastic depth growing linearly with block
-depth, and zero-initialised gamma in the last BN of every residual branch.
+A functional tf_keras.Model with endpoints {'2', '3', '4', '5'} (strides 4, 8, 16, 32), built
+from one HaloNetConfig (models/config.py; get_config keeps it as a dict), BN / activation /
+sync-BN from Model Garden's norm-activation settings, an L2 kernel regularizer, stochastic depth
+growing linearly with block depth, and zero-initialised gamma in the last BN of every residual
+branch.
 
   stem   7×7/2 conv, BN, act, 3×3/2 max-pool   (or a 4×4/4 linear patch embedding + BN, or SASA's
          attention stem: attention within each 4×4 pooling window with position-mixed values, BN,
@@ -22,7 +23,7 @@ PyTorch's symmetric padding of strided windows (padding='symmetric').
 Input [B, H, W, 3] for any H, W (attention pads to multiples of b and crops back), so endpoint
 level l has spatial size ceil(H / 2^l), exactly as a convolutional ResNet's.
 """
-from typing import Any, Dict, Optional, Sequence
+from typing import Any, Dict, Mapping, Optional, Union
 
 import tensorflow as tf
 import tf_keras
@@ -32,15 +33,24 @@ from official.vision.modeling.layers import nn_layers
 from official_halonet.layers import (EfficientChannelAttention, HaloAttention, Pad2D,
                                      SASAAttention, SpatiallyAwareAttention)
 from official_halonet.layers import padding
+from official_halonet.models import config as model_config
 from official_halonet.models import specs
+from official_halonet.models.config import HaloNetConfig
 
 layers = tf_keras.layers
 
 
-def _listed(values):
-  """Per-stage values as a list, as get_config's JSON and Model Garden's YAML give them back
-  (anything else is left for specs.resolve to refuse)."""
-  return list(values) if isinstance(values, tuple) else values
+def _config_of(config: Union[HaloNetConfig, Mapping[str, Any], str]) -> HaloNetConfig:
+  """A copy of `config` as a HaloNetConfig; a model name is the config without overrides, a
+  mapping its fields (get_config's form)."""
+  if isinstance(config, str):
+    return HaloNetConfig(model_id=config)
+  if isinstance(config, HaloNetConfig):
+    return HaloNetConfig(config.as_dict())
+  if hasattr(config, "items"):  # a dict, or Keras' tracked wrapper of one
+    return HaloNetConfig(dict(config.items()))
+  raise TypeError(f"HaloNet: config must be a HaloNetConfig or a model name, got "
+                  f"{type(config).__name__}")
 
 
 @tf_keras.utils.register_keras_serializable(package="HaloNet")
@@ -48,36 +58,18 @@ class HaloNet(tf_keras.Model):
   """HaloNet / SASA / hybrid backbone built from a named `ModelSpec` (see specs.py).
 
   Args:
-    model_id: a name from specs.MODELS ('h0' ... 'h7', 'halonet50', 'sasa_resnet50', ...).
+    config: the backbone config (models.HaloNetConfig: a name from specs.MODELS and its
+      overrides, which specs.resolve applies and validates), or just a model name.
     input_specs: tf_keras.layers.InputSpec of the input, [B, H, W, 3] (H, W may be None).
-    block_size, halo_size: override b and h of every halo stage (fine-tuning at another
-      resolution); None keeps the spec's.
-    se_ratio: override the spec's squeeze-excitation ratio for every block; None keeps it.
-    final_width: override d_f, the 1×1 conv after the last stage (0 removes it); None keeps it.
-    blocks, base_width, stem_width, head_dim, num_heads: resize the named model (4 per-stage
-      block counts, d_0, the stem's width, and heads as d_i / head_dim or 4 per-stage counts);
-      None keeps the spec's. specs.resolve applies and validates them.
-    stochastic_depth_drop_rate: drop rate of the last block; block k of N drops rate·(k+1)/N.
     activation, use_sync_bn, norm_momentum, norm_epsilon: Model Garden norm-activation settings;
       activation / norm_epsilon None take the spec's.
     kernel_initializer, kernel_regularizer, bias_regularizer: for every conv and projection.
-    recompute_attention: every attention layer keeps only its input for the backward pass and
-      recomputes the rest there (HaloAttention's `recompute`): less memory, more time.
+  Outputs {'2': [B, H/4, W/4, C_2], ..., '5': [B, H/32, W/32, C_5]} (sides rounded up).
   """
 
   def __init__(self,
-               model_id: str = "h0",
+               config: Union[HaloNetConfig, str] = "h0",
                input_specs: layers.InputSpec = layers.InputSpec(shape=[None, None, None, 3]),
-               block_size: Optional[int] = None,
-               halo_size: Optional[int] = None,
-               se_ratio: Optional[float] = None,
-               final_width: Optional[int] = None,
-               blocks: Optional[Sequence[int]] = None,
-               base_width: Optional[int] = None,
-               stem_width: Optional[int] = None,
-               head_dim: Optional[int] = None,
-               num_heads: Optional[Sequence[int]] = None,
-               stochastic_depth_drop_rate: float = 0.0,
                activation: Optional[str] = None,
                use_sync_bn: bool = False,
                norm_momentum: float = 0.99,
@@ -85,23 +77,20 @@ class HaloNet(tf_keras.Model):
                kernel_initializer: str = "VarianceScaling",
                kernel_regularizer: Optional[tf_keras.regularizers.Regularizer] = None,
                bias_regularizer: Optional[tf_keras.regularizers.Regularizer] = None,
-               recompute_attention: bool = False,
                **kwargs):
-    shape = dict(blocks=_listed(blocks), base_width=base_width, stem_width=stem_width,
-                 head_dim=head_dim, num_heads=_listed(num_heads))
-    spec = specs.resolve(model_id, block_size, halo_size, se_ratio, final_width, **shape)
+    flat = sorted(set(kwargs) & set(model_config.FIELDS))
+    if flat:
+      raise TypeError(f"HaloNet: HaloNetConfig fields ({', '.join(flat)}) go in the config: "
+                      f"HaloNet(HaloNetConfig(model_id=..., {flat[0]}=...))")
+    config = _config_of(config)
+    spec = specs.resolve(config)
     norm_epsilon = spec.norm_epsilon if norm_epsilon is None else norm_epsilon
-    if not 0.0 <= stochastic_depth_drop_rate < 1.0:
-      raise ValueError(f"stochastic_depth_drop_rate must be in [0, 1), got "
-                       f"{stochastic_depth_drop_rate}.")
-    self._config_dict = dict(
-        model_id=model_id, input_specs=input_specs, block_size=block_size, halo_size=halo_size,
-        se_ratio=se_ratio, final_width=final_width, **shape,
-        stochastic_depth_drop_rate=stochastic_depth_drop_rate,
-        activation=activation, use_sync_bn=use_sync_bn, norm_momentum=norm_momentum,
-        norm_epsilon=norm_epsilon, kernel_initializer=kernel_initializer,
-        kernel_regularizer=kernel_regularizer, bias_regularizer=bias_regularizer,
-        recompute_attention=recompute_attention)
+    self._config = config
+    self._config_dict = dict(  # get_config adds the backbone config as a plain dict
+        input_specs=input_specs, activation=activation,
+        use_sync_bn=use_sync_bn, norm_momentum=norm_momentum, norm_epsilon=norm_epsilon,
+        kernel_initializer=kernel_initializer, kernel_regularizer=kernel_regularizer,
+        bias_regularizer=bias_regularizer)
     self._spec = spec
     self._activation = activation or spec.activation
     self._norm_kwargs = dict(axis=-1, momentum=norm_momentum, epsilon=norm_epsilon,
@@ -112,10 +101,10 @@ class HaloNet(tf_keras.Model):
     self._kernel_initializer = kernel_initializer
     self._kernel_regularizer = kernel_regularizer
     self._bias_regularizer = bias_regularizer
-    self._recompute = bool(recompute_attention)
+    self._recompute = bool(config.recompute_attention)
 
     inputs = tf_keras.Input(shape=input_specs.shape[1:])
-    endpoints = self._stages(self._stem(inputs), stochastic_depth_drop_rate)
+    endpoints = self._stages(self._stem(inputs), config.stochastic_depth_drop_rate)
     self._output_specs = {level: endpoint.get_shape() for level, endpoint in endpoints.items()}
     super().__init__(inputs=inputs, outputs=endpoints, **kwargs)
 
@@ -124,7 +113,7 @@ class HaloNet(tf_keras.Model):
     spec, endpoints = self._spec, {}
     total_blocks, block_index = sum(spec.blocks), 0
     for stage, repeats in enumerate(spec.blocks):
-      width = spec.base_width * 2**stage
+      width = spec.width(stage)
       for i in range(repeats):
         rate = stochastic_depth_drop_rate * (block_index + 1) / total_blocks
         x = self._block(x, spec.block_type(stage, i), stage, width,
@@ -192,16 +181,15 @@ class HaloNet(tf_keras.Model):
     if stage_type == "conv":
       groups = width // spec.group_width if spec.group_width else 1
       return self._conv(x, width, 3, strides, name=f"{name}_conv2", groups=groups), width
-    heads = width // spec.head_dim if spec.head_dim else spec.num_heads[stage]
+    heads = spec.heads(stage)
     projection = dict(kernel_initializer=self._kernel_initializer,
                       kernel_regularizer=self._kernel_regularizer, recompute=self._recompute)
     if stage_type == "sasa":
       return SASAAttention(key_dim=width, value_dim=width, kernel_size=spec.sasa_kernel,
                            num_heads=heads, strides=strides,
                            name=f"{name}_sasa", **projection)(x), width
-    value_dim = int(round(spec.value_ratio * width))
-    key_dim = heads * spec.key_head_dim if spec.key_head_dim else width
-    return HaloAttention(num_heads=heads, key_dim=key_dim, value_dim=value_dim,
+    value_dim = spec.value_dim(stage)
+    return HaloAttention(num_heads=heads, key_dim=spec.key_dim(stage), value_dim=value_dim,
                          block_size=spec.block_size, halo_size=spec.halo_size, strides=strides,
                          query_positions=spec.query_positions,
                          name=f"{name}_halo", **projection)(x), value_dim
@@ -215,8 +203,7 @@ class HaloNet(tf_keras.Model):
     y, mid = self._spatial(y, stage_type, stage, width, strides, name)
     y = layers.BatchNormalization(name=f"{name}_2_bn", **self._norm_kwargs)(y)
     y = self._act(f"{name}_2_act")(y)
-    se_ratio = self._spec.conv_se_ratio if stage_type == "conv" else 0.0
-    se_ratio = max(se_ratio, self._spec.se_ratio)
+    se_ratio = self._spec.se(stage_type)
     if se_ratio > 0:
       divisor = self._spec.se_divisor
       y = nn_layers.SqueezeExcitation(in_filters=mid, out_filters=mid, se_ratio=se_ratio,
@@ -238,6 +225,11 @@ class HaloNet(tf_keras.Model):
   # -- Model Garden backbone interface ---------------------------------------------------------
 
   @property
+  def config(self) -> HaloNetConfig:
+    """A copy of the backbone config the model was built from."""
+    return HaloNetConfig(self._config.as_dict())
+
+  @property
   def spec(self) -> specs.ModelSpec:
     """The spec the model was built from, overrides applied (specs.resolve)."""
     return self._spec
@@ -248,8 +240,13 @@ class HaloNet(tf_keras.Model):
     return self._output_specs
 
   def get_config(self) -> Dict[str, Any]:
-    return dict(self._config_dict)
+    return dict(config=self._config.as_dict(), **self._config_dict)
 
   @classmethod
   def from_config(cls, config, custom_objects=None):
+    """Also reads the flat form saved before the config was nested (its fields at the top)."""
+    config = dict(config)
+    flat = {name: config.pop(name) for name in model_config.FIELDS if name in config}
+    if flat:
+      config["config"] = {**flat, **config.get("config", {})}
     return cls(**config)

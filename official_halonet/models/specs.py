@@ -16,7 +16,7 @@ block is 1×1 to d, 3×3 conv d -> d, SE on d at 1/16, 1×1 to r_b·d.
 The timm rows ('halonet_h1', 'halonet26t', 'sehalonet33ts', 'halonet50ts', 'eca_halonext26ts') are
 the HaloNets trained in PyTorch by timm, whose weights official_halonet.convert_timm imports. They
 use the generalisations below: a per-stage block pattern (conv bottlenecks interleaved with halo
-blocks), per-stage output widths, grouped 3×3 convs, SE (ReLU inside, widths rounded to 8) or ECA
+blocks), per-stage output ratios, grouped 3×3 convs, SE (ReLU inside, widths rounded to 8) or ECA
 channel attention, a fixed per-head query/key width, the 'tiered' stem (three 3×3 convs) with or
 without its max-pool, PyTorch's symmetric padding of strided convs and pools, BN epsilon 1e-5,
 timm's indexing of the relative-position tables by subsampled query position in strided halo
@@ -25,43 +25,48 @@ the ImageNet mean / std, as every model here does). Each has a reduced '<name>_m
 b=4) that the parity tests compare against timm's logits (tests/fixtures/timm).
 """
 import dataclasses
-from typing import Dict, Optional, Sequence, Tuple, Union
+from typing import Dict, Optional, Tuple, Union
+
+from official_halonet.models.config import HaloNetConfig
 
 STAGE_TYPES = ("halo", "sasa", "conv")
 STEMS = ("conv", "patch", "sasa", "tiered")
 PADDINGS = ("same", "symmetric")
-# The backbone config fields (HaloNet arguments) that resize a named model; see resolve.
+SE_BLOCKS = ("all", "conv")
+# The HaloNetConfig fields that resize a named model; see resolve.
 SHAPE_OVERRIDES = ("blocks", "base_width", "stem_width", "head_dim", "num_heads")
 
 
 @dataclasses.dataclass(frozen=True)
 class ModelSpec:
-  """Everything that defines one named backbone (and its published training resolution)."""
+  """Everything that defines one named backbone (and its published training resolution), one
+  field per concept; the per-stage widths, heads and SE ratios are derived (width, output_width,
+  heads, key_dim, value_dim, se)."""
   blocks: Tuple[int, int, int, int]
   # Per stage: one spatial op for every block, or a tuple with one per block (timm's patterns).
   stage_types: Tuple[Union[str, Tuple[str, ...]], ...] = ("halo",) * 4
   base_width: int = 64
   value_ratio: float = 1.0  # r_v
-  output_ratio: float = 4.0  # r_b
+  output_ratio: Union[float, Tuple[float, float, float, float]] = 4.0  # r_b: one, or per stage
   block_size: int = 8  # b
   halo_size: int = 3  # h
-  num_heads: Tuple[int, int, int, int] = (4, 8, 8, 8)
-  head_dim: Optional[int] = None  # when set, heads = d_i / head_dim instead of num_heads
+  # The head rule, exactly one of: per-stage head counts, or heads = d_i / head_dim.
+  num_heads: Optional[Tuple[int, int, int, int]] = (4, 8, 8, 8)
+  head_dim: Optional[int] = None
   final_width: Optional[int] = None  # d_f: 1×1 conv after the last stage
   stem: str = "conv"  # 7×7/2 conv + 3×3/2 max-pool; 'patch': 4×4/4 linear; 'sasa': attention
   stem_width: int = 64
   sasa_kernel: int = 7
-  se_ratio: float = 0.0  # squeeze-excitation in every block (0 = none)
-  conv_se_ratio: float = 0.0  # squeeze-excitation in 'conv' stages only (the hybrids)
+  se_ratio: float = 0.0  # squeeze-excitation ratio (0 = none)
+  se_blocks: str = "all"  # which blocks have SE: 'all', or 'conv' (3×3-conv blocks: the hybrids)
   activation: str = "silu"
   image_size: int = 224
   randaug_magnitude: int = 10
   paper_params: Optional[float] = None  # millions
   paper_top1: Optional[float] = None
   # Generalisations used by the timm rows (the defaults keep every other model as it was).
-  output_widths: Optional[Tuple[int, int, int, int]] = None  # per stage, instead of r_b · d_i
   group_width: int = 0  # channels per group of the 3×3 convs (0: one group)
-  key_head_dim: Optional[int] = None  # halo q/k width per head (key_dim = heads · this)
+  key_head_dim: Optional[int] = None  # halo q/k width per head (None: q/k are d_i wide)
   se_activation: Optional[str] = None  # inside SE (None: the model's activation)
   se_divisor: int = 1  # SE's reduced width is rounded to a multiple of this
   eca: bool = False  # ECA channel attention after the 3×3 conv of every 'conv' block
@@ -81,6 +86,13 @@ class ModelSpec:
       raise ValueError(f"stem {self.stem!r} is not one of {STEMS}")
     if self.padding not in PADDINGS:
       raise ValueError(f"padding {self.padding!r} is not one of {PADDINGS}")
+    if self.se_blocks not in SE_BLOCKS:
+      raise ValueError(f"se_blocks {self.se_blocks!r} is not one of {SE_BLOCKS}")
+    if (self.num_heads is None) == (self.head_dim is None):
+      raise ValueError(f"give one head rule, num_heads or head_dim; got num_heads="
+                       f"{self.num_heads!r}, head_dim={self.head_dim!r}")
+    if not isinstance(self.output_ratio, (int, float)) and len(self.output_ratio) != 4:
+      raise ValueError(f"output_ratio must be one number or 4, got {self.output_ratio!r}")
     listed = tuple(len(t) for t in self.stage_types if not isinstance(t, str))
     if self.lists_blocks and listed != tuple(self.blocks):
       raise ValueError(f"stage_types lists {listed} blocks per stage, blocks says "
@@ -100,11 +112,31 @@ class ModelSpec:
     """The spatial op of block `index` of stage `stage` (0-based)."""
     return self.listed(stage)[index]
 
+  def width(self, stage: int) -> int:
+    """d_i, the bottleneck width of stage `stage` (0-based)."""
+    return self.base_width * 2**stage
+
   def output_width(self, stage: int) -> int:
-    """Output channels of every block of stage `stage`."""
-    if self.output_widths is not None:
-      return self.output_widths[stage]
-    return int(round(self.output_ratio * self.base_width * 2**stage))
+    """Output channels of every block of stage `stage`: r_b · d_i."""
+    ratio = (self.output_ratio if isinstance(self.output_ratio, (int, float))
+             else self.output_ratio[stage])
+    return int(round(ratio * self.width(stage)))
+
+  def heads(self, stage: int) -> int:
+    """Attention heads of stage `stage`: num_heads[stage], or d_i / head_dim."""
+    return self.width(stage) // self.head_dim if self.head_dim else self.num_heads[stage]
+
+  def key_dim(self, stage: int) -> int:
+    """Halo attention's query / key width in stage `stage`: heads · key_head_dim, or d_i."""
+    return self.heads(stage) * self.key_head_dim if self.key_head_dim else self.width(stage)
+
+  def value_dim(self, stage: int) -> int:
+    """Halo attention's value width in stage `stage`: r_v · d_i."""
+    return int(round(self.value_ratio * self.width(stage)))
+
+  def se(self, stage_type: str) -> float:
+    """The squeeze-excitation ratio of a block whose spatial op is `stage_type` (0: none)."""
+    return self.se_ratio if self.se_blocks == "all" or stage_type == "conv" else 0.0
 
 
 def _h(*, b, h, r_v, r_b, stage3, image, d_f, params, top1, magnitude, **kw):
@@ -118,7 +150,7 @@ _H7 = dict(b=10, h=3, r_v=4.0, r_b=3.5, stage3=26, image=600, d_f=2048, magnitud
 _H4_I21K = dict(blocks=(3, 4, 12, 3), base_width=128, output_ratio=4.0, block_size=8, halo_size=2,
                 image_size=256, randaug_magnitude=10)
 _DETECTION = dict(stage_types=("conv", "conv", "conv", "halo"), output_ratio=4.0, head_dim=16,
-                  se_ratio=0.0625, activation="relu", image_size=1024)
+                  num_heads=None, se_ratio=0.0625, activation="relu", image_size=1024)
 _RESNET = dict(stage_types=("conv",) * 4, output_ratio=4.0, activation="relu", image_size=224)
 _SASA = dict(stage_types=("sasa",) * 4, output_ratio=4.0, num_heads=(8, 8, 8, 8), activation="relu",
              image_size=224)
@@ -141,22 +173,24 @@ MODELS: Dict[str, ModelSpec] = {
              top1=84.4, magnitude=24),
     "h7": _h(**_H7, params=67.0, top1=84.9),
     # Convolution-attention hybrids of H7: the first 1, 2 or 3 stages are SE conv bottlenecks
-    # (paper: "about 67 million parameters" each; C123 builds 54.3M, see the module docstring).
+    # (the paper counts each at about 67M; C123 does not build that: docs/h7_hybrid_parameters.md).
     "h7_c1": _h(**_H7, params=67.0, top1=None,
-                stage_types=("conv", "halo", "halo", "halo"), conv_se_ratio=0.0625),
+                stage_types=("conv", "halo", "halo", "halo"), se_ratio=0.0625, se_blocks="conv"),
     "h7_c12": _h(**_H7, params=67.0, top1=None,
-                 stage_types=("conv", "conv", "halo", "halo"), conv_se_ratio=0.0625),
+                 stage_types=("conv", "conv", "halo", "halo"), se_ratio=0.0625,
+                 se_blocks="conv"),
     "h7_c123": _h(**_H7, params=67.0, top1=None,
-                  stage_types=("conv", "conv", "conv", "halo"), conv_se_ratio=0.0625),
+                  stage_types=("conv", "conv", "conv", "halo"), se_ratio=0.0625,
+                  se_blocks="conv"),
     # Component ablation (HaloNet paper section 4.3): ResNet-50 layout and widths.
-    "halonet50": ModelSpec(blocks=(3, 4, 6, 3), output_ratio=4.0, head_dim=16, activation="relu",
-                           image_size=256, paper_params=18.0),
+    "halonet50": ModelSpec(blocks=(3, 4, 6, 3), output_ratio=4.0, head_dim=16, num_heads=None,
+                           activation="relu", image_size=256, paper_params=18.0),
     "resnet50": ModelSpec(blocks=(3, 4, 6, 3), **_RESNET, paper_params=25.5),
     # ImageNet-21k H4 (pretrained at 256 with b=8, h=2; fine-tuned at 384 / 512).
     "h4_i21k": ModelSpec(**_H4_I21K, paper_params=85.0),
     "h4_i21k_patch_stem": ModelSpec(**_H4_I21K, stem="patch", paper_params=85.0),
     "h4_i21k_c12": ModelSpec(**_H4_I21K, stage_types=("conv", "conv", "halo", "halo"),
-                             conv_se_ratio=0.0625, paper_params=87.0),
+                             se_ratio=0.0625, se_blocks="conv", paper_params=87.0),
     # Detection backbones: ResNet + SE whose last three blocks (stage 4) are halo attention.
     "resnet50_se_halo_b8": ModelSpec(blocks=(3, 4, 6, 3), block_size=8, halo_size=3, **_DETECTION),
     "resnet50_se_halo_b32": ModelSpec(blocks=(3, 4, 6, 3), block_size=32, halo_size=3,
@@ -176,7 +210,7 @@ MODELS: Dict[str, ModelSpec] = {
     # A tiny configuration for fast tests: every stage type, real code path.
     "tiny": ModelSpec(blocks=(1, 1, 1, 1), stage_types=("conv", "halo", "sasa", "halo"),
                       base_width=8, stem_width=8, num_heads=(2, 2, 2, 2), block_size=4,
-                      halo_size=1, sasa_kernel=3, final_width=32, conv_se_ratio=0.25,
+                      halo_size=1, sasa_kernel=3, final_width=32, se_ratio=0.25, se_blocks="conv",
                       image_size=64, randaug_magnitude=2),
 }
 
@@ -196,8 +230,8 @@ _TIMM_MODELS: Dict[str, ModelSpec] = {
         **_TIMM),
     "sehalonet33ts": ModelSpec(
         blocks=(2, 3, 3, 2), stage_types=((_C, _C), (_C, _C, _H), (_C, _C, _H), (_H, _H)),
-        output_widths=(256, 512, 1024, 1536), final_width=1280, block_size=8, halo_size=3,
-        stem="tiered", stem_pool=False, conv_se_ratio=1 / 16, se_activation="relu",
+        output_ratio=(4.0, 4.0, 4.0, 3.0), final_width=1280, block_size=8, halo_size=3,
+        stem="tiered", stem_pool=False, se_ratio=1 / 16, se_blocks="conv", se_activation="relu",
         se_divisor=8, eval_crop_fraction=0.94, **_TIMM),
     "halonet50ts": ModelSpec(
         blocks=(3, 4, 6, 3),
@@ -221,8 +255,8 @@ _TIMM_MINI: Dict[str, ModelSpec] = {
         **dict(_MINI, output_ratio=1.0)),
     "halonet26t_mini": dataclasses.replace(_TIMM_MODELS["halonet26t"], halo_size=1, **_MINI),
     "sehalonet33ts_mini": dataclasses.replace(
-        _TIMM_MODELS["sehalonet33ts"], halo_size=2, output_widths=(16, 32, 64, 96),
-        final_width=80, **_MINI),
+        _TIMM_MODELS["sehalonet33ts"], halo_size=2, final_width=80,
+        **dict(_MINI, output_ratio=(2.0, 2.0, 2.0, 1.5))),
     "halonet50ts_mini": dataclasses.replace(
         _TIMM_MODELS["halonet50ts"], blocks=(2, 4, 4, 2),
         stage_types=((_C, _C), (_C, _C, _C, _H), (_C, _H, _C, _H), (_C, _H)), halo_size=2,
@@ -235,6 +269,14 @@ MODELS.update(_TIMM_MINI)
 TIMM_MODELS = tuple(_TIMM_MODELS) + tuple(_TIMM_MINI)
 
 
+class OverrideError(ValueError):
+  """A HaloNetConfig field that cannot build its model: `field` names it, the message says why."""
+
+  def __init__(self, field: str, message: str):
+    super().__init__(message)
+    self.field = field
+
+
 def get_spec(model_id: str) -> ModelSpec:
   """The spec of a named model; an unknown name lists the known ones."""
   try:
@@ -244,88 +286,101 @@ def get_spec(model_id: str) -> ModelSpec:
                      ) from None
 
 
-def resolve(model_id: str, block_size: Optional[int] = None, halo_size: Optional[int] = None,
-            se_ratio: Optional[float] = None, final_width: Optional[int] = None, *,
-            blocks: Optional[Sequence[int]] = None, base_width: Optional[int] = None,
-            stem_width: Optional[int] = None, head_dim: Optional[int] = None,
-            num_heads: Optional[Sequence[int]] = None) -> ModelSpec:
+def resolve(config: HaloNetConfig) -> ModelSpec:
   """The spec a model is built from: the named spec with the backbone config's overrides.
 
-  None keeps the spec's value (block_size 0 too); halo_size 0 means no halo; se_ratio 0 and
-  final_width 0 remove that layer (see models.factory.HaloNetConfig, HaloNet's arguments).
-  The shape overrides resize the named model, keeping its stage types, stem, b, h and SE: blocks
-  (4 per-stage block counts), base_width (d_0), stem_width, and the head rule, either head_dim
-  (heads = d_i / head_dim) or num_heads (4 per-stage counts), which replaces the spec's rule.
-  A bad override raises a one-line ValueError naming the model and the field.
+  None keeps the spec's value; halo_size 0 means no halo; se_ratio 0 and final_width 0 remove
+  that layer. The shape overrides resize the named model, keeping its stage types, stem, b, h and
+  SE: blocks (4 per-stage block counts), base_width (d_0), stem_width, and the head rule, either
+  head_dim (heads = d_i / head_dim) or num_heads (4 per-stage counts), which replaces the spec's.
+  A bad field raises a one-line OverrideError (a ValueError) naming the model and the field.
   """
-  spec = get_spec(model_id)
-  where = f"model {model_id!r}"
-  if head_dim is not None and num_heads is not None:
-    raise ValueError(f"{where}: give head_dim or num_heads, not both (head_dim={head_dim}, "
-                     f"num_heads={num_heads!r})")
+  try:
+    spec = get_spec(config.model_id)
+  except ValueError as e:
+    raise OverrideError("model_id", str(e)) from None
+  where = f"model {config.model_id!r}"
+  _check_scalars(config, where)
+  if config.head_dim is not None and config.num_heads is not None:
+    raise OverrideError("num_heads", f"{where}: give head_dim or num_heads, not both (head_dim="
+                        f"{config.head_dim}, num_heads={config.num_heads!r})")
   shape = {}
-  if blocks is not None:
+  if config.blocks is not None:
     if spec.lists_blocks:
-      raise ValueError(f"{where}: blocks cannot be overridden, the model lists its blocks one by "
-                       f"one (stage_types)")
-    shape["blocks"] = _per_stage("blocks", blocks, where)
-  if num_heads is not None:
-    shape.update(num_heads=_per_stage("num_heads", num_heads, where), head_dim=None)
-  for name, value in (("base_width", base_width), ("stem_width", stem_width),
-                      ("head_dim", head_dim)):
-    if value is not None:
-      shape[name] = _positive(name, value, where)
-  if block_size is not None:
-    _positive("block_size", block_size, where)
-  overrides = dict(block_size=block_size, halo_size=halo_size, se_ratio=se_ratio,
-                   final_width=final_width)
+      raise OverrideError("blocks", f"{where}: blocks cannot be overridden, the model lists its "
+                          f"blocks one by one (stage_types)")
+    shape["blocks"] = _per_stage("blocks", config.blocks, where)
+  if config.num_heads is not None:
+    shape.update(num_heads=_per_stage("num_heads", config.num_heads, where), head_dim=None)
+  for name in ("base_width", "stem_width", "head_dim"):
+    if getattr(config, name) is not None:
+      shape[name] = _positive(name, getattr(config, name), where)
+  if config.head_dim is not None:
+    shape["num_heads"] = None
+  kept = {name: getattr(config, name) for name in ("block_size", "halo_size", "se_ratio",
+                                                    "final_width")}
   resolved = dataclasses.replace(
-      spec, **shape, **{k: v for k, v in overrides.items() if v is not None})
+      spec, **shape, **{k: v for k, v in kept.items() if v is not None})
   if shape:
     _check_widths(resolved, where)
   return resolved
 
 
+def _check_scalars(config: HaloNetConfig, where: str) -> None:
+  """block_size >= 1, halo_size and final_width >= 0, se_ratio and the drop rate in [0, 1)."""
+  if config.block_size is not None:
+    _positive("block_size", config.block_size, where)
+  for name in ("halo_size", "final_width"):
+    value = getattr(config, name)
+    if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 0):
+      raise OverrideError(name, f"{where}: {name} must be an integer >= 0, got {value!r}")
+  for name in ("se_ratio", "stochastic_depth_drop_rate"):
+    value = getattr(config, name)
+    if value is not None and not 0.0 <= value < 1.0:
+      raise OverrideError(name, f"{where}: {name} must be in [0, 1), got {value!r}")
+
+
 def _positive(name: str, value, where: str) -> int:
   if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-    raise ValueError(f"{where}: {name} must be a positive integer, got {value!r}")
+    raise OverrideError(name, f"{where}: {name} must be a positive integer, got {value!r}")
   return value
 
 
 def _per_stage(name: str, values, where: str) -> Tuple[int, int, int, int]:
   if (isinstance(values, (str, bytes)) or not hasattr(values, "__len__") or len(values) != 4
       or any(isinstance(v, bool) or not isinstance(v, int) or v < 1 for v in values)):
-    raise ValueError(f"{where}: {name} must list 4 positive integers, one per stage, "
-                     f"got {values!r}")
+    raise OverrideError(name, f"{where}: {name} must list 4 positive integers, one per stage, "
+                        f"got {values!r}")
   return tuple(values)
 
 
 def _check_widths(spec: ModelSpec, where: str) -> None:
   """Every width the overridden spec gives must split into its heads and conv groups."""
   if spec.stem == "sasa" and spec.stem_width % 4:
-    raise ValueError(f"{where}: stem_width {spec.stem_width} must be a multiple of 4, the SASA "
-                     f"stem's heads")
+    raise OverrideError("stem_width", f"{where}: stem_width {spec.stem_width} must be a multiple "
+                        f"of 4, the SASA stem's heads")
   if spec.stem == "tiered" and 3 * spec.stem_width // 8 < 1:
-    raise ValueError(f"{where}: stem_width {spec.stem_width} is below 3, so the tiered stem's "
-                     f"first conv (3/8 of it) would have no channels")
+    raise OverrideError("stem_width", f"{where}: stem_width {spec.stem_width} is below 3, so the "
+                        f"tiered stem's first conv (3/8 of it) would have no channels")
   for stage, repeats in enumerate(spec.blocks):
-    width = spec.base_width * 2**stage
+    width = spec.width(stage)
     types = {spec.block_type(stage, i) for i in range(repeats)}
     if "conv" in types and spec.group_width and width % spec.group_width:
-      raise ValueError(f"{where}: base_width {spec.base_width} gives stage {stage + 1} width "
-                       f"{width}, not a multiple of group_width {spec.group_width}")
+      raise OverrideError("base_width", f"{where}: base_width {spec.base_width} gives stage "
+                          f"{stage + 1} width {width}, not a multiple of group_width "
+                          f"{spec.group_width}")
     if not types & {"halo", "sasa"}:
       continue
     if spec.head_dim and width % spec.head_dim:
-      raise ValueError(f"{where}: head_dim {spec.head_dim} does not divide stage {stage + 1}'s "
-                       f"width {width} (base_width {spec.base_width} · 2^{stage})")
-    heads = width // spec.head_dim if spec.head_dim else spec.num_heads[stage]
+      raise OverrideError("head_dim", f"{where}: head_dim {spec.head_dim} does not divide stage "
+                          f"{stage + 1}'s width {width} (base_width {spec.base_width} · 2^{stage})")
+    heads = spec.heads(stage)
     dims = [("attention", width)] if "sasa" in types else []
     if "halo" in types:
-      dims += [("query/key", heads * spec.key_head_dim if spec.key_head_dim else width),
-               ("value", int(round(spec.value_ratio * width)))]
+      dims += [("query/key", spec.key_dim(stage)), ("value", spec.value_dim(stage))]
     rule = f"width / head_dim {spec.head_dim}" if spec.head_dim else "num_heads"
     for kind, dim in dims:
       if dim % heads:
-        raise ValueError(f"{where}: {heads} heads ({rule}) do not divide stage {stage + 1}'s "
-                         f"{kind} width {dim} (base_width {spec.base_width} · 2^{stage})")
+        raise OverrideError("head_dim" if spec.head_dim else "num_heads",
+                            f"{where}: {heads} heads ({rule}) do not divide stage {stage + 1}'s "
+                            f"{kind} width {dim} (base_width {spec.base_width} · 2^{stage})")

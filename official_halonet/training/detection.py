@@ -73,7 +73,7 @@ ParamsOverride = Optional[Union[Dict[str, Any], str]]
 
 
 @dataclasses.dataclass
-class DetectionSettings:
+class DetectionSettings(experiment.BackboneOverrides):
   """Every setting of a Model Garden Mask R-CNN or RetinaNet run with a HaloNet / SASA backbone
   (gin: `detection_experiment.<field>`).
 
@@ -81,10 +81,9 @@ class DetectionSettings:
       replace the defaults below; every other binding overrides it.
     kind: 'maskrcnn' (Mask R-CNN with FPN, levels 2-6) or 'retinanet' (RetinaNet, levels 3-7).
     backbone: a model name from official_halonet.models.MODELS, e.g. 'resnet50_se_halo_b8'.
-    block_size, halo_size, se_ratio, final_width, stochastic_depth_drop_rate: HaloNetConfig
-      overrides of the named spec (None keeps the spec's value).
-    recompute_attention: attention layers recompute their forward pass in the backward pass
-      (less memory, more time; HaloNetConfig.recompute_attention).
+    the backbone overrides: every HaloNetConfig field but model_id (models/config.py:
+      block_size, halo_size, se_ratio, final_width, blocks, base_width, stem_width, head_dim,
+      num_heads, stochastic_depth_drop_rate, recompute_attention); None keeps the spec's value.
     num_classes: detector classes including background (COCO: 91).
     image_size: square input side the parser scales and pads images to.
     train_input_path, eval_input_path: COCO-format tf.Example TFRecord file patterns.
@@ -119,12 +118,6 @@ class DetectionSettings:
   recipe: str = ""
   kind: str = "maskrcnn"
   backbone: str = "resnet50_se_halo_b8"
-  block_size: Optional[int] = None
-  halo_size: Optional[int] = None
-  se_ratio: Optional[float] = None
-  final_width: Optional[int] = None
-  stochastic_depth_drop_rate: float = 0.0
-  recompute_attention: bool = False
   num_classes: int = 91
   image_size: int = 1024
   train_input_path: Union[str, Sequence[str]] = "coco/train*"
@@ -160,9 +153,10 @@ class DetectionSettings:
     _require(self.kind in BASE_EXPERIMENTS, "kind",
              f"kind must be one of {sorted(BASE_EXPERIMENTS)}, got {self.kind!r}.")
     try:
-      specs.get_spec(self.backbone)
-    except ValueError as e:  # an unknown name, listing the known ones
-      raise ConfigError("backbone", str(e), CONFIGURABLE) from None
+      specs.resolve(experiment.backbone_config(self.backbone, self))
+    except specs.OverrideError as e:  # an unknown name lists the known ones
+      raise ConfigError("backbone" if e.field == "model_id" else e.field, str(e),
+                        CONFIGURABLE) from None
     _require(self.image_size > 0, "image_size",
              f"image_size must be positive, got {self.image_size}.")
     boundaries = [int(b) for b in self.decay_boundaries]
@@ -222,11 +216,9 @@ def build(s: DetectionSettings, mixed_precision_default: str = "float32") -> cfg
   if s.params_override:
     config = hyperparams.override_params_dict(config, s.params_override, is_strict=True)
   config.validate()
-  if config.task.model.backbone.type == "halonet":  # shape overrides may come in params_override
-    halonet = config.task.model.backbone.halonet
+  if s.params_override and config.task.model.backbone.type == "halonet":  # overridden there
     try:
-      specs.resolve(halonet.model_id, **{name: getattr(halonet, name)
-                                         for name in specs.SHAPE_OVERRIDES})
+      specs.resolve(config.task.model.backbone.halonet)
     except ValueError as e:
       raise ConfigError("params_override", str(e), CONFIGURABLE) from None
   return config
@@ -234,10 +226,7 @@ def build(s: DetectionSettings, mixed_precision_default: str = "float32") -> cfg
 
 def _set_model(task, s: DetectionSettings) -> None:
   model = task.model
-  model.backbone = factory.halonet_backbone(
-      s.backbone, block_size=s.block_size, halo_size=s.halo_size, se_ratio=s.se_ratio,
-      final_width=s.final_width, stochastic_depth_drop_rate=s.stochastic_depth_drop_rate,
-      recompute_attention=s.recompute_attention)
+  model.backbone = factory.halonet_backbone(experiment.backbone_config(s.backbone, s))
   model.num_classes = s.num_classes
   model.input_size = [s.image_size, s.image_size, 3]
   model.norm_activation.use_sync_bn = s.use_sync_bn

@@ -32,32 +32,50 @@ from official.core import config_definitions as cfg
 from official.core import exp_factory
 from official.vision.configs import common
 from official_halonet import data
+from official_halonet.models import config as model_config
 from official_halonet.models import factory as model_factory
 from official_halonet.models import specs
+from official_halonet.models.config import HaloNetConfig
+from official_halonet.training import gin_config
 from official_halonet.training import optimizer as optimizer_lib
 from official_halonet.training import precision
 from official_halonet.training import recipes
 from official_halonet.training import task as task_lib
+from official_halonet.training.config_error import ConfigError
 from official_halonet.training.config_error import require as _require
 
 IMAGENET_TRAIN_EXAMPLES = 1281167
 IMAGENET_EVAL_EXAMPLES = 50000
 
 
+# The backbone overrides are HaloNetConfig's fields (models/config.py), declared there once; the
+# settings classes (Settings, detection's DetectionSettings) take them over as their own fields
+# (gin: `experiment.block_size = 12`), and backbone_config turns them back into one HaloNetConfig.
+BackboneOverrides = dataclasses.make_dataclass(
+    "BackboneOverrides", [(field.name, field.type, dataclasses.field(default=field.default))
+                          for field in dataclasses.fields(HaloNetConfig)
+                          if field.name in model_config.OVERRIDES])
+
+
+def backbone_config(model_id: str, settings: BackboneOverrides) -> HaloNetConfig:
+  """The backbone config of a run: the named model with the settings' backbone overrides."""
+  return HaloNetConfig(model_id=model_id, **{name: getattr(settings, name)
+                                             for name in model_config.OVERRIDES})
+
+
 @dataclasses.dataclass
-class Settings:
+class Settings(BackboneOverrides):
   """Every setting of one HaloNet / SASA classification run (gin: `experiment.<field>`).
 
   recipe: a published recipe (training/recipes.py) whose values replace the defaults below;
     every other binding overrides the recipe's value. '' : the defaults alone.
   Model:
     model_id: a name from official_halonet.models.MODELS.
-    num_classes, image_size (None: the model's published size), block_size / halo_size /
-      final_width / se_ratio (None: the model's), activation (None: the model's, SiLU for H0-H7),
-      stochastic_depth_rate (last block's drop rate), dropout_rate (before the classifier).
-    recompute_attention: the attention layers keep only their inputs for the backward pass and
-      recompute the rest there: less training memory for more time, the same results
-      (docs/cpu_speed.md has the measurements).
+    the backbone overrides: every HaloNetConfig field but model_id (models/config.py: block_size,
+      halo_size, se_ratio, final_width, the shape fields, stochastic_depth_drop_rate,
+      recompute_attention); None keeps the model's value.
+    num_classes, image_size (None: the model's published size), activation (None: the model's,
+      SiLU for H0-H7), dropout_rate (before the classifier).
   Data:
     train_input_path / eval_input_path: TFRecord file patterns (comma-separated allowed), or
       tfds_name (+ tfds_data_dir, train_split, eval_split) for a TFDS-built dataset.
@@ -91,14 +109,8 @@ class Settings:
   model_id: str = ""
   num_classes: int = 1000
   image_size: Optional[int] = None
-  block_size: Optional[int] = None
-  halo_size: Optional[int] = None
-  final_width: Optional[int] = None
-  se_ratio: Optional[float] = None
   activation: Optional[str] = None
-  stochastic_depth_rate: float = 0.0
   dropout_rate: float = 0.0
-  recompute_attention: bool = False
   # Data.
   train_input_path: str = ""
   eval_input_path: str = ""
@@ -161,8 +173,11 @@ class Settings:
              f"{image_size!r}")
     _require(self.num_classes > 0, "num_classes", f"num_classes must be > 0, got "
              f"{self.num_classes}")
-    for name, minimum in (("block_size", 1), ("halo_size", 0), ("final_width", 0),
-                          ("init_block_size", 1), ("init_halo_size", 0)):
+    try:
+      spec = specs.resolve(backbone_config(self.model_id, self))
+    except specs.OverrideError as e:
+      raise ConfigError(e.field, str(e)) from None
+    for name, minimum in (("init_block_size", 1), ("init_halo_size", 0)):
       value = getattr(self, name)
       _require(value is None or (isinstance(value, int) and value >= minimum), name,
                f"{name} must be None or an integer >= {minimum}, got {value!r}")
@@ -174,8 +189,6 @@ class Settings:
     _require(self.init_checkpoint_modules in ("all", "backbone"), "init_checkpoint_modules",
              f"init_checkpoint_modules must be 'all' or 'backbone', got "
              f"{self.init_checkpoint_modules!r}")
-    _require(0 <= self.stochastic_depth_rate < 1, "stochastic_depth_rate",
-             f"stochastic_depth_rate must be in [0, 1), got {self.stochastic_depth_rate}")
     _require(self.seed is not None or not self.deterministic, "deterministic",
              "deterministic = True needs a seed (experiment.seed), got None")
     return spec
@@ -210,6 +223,7 @@ def experiment(mixed_precision_default: str = "float32", **settings) -> cfg.Expe
   A bound `recipe` supplies the values nothing binds. mixed_precision_default: the dtype
   mixed_precision='auto' stands for (the runner sets it from the strategy).
   """
+  gin_config.refuse_renamed(CONFIGURABLE, settings)
   return build(from_recipe(**bound_values(GinSettings, CONFIGURABLE, settings)),
                mixed_precision_default)
 
@@ -223,6 +237,7 @@ def bound_values(gin_class, configurable: str, explicit: dict) -> dict:
 
 def from_recipe(recipe: str = "", **overrides) -> Settings:
   """Settings of the named recipe (training/recipes.py), `overrides` replacing its values."""
+  gin_config.refuse_renamed(CONFIGURABLE, overrides)
   _require(not recipe or recipe in recipes.RECIPES, "recipe",
            f"unknown recipe {recipe!r}; known recipes: {', '.join(sorted(recipes.RECIPES))}")
   return Settings(recipe=recipe, **{**recipes.RECIPES.get(recipe, {}), **overrides})
@@ -317,10 +332,7 @@ def task(s: Settings, image_size: int, train_data: data.DataConfig,
       model=task_lib.ModelConfig(
           num_classes=s.num_classes,
           input_size=[image_size, image_size, 3],
-          backbone=model_factory.halonet_backbone(
-              s.model_id, block_size=s.block_size, halo_size=s.halo_size, se_ratio=s.se_ratio,
-              final_width=s.final_width, stochastic_depth_drop_rate=s.stochastic_depth_rate,
-              recompute_attention=s.recompute_attention),
+          backbone=model_factory.halonet_backbone(backbone_config(s.model_id, s)),
           dropout_rate=s.dropout_rate,
           norm_activation=common.NormActivation(
               activation=model_factory.activation_of(s.model_id, s.activation),

@@ -2,8 +2,9 @@
 
   parse(gin_files, bindings)     every file must exist; includes resolve relative to the including
                                  file, the repository's gin/ folder and the working directory;
-                                 an unknown configurable / parameter or a syntax error is a
-                                 GinError naming the file (or --gin_bindings entry) and line.
+                                 an unknown configurable / parameter, a renamed one (RENAMED) or
+                                 a syntax error is a GinError naming the file (or
+                                 --gin_bindings entry) and line.
   locate(parameter)              where the value of `experiment.<parameter>` in force was bound,
                                  for errors found later (a model name that doesn't exist, ...).
   write_operative_config(dir)    the bindings in force, written to model_dir as operative_config.gin.
@@ -21,6 +22,8 @@ REPO_GIN_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(
     os.path.abspath(__file__)))), "gin")
 CONFIGURABLE = "experiment"
 OPERATIVE_CONFIG = "operative_config.gin"
+# Parameters renamed since they were first bound: {configurable: {old name: new name}}.
+RENAMED = {"experiment": {"stochastic_depth_rate": "stochastic_depth_drop_rate"}}
 
 _sources: List[Tuple[str, Sequence[str]]] = []  # (name, lines) in parse order
 
@@ -75,6 +78,7 @@ def parse(gin_files: Sequence[str], bindings: Sequence[str]) -> None:
   gin.add_config_file_search_path(REPO_GIN_DIR)
   for index, binding in enumerate(bindings):
     _sources.append((f"--gin_bindings[{index}]", binding.splitlines()))
+  _refuse_renamed_bindings()
   try:
     with _quiet_include_search():
       gin.parse_config_files_and_bindings(resolved, None, skip_unknown=False,
@@ -87,6 +91,24 @@ def parse(gin_files: Sequence[str], bindings: Sequence[str]) -> None:
     except Exception as e:
       raise GinError(f"--gin_bindings[{index}] {binding!r}: {_one_line(e)}") from None
   gin.finalize()
+
+
+def refuse_renamed(configurable: str, names, where: str = "") -> None:
+  """A GinError naming the new name of the first renamed parameter among `names`."""
+  for name in names:
+    new = RENAMED.get(configurable, {}).get(name)
+    if new:
+      raise GinError(f"{where}{configurable}.{name} is now {configurable}.{new}")
+
+
+def _refuse_renamed_bindings() -> None:
+  pattern = re.compile(r"^\s*(?:[\w.]*/)?(?:[\w.]*\.)?(\w+)\.(\w+)\s*=")
+  for name, lines in _sources:
+    for number, line in enumerate(lines, 1):
+      match = pattern.match(line)
+      if match:
+        where = f"{name}: " if name.startswith("--") else f"{name}:{number}: "
+        refuse_renamed(match.group(1), [match.group(2)], where)
 
 
 class _IncludeSearchFilter(logging.Filter):

@@ -61,7 +61,7 @@ _H_REGULARISATION = {"h0": (0.0, 0.2), "h1": (0.0, 0.2), "h2": (0.0, 0.2), "h3":
 
 def _h_recipes() -> Dict[str, Recipe]:
   recipes = {f"halonet_{model}_imagenet": dict(IMAGENET, model_id=model,
-                                               stochastic_depth_rate=rates[0],
+                                               stochastic_depth_drop_rate=rates[0],
                                                dropout_rate=rates[1])
              for model, rates in _H_REGULARISATION.items()}
   for hybrid in ("h7_c1", "h7_c12", "h7_c123"):  # H7's recipe, conv stages

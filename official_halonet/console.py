@@ -8,7 +8,9 @@ Everything else goes to the run's log file (<model_dir>/main.log):
     some bypass TF_CPP_MIN_LOG_LEVEL): `native_stderr_to` points descriptor 2 at the log file
     while Python's sys.stderr keeps the terminal, so this project's `error:` lines and Python
     tracebacks still show.
-`quiet(log_file)` does all three, for every entry point (main.py's modes, convert_timm, visualize).
+`quiet(log_file)` does all three, for every entry point (main.py's modes, convert_timm, visualize,
+train, the data tools). A top-level module that imports nothing of official_halonet's packages, so
+every package may use it (tests/test_layering.py).
 `--verbose` skips all of this. Nothing here imports TensorFlow, so an entry point can call it
 before TensorFlow starts.
 """
