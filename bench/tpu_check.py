@@ -13,6 +13,7 @@ Flags are absl's (official_halonet.data.command_line, like the other bench scrip
 """
 import json
 import pathlib
+import re
 import sys
 import time
 
@@ -73,7 +74,11 @@ def readme_table(saved: dict, generations) -> str:
     step = report["steps"][0]
     start = f"| {name} | {report['topology']} | {step['batch']} |"
     if not step["compiled"]:
-      lines.append(f"{start} no: {step['error'][:100]} | | | | | | |")
+      oom = re.search(r"temporaries \(([\d.]+)G\) exceeds available HBM \(([\d.]+)G\)",
+                      step["error"])
+      why = (f"temporaries {oom.group(1)} GiB > {oom.group(2)} GiB" if oom
+             else step["error"][:100])
+      lines.append(f"{start} no ({why}) | | | | | | |")
       continue
     lines.append(f"{start} {'yes' if step['fits'] else 'no'} | {step['hbm']['total'] / 1e9:.2f} "
                  f"| {step['flops'] / 1e12:.2f} | {step['bytes_accessed'] / 1e9:.1f} | "
