@@ -9,6 +9,8 @@ run against a stand-in compile that answers as the compiler does, at any scale: 
 that fits with ~15 GiB of temporaries takes about 16 minutes of host time (measured on the 2-core
 development machine), too long for the suite; `bench/tpu_check.py --bisect` runs it for real.
 """
+import dataclasses
+import importlib.util
 import json
 import os
 import re
@@ -221,3 +223,22 @@ def test_a_detection_train_step_compiles_and_fits():
   assert train.compiled and train.fits, train.error
   assert 0 < train.hbm["total"] < report.generation.hbm_bytes
   assert train.flops > 0 and train.bytes_accessed > 0 and train.while_loops == 0
+
+
+def test_the_readme_table_shows_what_the_compiler_said(overflow_report, fitting_train_step):
+  """bench/tpu_check.py --readme: a row per saved train step of the chosen generations; one that
+  does not fit shows the temporaries it needs against the HBM the compiler offers."""
+  spec = importlib.util.spec_from_file_location("bench_tpu_check",
+                                                os.path.join(ROOT, "bench", "tpu_check.py"))
+  bench = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(bench)
+  fits = dataclasses.replace(overflow_report, steps=[fitting_train_step])
+  saved = {"demo@v5litepod-4": overflow_report.to_json(), "h1@v5litepod-4": fits.to_json(),
+           "h1@v4-8": dataclasses.replace(fits, topology="v4-8").to_json()}
+  lines = bench.readme_table(saved, ["v5litepod"]).splitlines()
+  assert len(lines) == 4 and lines[2].startswith("| h1 | v5litepod-4 | 16 | yes |")
+  needed = check.hbm_shortfall(overflow_report.steps[0])[0] / 2**30
+  assert lines[3].startswith(f"| demo | v5litepod-4 | 65536 | no (temporaries {needed:.2f} GiB > "
+                             f"15.75 GiB) |")
+  roofline = fitting_train_step.roofline(overflow_report.generation)
+  assert f"| {roofline['step_seconds'] * 1e3:.1f} |" in lines[2]
