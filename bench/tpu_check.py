@@ -13,7 +13,6 @@ Flags are absl's (official_halonet.data.command_line, like the other bench scrip
 """
 import json
 import pathlib
-import re
 import sys
 import time
 
@@ -64,6 +63,7 @@ def row(name: str, report, seconds: float) -> str:
 
 def readme_table(saved: dict, generations) -> str:
   """The README's table: each saved train step on `generations`, published files in order."""
+  from official_halonet.tpu import check  # after main's flag parsing, like its other imports
   lines = ["| gin file | slice | batch / device | fits | HBM GB | TFLOP | GB accessed | FLOP / byte "
            "| roofline ms | img/s per chip |", "|---|---|---|---|---|---|---|---|---|---|"]
   order = {name: i for i, name in enumerate(PUBLISHED)}
@@ -74,10 +74,10 @@ def readme_table(saved: dict, generations) -> str:
     step = report["steps"][0]
     start = f"| {name} | {report['topology']} | {step['batch']} |"
     if not step["compiled"]:
-      oom = re.search(r"temporaries \(([\d.]+)G\) exceeds available HBM \(([\d.]+)G\)",
-                      step["error"])
-      why = (f"temporaries {oom.group(1)} GiB > {oom.group(2)} GiB" if oom
-             else step["error"][:100])
+      shortfall = check.hbm_shortfall(check.StepReport("train", step["batch"], False,
+                                                       error=step["error"]))
+      why = (f"temporaries {shortfall[0] / 2**30:.2f} GiB > {shortfall[1] / 2**30:.2f} GiB"
+             if shortfall else step["error"][:100])
       lines.append(f"{start} no ({why}) | | | | | | |")
       continue
     lines.append(f"{start} {'yes' if step['fits'] else 'no'} | {step['hbm']['total'] / 1e9:.2f} "
