@@ -1,11 +1,11 @@
-"""Helpers for tests/test_detection.py: COCO-format TFRecords and tiny detection backbones.
+"""Helpers for tests/test_detection.py and test_tpu_check.py: COCO-format TFRecords and tiny detection backbones.
 
 `write_coco_tfrecord` writes Model Garden's detection tf.Example format (the one
 `official/vision/data/create_coco_tf_record.py` writes and `TfExampleDecoder` reads: encoded image,
 source id, normalised boxes, classes, is_crowd, PNG instance masks) with Model Garden's own
 `TfExampleBuilder` and `tfexample_utils.dump_to_tfrecord`.
 
-`tiny_overrides` shrinks a paper detection backbone through the backbone config's shape overrides
+`SMALL_HEADS` shrinks each detector's heads; `tiny_overrides` shrinks a paper detection backbone through the backbone config's shape overrides
 (HaloNetConfig blocks / base_width / stem_width / head_dim or num_heads: one block per stage unless
 told otherwise, 8 base channels), keeping its stage types, stem, attention kind, block / halo size
 and SE, so the real code path runs in seconds; `tiny_spec` is the spec that should build.
@@ -23,6 +23,24 @@ from official.vision.evaluation import coco_utils
 from official_halonet.models import specs
 
 ONE_BLOCK_PER_STAGE = (1, 1, 1, 1)
+# Small heads (Model Garden model-config overrides), so a step takes a second on the CPU: the
+# backbone is what is under test.
+SMALL_HEADS = {
+    "maskrcnn": {
+        "decoder": {"fpn": {"num_filters": 16}},
+        "rpn_head": {"num_filters": 16},
+        "detection_head": {"num_filters": 16, "num_convs": 1, "fc_dims": 32},
+        "mask_head": {"num_filters": 16, "num_convs": 1},
+        "roi_generator": {"pre_nms_top_k": 256, "num_proposals": 64, "test_pre_nms_top_k": 128,
+                          "test_num_proposals": 32},
+        "roi_sampler": {"num_sampled_rois": 16},
+        "mask_sampler": {"num_sampled_masks": 4},
+        "detection_generator": {"max_num_detections": 10}},
+    "retinanet": {
+        "decoder": {"fpn": {"num_filters": 16}},
+        "head": {"num_convs": 1, "num_filters": 16},
+        "detection_generator": {"max_num_detections": 10}},
+}
 
 
 def tiny_overrides(backbone: str, blocks: Sequence[int] = ONE_BLOCK_PER_STAGE) -> Dict[str, Any]:

@@ -56,23 +56,6 @@ LOSSES = {
                  "mask_loss", "model_loss", "total_loss"),
     "retinanet": ("cls_loss", "box_loss", "model_loss", "total_loss"),
 }
-# Small heads, so a step takes a second on the CPU (the backbone is what is under test).
-SMALL_HEADS = {
-    "maskrcnn": {"task": {"model": {
-        "decoder": {"fpn": {"num_filters": 16}},
-        "rpn_head": {"num_filters": 16},
-        "detection_head": {"num_filters": 16, "num_convs": 1, "fc_dims": 32},
-        "mask_head": {"num_filters": 16, "num_convs": 1},
-        "roi_generator": {"pre_nms_top_k": 256, "num_proposals": 64, "test_pre_nms_top_k": 128,
-                          "test_num_proposals": 32},
-        "roi_sampler": {"num_sampled_rois": 16},
-        "mask_sampler": {"num_sampled_masks": 4},
-        "detection_generator": {"max_num_detections": 10}}}},
-    "retinanet": {"task": {"model": {
-        "decoder": {"fpn": {"num_filters": 16}},
-        "head": {"num_convs": 1, "num_filters": 16},
-        "detection_generator": {"max_num_detections": 10}}}},
-}
 
 
 @pytest.fixture(scope="module")
@@ -156,7 +139,7 @@ def tiny_model_override(backbone, blocks):
 def tiny_bindings(kind, backbone, blocks, image_size, records, annotations, extra=()):
   """The file's backbone (bound again, so a test can name another) shrunk by the backbone config's
   shape overrides, small heads, tiny data and intervals."""
-  model = dict(SMALL_HEADS[kind]["task"]["model"], **tiny_model_override(backbone, blocks))
+  model = dict(fx.SMALL_HEADS[kind], **tiny_model_override(backbone, blocks))
   override = {"task": {"model": model}}
   return [
       f"detection_experiment.backbone = '{backbone}'",

@@ -202,16 +202,14 @@ def test_the_json_report_holds_the_table(overflow_report, tmp_path):
 
 
 RETINANET = os.path.join(ROOT, "gin", "detection", "retinanet_r50_halo_b8.gin")
-SMALL_RETINANET = {"decoder": {"fpn": {"num_filters": 16}},
-                   "head": {"num_convs": 1, "num_filters": 16},
-                   "detection_generator": {"max_num_detections": 10}}
+MASK_RCNN = os.path.join(ROOT, "gin", "detection", "maskrcnn_r50_halo_b8.gin")
 
 
 def test_a_detection_train_step_compiles_and_fits():
   """The published RetinaNet halo recipe, its backbone shrunk through the backbone config's shape
   overrides and small heads, at 128 px and 2 images per device: Model Garden's detection train
   step (anchor targets, focal and box losses, the optimizer) compiles for v5e and fits."""
-  model = dict(SMALL_RETINANET,
+  model = dict(fx.SMALL_HEADS["retinanet"],
                backbone={"halonet": fx.tiny_overrides("resnet50_se_halo_b8")})
   options = runner.RunOptions(gin_files=[RETINANET], gin_bindings=[
       "detection_experiment.image_size = 128", "detection_experiment.num_classes = 4",
@@ -223,6 +221,24 @@ def test_a_detection_train_step_compiles_and_fits():
   assert train.compiled and train.fits, train.error
   assert 0 < train.hbm["total"] < report.generation.hbm_bytes
   assert train.flops > 0 and train.bytes_accessed > 0 and train.while_loops == 0
+
+
+def test_mask_rcnn_steps_need_neither_eval_records_nor_an_annotation_file(tmp_path):
+  """Model Garden's Mask R-CNN task writes its COCO annotation file from the eval records when it
+  is given none: tpu_check reads no data, so its eval step takes the ground truth the step sends
+  to the host, and the step traces with records that do not exist."""
+  model = dict(fx.SMALL_HEADS["maskrcnn"],
+               backbone={"halonet": fx.tiny_overrides("resnet50_se_halo_b8")})
+  missing = str(tmp_path / "no-such-records*")
+  steps = steps_lib.Steps(runner.RunOptions(gin_files=[MASK_RCNN], gin_bindings=[
+      "detection_experiment.image_size = 128", "detection_experiment.num_classes = 4",
+      f"detection_experiment.train_input_path = '{missing}'",
+      f"detection_experiment.eval_input_path = '{missing}'",
+      f"detection_experiment.params_override = {{'task': {{'model': {model!r}}}}}"]))
+  assert steps.task.task_config.model.include_mask
+  text = steps.hlo("eval", 2, stage="hlo").hlo
+  entry = text[text.index("\nENTRY "):]
+  assert "f32[2,128,128,3]" in entry[:entry.index("\n}")]  # the images the step takes
 
 
 def test_the_readme_table_shows_what_the_compiler_said(overflow_report, fitting_train_step):

@@ -247,6 +247,7 @@ def check(options, topology: str, say: Callable[[str], None] = print,
   side_python()  # before minutes of tracing
   try:
     steps = steps_lib.Steps(options)
+    steps.trainer  # pylint: disable=pointless-statement  (built here: its errors are the run's)
   except steps_lib.StepError as e:
     raise CheckError(str(e)) from None
   batches = {"train": per_device_batch(steps.global_batch_size, tpu, "global_batch_size"),

@@ -31,6 +31,7 @@ from official.core import train_utils
 from official.modeling import performance
 from official.vision.data import tf_example_builder
 from official.vision.dataloaders import tfexample_utils
+from official.vision.evaluation import coco_evaluator
 from official_halonet.data import pipeline
 from official_halonet.models import attention_maps
 from official_halonet.training import gin_config
@@ -69,6 +70,11 @@ class Steps:
       # without it, and the file need not exist where the check runs.
       self.config.task.annotation_file = None
     self.task = task_factory.get_task(self.config.task)
+    if hasattr(self.task, "_build_coco_metrics"):
+      # Without an annotation file Mask R-CNN's task writes one by reading the eval records; the
+      # eval step sends the records' ground truth to the host either way, so the check builds the
+      # evaluator that takes it from there.
+      self.task._build_coco_metrics = functools.partial(_coco_metric_from_outputs, self.task)
 
   @functools.cached_property
   def _input_specs(self) -> Dict[str, Any]:
@@ -87,7 +93,8 @@ class Steps:
   def trainer(self) -> base_trainer.Trainer:
     """Model Garden's trainer (create_trainer's, with stand-in datasets: its loops never run),
     built on first use under the run's precision policy (the process's global policy is put back
-    afterwards: layers keep the policy they were built with), optimizer slots created."""
+    afterwards: layers keep the policy they were built with), optimizer slots created; StepError
+    when Model Garden refuses the configuration."""
     previous = tf_keras.mixed_precision.global_policy()
     performance.set_mixed_precision_policy(self.config.runtime.mixed_precision_dtype)
     try:
@@ -97,6 +104,9 @@ class Steps:
           evaluate=True, train_dataset=_stand_in(self.input_spec("train", 1)),
           validation_dataset=_stand_in(self.input_spec("eval", 1)))
       runner.create_optimizer_weights(trainer.optimizer, trainer.model)
+    except (tf.errors.OpError, ValueError) as e:
+      raise StepError(f"Model Garden's trainer cannot be built from this configuration: "
+                      f"{_first_line(e)}") from None
     finally:
       tf_keras.mixed_precision.set_global_policy(previous)
     return trainer
@@ -161,6 +171,13 @@ def _compile_only_bindings(options: run_options.RunOptions, recompute: bool):
     extra += [f"{name}.{key} = '{UNREAD_PATH}'" for key in ("train_input_path", "eval_input_path")
               if not bound.get(key)]
   return extra
+
+
+def _coco_metric_from_outputs(task) -> None:
+  """Gives `task` the COCO evaluator that reads ground truth from the eval step's outputs."""
+  task.coco_metric = coco_evaluator.COCOEvaluator(
+      annotation_file=None, include_mask=task.task_config.model.include_mask,
+      per_category_metrics=task.task_config.per_category_metrics)
 
 
 def _stand_in(spec: Any) -> tf.data.Dataset:
