@@ -36,6 +36,7 @@ import tf_keras
 
 from official_halonet.layers import block_attention
 from official_halonet.layers import blocking
+from official_halonet.layers import recompute as recompute_lib
 from official_halonet.layers import relative_position
 
 WINDOWS = ("block", "centered")
@@ -90,8 +91,8 @@ class HaloAttention(tf_keras.layers.Layer):
     rel_pos_initializer: for the relative-position tables (default normal, stddev D^-1/2).
     query_positions: 'input' or 'subsampled': which row of a strided query indexes the tables.
     recompute: in training, keep only the layer's input for the backward pass and recompute the
-      windows, logits and softmax there (tf.recompute_grad): less memory for more time, the same
-      results (measured in docs/cpu_speed.md).
+      windows, logits and softmax there (recompute.py, which XLA cannot undo): less memory for
+      more time, the same results (measured in docs/cpu_speed.md).
   """
 
   def __init__(self,
@@ -216,7 +217,7 @@ class HaloAttention(tf_keras.layers.Layer):
     """[B, H, W, C] -> [B, H', W', value_dim]; with `return_attention_scores` also the softmax
     probabilities, float32 [B, Z, N, bq², w²] (Z blocks, N heads; see `attention_positions`)."""
     if self.recompute and training and not return_attention_scores:
-      return tf.recompute_grad(self._attend)(x)
+      return recompute_lib.recompute(self._attend)(x)
     return self._attend(x, return_attention_scores)
 
   def _attend(self, x: tf.Tensor, return_attention_scores: bool = False):
