@@ -1,14 +1,16 @@
-"""Helpers for tests/test_detection.py and test_tpu_check.py: COCO-format TFRecords and tiny detection backbones.
+"""Helpers for tests/test_detection.py and test_tpu_check.py: COCO-format TFRecords, tiny detection
+backbones and small heads.
 
 `write_coco_tfrecord` writes Model Garden's detection tf.Example format (the one
 `official/vision/data/create_coco_tf_record.py` writes and `TfExampleDecoder` reads: encoded image,
 source id, normalised boxes, classes, is_crowd, PNG instance masks) with Model Garden's own
 `TfExampleBuilder` and `tfexample_utils.dump_to_tfrecord`.
 
-`SMALL_HEADS` shrinks each detector's heads; `tiny_overrides` shrinks a paper detection backbone through the backbone config's shape overrides
-(HaloNetConfig blocks / base_width / stem_width / head_dim or num_heads: one block per stage unless
-told otherwise, 8 base channels), keeping its stage types, stem, attention kind, block / halo size
-and SE, so the real code path runs in seconds; `tiny_spec` is the spec that should build.
+`SMALL_HEADS` shrinks each detector's heads; `tiny_overrides` shrinks a paper detection backbone
+through the backbone config's shape overrides (HaloNetConfig blocks / base_width / stem_width /
+head_dim or num_heads: one block per stage unless told otherwise, 8 base channels), keeping its
+stage types, stem, attention kind, block / halo size and SE, so the real code path runs in seconds;
+`tiny_spec` is the spec that should build.
 """
 import dataclasses
 from typing import Any, Dict, Sequence

@@ -1,13 +1,14 @@
 """main.py --mode=tpu_check: the HLO half (TensorFlow) and the compile half (libtpu, side env).
 
 The compile tests need the side environment that `make test` builds (`make tpu-env`, .tpu-venv).
-Real compiles, four in all: a tiny RetinaNet halo train step, which fits; one check of the demo's
-tiny model at a batch sized to overflow a v5e chip's HBM (the eval step fits, the train step does
-not, and the compiler says by how much); and the demo's train step at its own batch, which fits.
-The search for the largest batch that fits is
-run against a stand-in compile that answers as the compiler does, at any scale: a real compile
-that fits with ~15 GiB of temporaries takes about 16 minutes of host time (measured on the 2-core
-development machine), too long for the suite; `bench/tpu_check.py --bisect` runs it for real.
+Real compiles: a tiny RetinaNet halo train step, which fits; one check of the demo's tiny model at
+a batch sized to overflow a v5e chip's HBM (the eval step fits, the train step does not, and the
+compiler says by how much); the demo's train step at its own batch, which fits; and three stacked
+halo layers' train step with and without recompute.
+The search for the largest batch that fits is run against a stand-in compile that answers as the
+compiler does, at any scale: a real compile that fits with ~15 GiB of temporaries takes about 16
+minutes of host time (measured on the 2-core development machine), too long for the suite;
+`bench/tpu_check.py --bisect` runs it for real.
 """
 import dataclasses
 import importlib.util
@@ -203,7 +204,8 @@ def _stack_train_step_on_tpu(recompute: bool) -> check.StepReport:
 
   hlo = tf.function(step, jit_compile=True).experimental_get_compiler_ir(spec)(
       stage="hlo_serialized")
-  return check.step_report("train", 8, check.compile_for(hlo, chips.parse_slice(TOPOLOGY).generation))
+  generation = chips.parse_slice(TOPOLOGY).generation
+  return check.step_report("train", 8, check.compile_for(hlo, generation))
 
 
 def test_recompute_attention_survives_the_tpu_compiler():
