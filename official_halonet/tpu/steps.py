@@ -32,6 +32,7 @@ from official.modeling import performance
 from official.vision.data import tf_example_builder
 from official.vision.dataloaders import tfexample_utils
 from official.vision.evaluation import coco_evaluator
+from official.vision.tasks import maskrcnn
 from official_halonet.data import pipeline
 from official_halonet.models import attention_maps
 from official_halonet.training import gin_config
@@ -65,15 +66,15 @@ class Steps:
     built = run_options.build_config(options, precision.default_dtype("tpu", 0))
     self.config = built.config
     self.configurable = built.configurable
+    # COCO metrics are computed on the host from what the eval step returns, which holds the
+    # records' ground truth; the step's program does not depend on where the evaluator reads its
+    # annotations. tpu_check reads no files, so: no annotation file (RetinaNet's evaluator would
+    # load it), and Mask R-CNN's evaluator, which otherwise writes one by reading the eval records,
+    # takes the ground truth from the step's outputs too.
     if getattr(self.config.task, "annotation_file", None):
-      # COCO metrics read the file on the host after the eval step; the step's program is the same
-      # without it, and the file need not exist where the check runs.
       self.config.task.annotation_file = None
     self.task = task_factory.get_task(self.config.task)
-    if hasattr(self.task, "_build_coco_metrics"):
-      # Without an annotation file Mask R-CNN's task writes one by reading the eval records; the
-      # eval step sends the records' ground truth to the host either way, so the check builds the
-      # evaluator that takes it from there.
+    if isinstance(self.task, maskrcnn.MaskRCNNTask):
       self.task._build_coco_metrics = functools.partial(_coco_metric_from_outputs, self.task)
 
   @functools.cached_property
