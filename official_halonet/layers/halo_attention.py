@@ -36,12 +36,14 @@ import tf_keras
 
 from official_halonet.layers import block_attention
 from official_halonet.layers import blocking
+from official_halonet.layers import fused_attention
 from official_halonet.layers import recompute as recompute_lib
 from official_halonet.layers import relative_position
 
 WINDOWS = ("block", "centered")
 DOWNSAMPLES = ("auto", "avg_pool")
 QUERY_POSITIONS = ("input", "subsampled")
+FUSED_CORES = (None,) + fused_attention.PLATFORMS
 
 
 def _positive_int(name: str, value: Any, minimum: int) -> int:
@@ -93,6 +95,10 @@ class HaloAttention(tf_keras.layers.Layer):
     recompute: in training, keep only the layer's input for the backward pass and recompute the
       windows, logits and softmax there (recompute.py, which XLA cannot undo): less memory for
       more time, the same results (measured in docs/cpu_speed.md).
+    fused_core: None (XLA computes the softmax attention), 'tpu' (one Pallas kernel per layer that
+      keeps the logits on chip; TPU only: fused_attention.py) or 'cpu' (that kernel interpreted,
+      for checking it on a CPU). Needs window='block', no mask and position terms; where the
+      input's shape is not static, XLA computes the same map.
   """
 
   def __init__(self,
@@ -112,6 +118,7 @@ class HaloAttention(tf_keras.layers.Layer):
                rel_pos_initializer: Any = None,
                query_positions: str = "input",
                recompute: bool = False,
+               fused_core: Optional[str] = None,
                **kwargs):
     super().__init__(**kwargs)
     self.num_heads = _positive_int("num_heads", num_heads, 1)
@@ -127,6 +134,7 @@ class HaloAttention(tf_keras.layers.Layer):
     self.scale_rel_logits = bool(scale_rel_logits)
     self.query_positions = _one_of("query_positions", query_positions, QUERY_POSITIONS)
     self.recompute = bool(recompute)
+    self.fused_core = _one_of("fused_core", fused_core, FUSED_CORES)
     for name, width in (("key_dim", self.key_dim), ("value_dim", self.value_dim)):
       if width % self.num_heads:
         raise ValueError(f"{name}={width} is not divisible by num_heads={self.num_heads}.")
@@ -137,6 +145,11 @@ class HaloAttention(tf_keras.layers.Layer):
     if self.window == "centered" and self.halo_size == 0:
       raise ValueError("window='centered' with halo_size=0 is a 1×1 window; use halo_size >= 1.")
     self.query_stride = query_stride(self.block_size, self.strides, self.downsample)
+    if self.fused_core and (self.window != "block" or self.mask_out_of_image
+                            or self.rel_pos == "none"):
+      raise ValueError(f"fused_core={self.fused_core!r} computes unmasked block windows with "
+                       f"position terms; this layer has window={self.window!r}, mask_out_of_image="
+                       f"{self.mask_out_of_image}, rel_pos={self.rel_pos!r}: use fused_core=None.")
     self.pool_after = self.query_stride != self.strides
     self._kernel_initializer = kernel_initializer
     self._kernel_regularizer = kernel_regularizer
@@ -238,30 +251,30 @@ class HaloAttention(tf_keras.layers.Layer):
       queries = x[:, ::s, ::s, :]
     q = blocking.pad_to_multiple(self.query(queries), bq)  # [B, Hp/s, Wp/s, N·D]
     kv = blocking.pad_to_multiple(self.key_value(x), b)  # [B, Hp, Wp, N·(D + Dv)]
-    q = blocking.to_blocks(q, bq)  # [B, X, Y, bq², N·D]
+    q_blocks = blocking.to_blocks(q, bq)  # [B, X, Y, bq², N·D]
     kv = blocking.halo_windows(kv, b, h)  # [B, X, Y, w², N·(D + Dv)]
-    _, n_x, n_y, _, _ = blocking.dims(q)
+    _, n_x, n_y, _, _ = blocking.dims(q_blocks)
     k, v = kv[..., :self.key_dim], kv[..., self.key_dim:]
     # One axis for the X·Y blocks keeps every tensor at rank <= 5 (oneDNN's softmax limit on CPU).
     blocks = n_x * n_y
     # Logits and softmax in float32 under mixed precision (in the input dtype when that is wider).
     logit_dtype = tf.float32 if x.dtype in (tf.float16, tf.bfloat16) else x.dtype
-    q = tf.reshape(tf.cast(q, logit_dtype), [batch, blocks, bq * bq, n, d])
+    q = tf.reshape(tf.cast(q_blocks, logit_dtype), [batch, blocks, bq * bq, n, d])
     k = tf.reshape(tf.cast(k, logit_dtype), [batch, blocks, -1, n, d])
 
     # The D^-1/2 scale goes on q (bq² values per block) rather than on the w² logits per query.
     scaled = q * (d**-0.5)
-    rows = cols = None
-    if self.rel_pos != "none":
-      q_grid = tf.reshape(scaled if self.scale_rel_logits else q, [batch, blocks, bq, bq, n, d])
-      rows, cols = relative_position.relative_terms(  # each [B, X·Y, N, bq², w]
-          q_grid, tf.cast(self.rel_pos_h, logit_dtype), tf.cast(self.rel_pos_w, logit_dtype),
-          b, h, s, self.rel_pos, self.query_positions == "subsampled")
-    mask = self._key_mask(height, width, blocks, logit_dtype)
-    v = self._values(tf.reshape(v, [batch, blocks, (b + 2 * h)**2, -1]))  # [B, X·Y, w², N, Dv]
-    # Under mixed_bfloat16 the logits go through memory in bfloat16 (block_attention docstring).
-    storage = tf.bfloat16 if v.dtype == tf.bfloat16 else None
-    out = block_attention.attend(scaled, k, v, rows, cols, mask, storage)  # [B, X·Y, bq², N, Dv]
+    rows, cols = self._position_terms(scaled if self.scale_rel_logits else q)
+    # The kernel is made for one shape: where the shape is not known (Keras's symbolic build, a
+    # free-batch export), XLA computes the same map.
+    if self.fused_core and q_blocks.shape[:3].is_fully_defined() and not return_attention_scores:
+      out = self._fused(q_blocks, kv, rows, cols)  # [B, X·Y, bq², N·Dv]
+    else:
+      mask = self._key_mask(height, width, blocks, logit_dtype)
+      v = self._values(tf.reshape(v, [batch, blocks, (b + 2 * h)**2, -1]))  # [B, X·Y, w², N, Dv]
+      # Under mixed_bfloat16 the logits go through memory in bfloat16 (block_attention docstring).
+      storage = tf.bfloat16 if v.dtype == tf.bfloat16 else None
+      out = block_attention.attend(scaled, k, v, rows, cols, mask, storage)  # [B, X·Y, bq², N, Dv]
     out = tf.reshape(out, [batch, n_x, n_y, bq * bq, self.value_dim])
     out = blocking.from_blocks(out, bq)[:, :out_h, :out_w, :]
     if self.pool_after:
@@ -269,6 +282,36 @@ class HaloAttention(tf_keras.layers.Layer):
     if return_attention_scores:  # the softmax the output used
       return out, block_attention.probabilities(scaled, k, rows, cols, mask, storage)
     return out
+
+  def _position_terms(self, q: tf.Tensor):
+    """(rows, cols), each [B, X·Y, N, bq², w] in q's dtype, of q [B, X·Y, bq², N, D]; or (None,
+    None) without position terms."""
+    if self.rel_pos == "none":
+      return None, None
+    batch, blocks, _, n, d = blocking.dims(q)
+    bq = self.block_size // self.query_stride
+    return relative_position.relative_terms(
+        tf.reshape(q, [batch, blocks, bq, bq, n, d]), tf.cast(self.rel_pos_h, q.dtype),
+        tf.cast(self.rel_pos_w, q.dtype), self.block_size, self.halo_size, self.query_stride,
+        self.rel_pos, self.query_positions == "subsampled")
+
+  def _fused(self, q: tf.Tensor, kv: tf.Tensor, rows: tf.Tensor, cols: tf.Tensor) -> tf.Tensor:
+    """The attention by fused_attention.attend: q [B, X, Y, bq², N·D] and windows kv
+    [B, X, Y, w², N·(D + Dv)] in the compute dtype, rows / cols [B, X·Y, N, bq², w]
+    -> [B, X·Y, bq², N·Dv]."""
+    if self._value_projection_width() != self.value_dim:
+      raise ValueError(f"fused_core does not support {type(self).__name__}'s values.")
+    batch, n_x, n_y, queries, _ = q.shape.as_list()
+    core = fused_attention.Core(
+        blocks=batch * n_x * n_y, queries=queries, window=self.window_size,
+        heads=self.num_heads, key_width=self.head_dim,
+        value_width=self.value_dim // self.num_heads, scale=self.head_dim**-0.5)
+    shapes = core.shapes()
+    pos = tf.transpose(tf.concat([rows, cols], axis=2), [0, 1, 3, 2, 4])  # [B, X·Y, bq², 2N, w]
+    out = fused_attention.attend(tf.reshape(q, shapes[0]), tf.reshape(kv, shapes[1]),
+                                 tf.reshape(tf.cast(pos, q.dtype), shapes[2]), core,
+                                 self.fused_core)
+    return tf.reshape(out, [batch, n_x * n_y, queries, self.value_dim])
 
   def _key_mask(self, height, width, blocks, dtype) -> Optional[tf.Tensor]:
     """Bool [1 or B, X·Y, 1, bq², w²] (broadcastable), False for keys a query may not attend to:
@@ -313,6 +356,7 @@ class HaloAttention(tf_keras.layers.Layer):
         scale_rel_logits=self.scale_rel_logits,
         query_positions=self.query_positions,
         recompute=self.recompute,
+        fused_core=self.fused_core,
         kernel_initializer=tf_keras.initializers.serialize(
             tf_keras.initializers.get(self._kernel_initializer)),
         kernel_regularizer=tf_keras.regularizers.serialize(

@@ -24,6 +24,8 @@ class HaloNetConfig(hyperparams.Config):
   stochastic_depth_drop_rate: in [0, 1), the last block's; block k of N drops rate·(k+1)/N.
   recompute_attention: attention layers keep only their inputs for the backward pass and
     recompute the rest there: less memory, more time, the same results.
+  fused_attention: None, 'tpu' or 'cpu': the halo layers' attention by one Pallas kernel per layer
+    (layers/fused_attention.py; 'tpu' runs on TPU only, 'cpu' is its slow interpreted check).
   specs.resolve validates every field. Per-stage tuples are kept as lists (as YAML gives them).
   """
   model_id: str = "h0"
@@ -38,6 +40,7 @@ class HaloNetConfig(hyperparams.Config):
   num_heads: Optional[List[int]] = None
   stochastic_depth_drop_rate: float = 0.0
   recompute_attention: bool = False
+  fused_attention: Optional[str] = None
 
   def __post_init__(self, default_params, restrictions):
     super().__post_init__(default_params, restrictions)

@@ -34,6 +34,7 @@ STEMS = ("conv", "patch", "sasa", "tiered")
 PADDINGS = ("same", "symmetric")
 SE_BLOCKS = ("all", "conv")
 # The HaloNetConfig fields that resize a named model; see resolve.
+FUSED_ATTENTION = (None, "tpu", "cpu")  # HaloNetConfig.fused_attention (layers.HaloAttention)
 SHAPE_OVERRIDES = ("blocks", "base_width", "stem_width", "head_dim", "num_heads")
 
 
@@ -327,7 +328,8 @@ def resolve(config: HaloNetConfig) -> ModelSpec:
 
 
 def _check_scalars(config: HaloNetConfig, where: str) -> None:
-  """block_size >= 1, halo_size and final_width >= 0, se_ratio and the drop rate in [0, 1)."""
+  """block_size >= 1, halo_size and final_width >= 0, se_ratio and the drop rate in [0, 1), a
+  known fused_attention."""
   if config.block_size is not None:
     _positive("block_size", config.block_size, where)
   for name in ("halo_size", "final_width"):
@@ -338,6 +340,9 @@ def _check_scalars(config: HaloNetConfig, where: str) -> None:
     value = getattr(config, name)
     if value is not None and not 0.0 <= value < 1.0:
       raise OverrideError(name, f"{where}: {name} must be in [0, 1), got {value!r}")
+  if config.fused_attention not in FUSED_ATTENTION:
+    raise OverrideError("fused_attention", f"{where}: fused_attention must be one of "
+                        f"{FUSED_ATTENTION}, got {config.fused_attention!r}")
 
 
 def _positive(name: str, value, where: str) -> int:

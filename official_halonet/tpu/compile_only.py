@@ -26,9 +26,15 @@ import time
 os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
 
 
-def _without_copies(module_text: str) -> str:
-  """TensorFlow's bridge returns values through HLO `copy`, which jaxlib's StableHLO legalizer
-  rejects; an identity reshape of the same shape is the same value."""
+def _legalizable(module_text: str) -> str:
+  """The module with what jaxlib's StableHLO legalizer rejects rewritten to what it takes.
+
+  TensorFlow's bridge returns values through HLO `copy`: an identity reshape of the same shape is
+  the same value. HLO's import gives every custom call (a Pallas kernel's `tpu_custom_call`)
+  `result_tilings`, an attribute the compiler's StableHLO version lacks: when all are empty they
+  say nothing and are dropped.
+  """
+  module_text = re.sub(r", result_tilings = \[(?:\[\](?:, )?)*\]", "", module_text)
   text = re.sub(r"mhlo\.copy (%[\w#.]+) : (tensor<[^>]*>)",
                 r"stablehlo.reshape \1 : (\2) -> \2", module_text)
   return re.sub(r'"mhlo\.copy"\((%[\w#.]+)\) : \((tensor<[^>]*>)\) -> (tensor<[^>]*>)',
@@ -47,7 +53,7 @@ def _compile(hlo: bytes, topology: str):
   options = compiler.get_compile_options(num_replicas=1, num_partitions=1,
                                          device_assignment=[device])
   with mlir.make_ir_context():
-    text = _without_copies(str(ir.Module.parse(_jax.mlir.hlo_to_stablehlo(hlo))))
+    text = _legalizable(str(ir.Module.parse(_jax.mlir.hlo_to_stablehlo(hlo))))
     executable = device.client.compile(ir.Module.parse(text),
                                        executable_devices=xla_client.DeviceList((device,)),
                                        compile_options=options)

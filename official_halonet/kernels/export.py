@@ -1,0 +1,70 @@
+"""The side environment's half of the fused attention: serialize one kernel for TensorFlow.
+
+Runs in the side environment (requirements-tpu.txt; `make tpu-env`), never in the project's:
+
+    python export.py REQUEST.json MODULE.bin
+    REQUEST  {"kind": "forward" | "backward", "core": core.Core's fields,
+              "dtype": "bfloat16" | "float32", "platform": "tpu" | "cpu",
+              "stablehlo_version": the version TensorFlow's XlaCallModule reads, e.g. "1.12.1"}
+    MODULE   the serialized StableHLO module; its calling-convention version is printed on stdout
+             as {"version": N}
+
+'tpu' lowers the kernel through Mosaic (a `tpu_custom_call`, for the TPU compiler); 'cpu' runs the
+same kernel body in Pallas's interpreter (plain StableHLO loops, slow), which lets TensorFlow on a
+CPU check the whole fused path numerically.
+
+This module and compile_only.py are the only ones that use JAX's private APIs
+(`_jax.mlir.serialize_portable_artifact`, to write for TensorFlow's older StableHLO).
+"""
+import dataclasses
+import json
+import os
+import sys
+
+os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+import core  # noqa: E402  pylint: disable=g-import-not-at-top,wrong-import-position
+import halo_attention  # noqa: E402  pylint: disable=g-import-not-at-top,wrong-import-position
+
+
+def serialized(request: dict) -> (bytes, int):
+  """(module bytes, calling-convention version) for REQUEST."""
+  import jax  # pylint: disable=g-import-not-at-top
+  from jax._src.interpreters import mlir  # pylint: disable=g-import-not-at-top
+  from jax._src.lib import _jax  # pylint: disable=g-import-not-at-top
+  from jax._src.lib.mlir import ir  # pylint: disable=g-import-not-at-top
+  call = core.Core(**request["core"])
+  interpret = request["platform"] == "cpu"
+  make = {"forward": halo_attention.forward, "backward": halo_attention.backward}[request["kind"]]
+  shapes = call.shapes()
+  inputs = shapes[:3] + (shapes[3:] if request["kind"] == "backward" else [])
+  dtype = jax.numpy.dtype(request["dtype"])
+  specs = [jax.ShapeDtypeStruct(shape, dtype) for shape in inputs]
+  exported = jax.export.export(jax.jit(make(call, interpret)),
+                               platforms=[request["platform"]])(*specs)
+  with mlir.make_ir_context():
+    module = ir.Module.parse(exported.mlir_module())
+    data = _jax.mlir.serialize_portable_artifact(module, request["stablehlo_version"], False)
+  return data, exported.calling_convention_version
+
+
+def main(argv) -> int:
+  if len(argv) != 3:
+    print(__doc__, file=sys.stderr)
+    return 2
+  with open(argv[1], encoding="utf-8") as f:
+    request = json.load(f)
+  unknown = set(request["core"]) - {f.name for f in dataclasses.fields(core.Core)}
+  if unknown:
+    print(f"unknown Core fields: {sorted(unknown)}", file=sys.stderr)
+    return 2
+  data, version = serialized(request)
+  with open(argv[2], "wb") as f:
+    f.write(data)
+  print(json.dumps({"version": version}))
+  return 0
+
+
+if __name__ == "__main__":
+  sys.exit(main(sys.argv))
