@@ -1,8 +1,9 @@
 """The least bytes a model's halo attention can move on one TPU core when XLA compiles it, beside
-what the whole model moves: the floor under the TPU goals of docs/tpu_attention_bytes.md.
+what the whole model moves with XLA's attention and with the fused kernel (fused_attention='tpu'):
+the figures of docs/tpu_attention_bytes.md.
 
     python bench/tpu_attention_floor.py                          # h1, halonet50 and resnet50
-    python bench/tpu_attention_floor.py --models=h4 --train --out=/tmp/floor.json
+    python bench/tpu_attention_floor.py --models=h4 --train --nowhole --out=/tmp/floor.json
 
 For each HaloAttention layer of the model (built at --image_size, --batch per core, mixed_bfloat16)
 the floor program is the attention's core alone, softmax(q·kᵀ)·v, on tensors already in the block
@@ -15,7 +16,9 @@ never one dot into another, so the logits go through HBM between them).
 
 --train compiles the gradient of Σ out² with respect to q, k and v instead (the backward pass's
 core). --whole also compiles each model's whole forward (classifier, training=False) for its
-compiler-counted FLOPs and bytes. All figures are the TPU compiler's cost analysis of a deviceless
+compiler-counted FLOPs and bytes, once as published and once with fused_attention='tpu' (the
+kernel's FLOPs and bytes are its declared cost estimate: the analytic products and its inputs and
+outputs). All figures are the TPU compiler's cost analysis of a deviceless
 compile (official_halonet/tpu/check.py), not a measured run. Flags are absl's.
 """
 import collections
@@ -28,7 +31,7 @@ from absl import flags
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-Core = collections.namedtuple("Core", "blocks queries keys heads key_width value_width")
+CoreShape = collections.namedtuple("CoreShape", "blocks queries keys heads key_width value_width")
 
 
 def _define_flags(values: flags.FlagValues) -> None:
@@ -44,19 +47,19 @@ def _define_flags(values: flags.FlagValues) -> None:
 
 
 def cores(model, batch: int):
-  """{Core: how many layers have it} for every HaloAttention of `model`."""
+  """{CoreShape: how many layers have it} for every HaloAttention of `model` (blocks per image)."""
   from official_halonet.models import attention_maps  # pylint: disable=g-import-not-at-top
   counts = collections.Counter()
   for layer in attention_maps.attention_layers(model):
     _, height, width, _ = layer.input_shape
     b, s = layer.block_size, layer.query_stride
     n = layer.num_heads
-    counts[Core(-(-height // b) * -(-width // b), (b // s)**2, layer.window_size**2, n,
+    counts[CoreShape(-(-height // b) * -(-width // b), (b // s)**2, layer.window_size**2, n,
                 layer.key_dim // n, layer.value_dim // n)] += 1
   return counts
 
 
-def core_program(core: Core, batch: int, train: bool):
+def core_program(core: CoreShape, batch: int, train: bool):
   """(tf.function, input specs) of the floor program for one layer shape."""
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
   from official_halonet.layers import block_attention  # pylint: disable=g-import-not-at-top
@@ -91,16 +94,20 @@ def compiled(function, specs, generation) -> dict:
 
 
 def measure(model_id: str, options, generation) -> dict:
-  """{'whole': forward figures or None, 'floor': summed core figures, 'layers': per shape}."""
+  """{'whole': {'xla' | 'fused': forward figures}, 'floor': summed core figures, 'layers': per
+  shape}."""
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
   from official_halonet import models  # pylint: disable=g-import-not-at-top
-  model = models.build(model_id, num_classes=1000, image_size=options.image_size)
   size = options.image_size
-  whole = None
-  if options.whole:
-    forward = tf.function(lambda x: model(x, training=False), jit_compile=True)
-    whole = compiled(forward, (tf.TensorSpec([options.batch, size, size, 3], tf.float32),),
-                     generation)
+  spec = (tf.TensorSpec([options.batch, size, size, 3], tf.float32),)
+  whole = {}
+  for fused in ((None, "tpu") if options.whole else ()):
+    if fused and not model_id.startswith(("h", "halonet")):
+      continue
+    built = models.build(model_id, num_classes=1000, image_size=size, fused_attention=fused)
+    forward = tf.function(lambda x, m=built: m(x, training=False), jit_compile=True)
+    whole["fused" if fused else "xla"] = compiled(forward, spec, generation)
+  model = models.build(model_id, num_classes=1000, image_size=size)
   layers, floor = [], collections.Counter()
   for core, count in cores(model, options.batch).items():
     figures = compiled(*core_program(core, options.batch, options.train), generation)
@@ -114,16 +121,19 @@ def _gb(value) -> str:
 
 
 def table(results: dict) -> str:
-  """Markdown: per model, the whole forward's figures and the attention floor's."""
-  lines = ["| model | whole GFLOP | whole GB | whole FLOP/B | attention layers | floor GFLOP | "
-           "floor GB |", "|---|---|---|---|---|---|---|"]
+  """Markdown: per model, the whole forward's figures (XLA, fused) and the attention floor's."""
+  lines = ["| model | forward | GFLOP | GB accessed | FLOP/B | temporaries GB |",
+           "|---|---|---|---|---|---|"]
   for model_id, result in results.items():
-    whole, floor = result["whole"], result["floor"]
-    cells = ([f"{whole['flops'] / 1e9:.1f}", _gb(whole["bytes_accessed"]),
-              f"{whole['flops'] / whole['bytes_accessed']:.1f}"] if whole else ["", "", ""])
     count = sum(layer["layers"] for layer in result["layers"])
-    lines.append(f"| {model_id} | " + " | ".join(cells) + f" | {count} | "
-                 f"{floor.get('flops', 0) / 1e9:.1f} | {_gb(floor.get('bytes_accessed', 0))} |")
+    rows = [(f"whole, {name} attention", figures) for name, figures in result["whole"].items()]
+    if count:
+      rows.append((f"XLA's floor of its {count} attention cores", result["floor"]))
+    for name, figures in rows:
+      flops, moved = figures["flops"], figures["bytes_accessed"]
+      temporaries = _gb(figures["temp_bytes"]) if "temp_bytes" in figures else ""
+      lines.append(f"| {model_id} | {name} | {flops / 1e9:.1f} | {_gb(moved)} | "
+                   f"{flops / moved:.1f} | {temporaries} |")
   return "\n".join(lines)
 
 

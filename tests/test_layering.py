@@ -1,4 +1,5 @@
-"""Dependencies point one way: layers <- models <- data <- checkpoints <- training <- export <- tpu.
+"""Dependencies point one way: kernels <- layers <- models <- data <- checkpoints <- training <- export
+<- tpu.
 
 Reads every module of official_halonet with `ast` (nothing is imported, so it takes milliseconds)
 and collects the official_halonet packages each one imports, at module level or inside a function.
@@ -12,7 +13,7 @@ import os
 import pytest
 
 ROOT = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "official_halonet")
-LAYERS = ("layers", "models", "data", "checkpoints", "training", "export", "tpu")
+LAYERS = ("kernels", "layers", "models", "data", "checkpoints", "training", "export", "tpu")
 LEAVES = ("console",)  # official_halonet/console.py: the entry points' quiet console
 
 

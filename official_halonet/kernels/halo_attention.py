@@ -25,6 +25,7 @@ gradients of all three:
   dq = scale · dL·k,  dk = scale · dLᵀ·q,  drows = dL·E_rowsᵀ,  dcols = dL·E_colsᵀ.
 """
 import functools
+import math
 from typing import Tuple
 
 import numpy as np
@@ -35,12 +36,17 @@ from jax.experimental import pallas as pl
 
 from core import Core  # pylint: disable=g-import-not-at-top  (export.py puts this folder on the path)
 
-VMEM_PER_LOGIT_TILE = 1 << 20  # bytes of one float32 [G, Q, K] tile a grid step may hold
+VMEM_BUDGET = 10 << 20  # bytes of VMEM a grid step's blocks and temporaries may take (v5e's
+                        # default scoped limit is 16 MiB)
 
 
-def group(core: Core) -> int:
-  """Blocks per grid step: the most, up to 8, that divide Z and keep a logit tile in budget."""
-  fits = max(1, VMEM_PER_LOGIT_TILE // (core.queries * core.keys * 4))
+def group(core: Core, itemsize: int, backward: bool) -> int:
+  """Blocks per grid step: the most, up to 8, that divide Z and fit VMEM_BUDGET with every array's
+  block double-buffered (inputs and outputs; twice as many in backward) and four float32 [Q, K]
+  temporaries per block."""
+  arrays = sum(math.prod(shape[1:]) for shape in core.shapes()) * itemsize * (2 if backward else 1)
+  per_block = 2 * arrays + 4 * core.queries * core.keys * 4
+  fits = max(1, VMEM_BUDGET // per_block)
   return max(g for g in range(1, min(8, fits) + 1) if core.blocks % g == 0)
 
 
@@ -76,48 +82,47 @@ def _probabilities(core: Core, q, k, rows, cols, e_rows, e_cols):
 
 
 def _forward_kernel(core: Core, q_ref, kv_ref, pos_ref, e_rows_ref, e_cols_ref, out_ref):
-  outs = []
-  for n in range(core.heads):
+  dv = core.value_width
+  for n in range(core.heads):  # each head's result goes straight to its channels of the output
     q, k, v, rows, cols = _head(core, n, q_ref, kv_ref, pos_ref)
     p = _probabilities(core, q, k, rows, cols, e_rows_ref[...], e_cols_ref[...])
-    outs.append(jnp.einsum("gqk,gkd->gqd", p.astype(v.dtype), v,
-                           preferred_element_type=jnp.float32))
-  out_ref[...] = jnp.concatenate(outs, axis=-1).astype(out_ref.dtype)
+    out = jnp.einsum("gqk,gkd->gqd", p.astype(v.dtype), v, preferred_element_type=jnp.float32)
+    out_ref[:, :, n * dv:(n + 1) * dv] = out.astype(out_ref.dtype)
 
 
 def _backward_kernel(core: Core, q_ref, kv_ref, pos_ref, e_rows_ref, e_cols_ref, dout_ref,
                      dq_ref, dkv_ref, dpos_ref):
-  f32, dv_width = jnp.float32, core.value_width
-  dqs, dks, dvs, drows, dcols = [], [], [], [], []
-  for n in range(core.heads):
+  f32, d, dv, w, heads = jnp.float32, core.key_width, core.value_width, core.window, core.heads
+  for n in range(heads):  # each head's gradients go straight to its channels of the outputs
     q, k, v, rows, cols = _head(core, n, q_ref, kv_ref, pos_ref)
     p = _probabilities(core, q, k, rows, cols, e_rows_ref[...], e_cols_ref[...])
-    dout = dout_ref[:, :, n * dv_width:(n + 1) * dv_width]
-    dvs.append(jnp.einsum("gqk,gqd->gkd", p.astype(dout.dtype), dout, preferred_element_type=f32))
+    dout = dout_ref[:, :, n * dv:(n + 1) * dv]
+    dv_n = jnp.einsum("gqk,gqd->gkd", p.astype(dout.dtype), dout, preferred_element_type=f32)
     dp = jnp.einsum("gqd,gkd->gqk", dout, v, preferred_element_type=f32)
     dl = p * (dp - jnp.sum(p * dp, axis=-1, keepdims=True))
     dl_in = dl.astype(q.dtype)
-    dqs.append(core.scale * jnp.einsum("gqk,gkd->gqd", dl_in, k, preferred_element_type=f32))
-    dks.append(core.scale * jnp.einsum("gqk,gqd->gkd", dl_in, q, preferred_element_type=f32))
+    dq = core.scale * jnp.einsum("gqk,gkd->gqd", dl_in, k, preferred_element_type=f32)
+    dk = core.scale * jnp.einsum("gqk,gqd->gkd", dl_in, q, preferred_element_type=f32)
     flat = dl.reshape(-1, core.keys)
-    drows.append(jax.lax.dot_general(flat, e_rows_ref[...], (((1,), (1,)), ((), ()))))
-    dcols.append(jax.lax.dot_general(flat, e_cols_ref[...], (((1,), (1,)), ((), ()))))
-  blocks = dq_ref.shape[0]
-  dq_ref[...] = jnp.concatenate(dqs, axis=-1).astype(dq_ref.dtype)
-  dkv_ref[...] = jnp.concatenate(dks + dvs, axis=-1).astype(dkv_ref.dtype)
-  dpos = jnp.concatenate(drows + dcols, axis=-1).reshape(blocks, core.queries, -1)
-  dpos_ref[...] = dpos.astype(dpos_ref.dtype)
+    drows = jax.lax.dot_general(flat, e_rows_ref[...], (((1,), (1,)), ((), ())))
+    dcols = jax.lax.dot_general(flat, e_cols_ref[...], (((1,), (1,)), ((), ())))
+    dq_ref[:, :, n * d:(n + 1) * d] = dq.astype(dq_ref.dtype)
+    dkv_ref[:, :, n * d:(n + 1) * d] = dk.astype(dkv_ref.dtype)
+    dkv_ref[:, :, heads * d + n * dv:heads * d + (n + 1) * dv] = dv_n.astype(dkv_ref.dtype)
+    dpos_ref[:, :, n * w:(n + 1) * w] = drows.reshape(dq.shape[:2] + (w,)).astype(dpos_ref.dtype)
+    dpos_ref[:, :, (heads + n) * w:(heads + n + 1) * w] = dcols.reshape(
+        dq.shape[:2] + (w,)).astype(dpos_ref.dtype)
 
 
 def _call(kernel, core: Core, inputs, outputs, backward: bool, interpret: bool):
   """pallas_call of `kernel` over the blocks, G a step: arrays `inputs` ([q, kv, pos] and in
   backward dout) then the two expanders whole; returns the arrays named by `outputs`."""
-  g = group(core)
+  dtype = inputs[0].dtype
+  g = group(core, dtype.itemsize, backward)
   shapes = dict(zip(("q", "kv", "pos", "out"), core.shapes()))
   block = lambda name: pl.BlockSpec((g,) + tuple(shapes[name][1:]), lambda i: (i, 0, 0))
   whole = pl.BlockSpec((core.window, core.keys), lambda i: (0, 0))
   e_rows, e_cols = expanders(core.window)
-  dtype = inputs[0].dtype
   out_specs = [block(name) for name in outputs]
   out_shape = [jax.ShapeDtypeStruct(shapes[name], dtype) for name in outputs]
   per_block = [block(name) for name in ("q", "kv", "pos")]

@@ -24,11 +24,10 @@ import subprocess
 import tempfile
 from typing import Callable, Dict, List, Optional, Tuple
 
+from official_halonet.kernels import library
 from official_halonet.tpu import chips
 from official_halonet.tpu import steps as steps_lib
 
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-SIDE_PYTHON = os.path.join(ROOT, ".tpu-venv", "bin", "python")
 COMPILE_ONLY = os.path.join(os.path.dirname(os.path.abspath(__file__)), "compile_only.py")
 MAX_COMPILES = 16  # bisection budget: enough for 2**16 / 8 multiples of 8
 
@@ -39,11 +38,10 @@ class CheckError(RuntimeError):
 
 def side_python() -> str:
   """The side environment's interpreter ($OFFICIAL_HALONET_TPU_PYTHON overrides)."""
-  python = os.environ.get("OFFICIAL_HALONET_TPU_PYTHON", SIDE_PYTHON)
-  if not os.access(python, os.X_OK):
-    raise CheckError(f"the TPU compiler's side environment is missing ({python}): run "
-                     f"`make tpu-env` in {ROOT}")
-  return python
+  try:
+    return library.side_python()
+  except library.SideEnvironmentError as e:
+    raise CheckError(str(e)) from None
 
 
 def compile_for(hlo: bytes, generation: chips.Generation, optimized_hlo: str = "") -> Dict:

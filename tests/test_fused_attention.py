@@ -1,0 +1,191 @@
+"""The fused attention kernel (kernels/halo_attention.py) through TensorFlow (layers/fused_attention.py).
+
+On the CPU the kernel runs in Pallas's interpreter (fused_core='cpu'): the same kernel body the TPU
+compiles, so HaloAttention with it is checked against the independent per-pixel reference at the
+float32 bound of test_attention_layers. For the TPU (fused_core='tpu'), the compiler's own figures:
+the kernels compile for v5e, and the logits no longer go through HBM.
+"""
+import math
+import os
+
+import numpy as np
+import pytest
+
+import official_halonet  # noqa: F401  (selects tf_keras before TensorFlow resolves tf.keras)
+import tensorflow as tf
+import tf_keras
+
+from official_halonet.kernels import library
+from official_halonet.layers import HaloAttention
+from official_halonet.layers import fused_attention
+from official_halonet.models import config as model_config
+from official_halonet.models import specs
+from official_halonet.tpu import check
+from official_halonet.tpu import chips
+import attention_reference as ref
+import tolerance
+
+CASES = [
+    dict(num_heads=2, block_size=4, halo_size=1, size=(13, 17)),
+    dict(num_heads=2, block_size=4, halo_size=2, strides=2, size=(12, 12)),
+    dict(num_heads=1, block_size=3, halo_size=1, strides=2, size=(9, 10)),  # avg-pooled after
+    dict(num_heads=2, block_size=4, halo_size=1, scale_rel_logits=True, size=(8, 8)),
+    dict(num_heads=2, block_size=4, halo_size=1, rel_pos="split", strides=2, size=(8, 12)),
+]
+# Same chain as test_attention_layers: 8 input channels at most, 4 channels per head, 8x8 windows.
+FLOAT32_TOL = tolerance.random_walk(tolerance.attention_chain(in_channels=5, head_dim=8, window=8))
+
+
+def _layer(case, **extra):
+  case = dict(case)
+  size = case.pop("size")
+  return HaloAttention(key_dim=4 * case["num_heads"], value_dim=3 * case["num_heads"], **case,
+                       **extra), size
+
+
+def _halo_kwargs(layer):
+  return dict(heads=layer.num_heads, block=layer.block_size, halo=layer.halo_size,
+              stride=layer.strides, pool_after=layer.pool_after, rel_mode=layer.rel_pos,
+              scale_rel=layer.scale_rel_logits)
+
+
+@pytest.mark.parametrize("case", CASES, ids=lambda c: "-".join(f"{k}={v}" for k, v in c.items()))
+def test_fused_layer_matches_per_pixel_loops_with_its_gradients(case):
+  """Output against the per-pixel loops; gradients of input and every variable against the same
+  layer on XLA's path (itself checked against the dense reference in test_attention_layers)."""
+  layer, (height, width) = _layer(case, fused_core="cpu")
+  plain, _ = _layer(case)
+  x = tf.random.stateless_normal([2, height, width, 5], seed=[3, 1])
+  layer.build(x.shape)
+  plain.build(x.shape)
+  layer.set_weights([tf.random.stateless_normal(w.shape, seed=[i, 2]) * 0.5
+                     for i, w in enumerate(layer.weights)])
+  plain.set_weights(layer.get_weights())
+  cotangent = tf.random.stateless_normal(layer.compute_output_shape(x.shape), seed=[4, 4])
+  with tf.GradientTape(persistent=True) as tape:
+    tape.watch(x)
+    got, want = layer(x), plain(x)
+    losses = [tf.reduce_sum(y * cotangent) for y in (got, want)]
+  loops = ref.halo_loops(x.numpy(), *ref.layer_weights(layer), **_halo_kwargs(layer))
+  np.testing.assert_allclose(got.numpy(), loops, atol=FLOAT32_TOL, rtol=FLOAT32_TOL)
+  names = ["input"] + [v.name for v in layer.trainable_variables]
+  for name, mine, theirs in zip(names, [x] + layer.trainable_variables,
+                                [x] + plain.trainable_variables):
+    g_fused = tf.convert_to_tensor(tape.gradient(losses[0], mine)).numpy()
+    g_plain = tf.convert_to_tensor(tape.gradient(losses[1], theirs)).numpy()
+    # Both sides sum over every output pixel the source reaches: 2 images of at most 17x17.
+    tolerance.assert_close(g_fused, g_plain, tolerance.attention_chain(5, 8, 8) + 2 * 17 * 17,
+                           err_msg=name)
+
+
+def test_bfloat16_inputs_against_float64_at_the_bfloat16_bound():
+  """bfloat16 q, kv and pos (values exactly representable, so both sides see the same inputs):
+  the kernel keeps logits, softmax and sums in float32 and rounds only the probabilities before
+  P·v and the output, each by at most u = 2^-8 relative, so |error| <= (2u + float32 rounding over
+  the K + D + K chain) · Σ_k p_k |v_k| per output."""
+  core = fused_attention.Core(blocks=6, queries=4, window=3, heads=2, key_width=8, value_width=4,
+                              scale=8**-0.5)
+  q, kv, pos = (tf.cast(2.0 * tf.random.stateless_normal(s, seed=[11, i]), tf.bfloat16)
+                for i, s in enumerate(core.shapes()[:3]))
+  got = fused_attention.attend(q, kv, pos, core, "cpu")
+  assert got.dtype == tf.bfloat16
+  q, kv, pos = (t.numpy().astype(np.float64) for t in (q, kv, pos))
+  n, d, w, keys = core.heads, core.key_width, core.window, core.keys
+  k = kv[..., :n * d].reshape(6, keys, n, d)
+  v = kv[..., n * d:].reshape(6, keys, n, core.value_width)
+  rows = pos[..., :n * w].reshape(6, 4, n, w, 1)
+  cols = pos[..., n * w:].reshape(6, 4, n, 1, w)
+  logits = (core.scale * np.einsum("zqnd,zknd->zqnk", q.reshape(6, 4, n, d), k)
+            + (rows + cols).reshape(6, 4, n, keys))
+  p = np.exp(logits - logits.max(-1, keepdims=True))
+  p /= p.sum(-1, keepdims=True)
+  want = np.einsum("zqnk,zknd->zqnd", p, v).reshape(6, 4, -1)
+  mass = np.einsum("zqnk,zknd->zqnd", p, np.abs(v)).reshape(6, 4, -1)
+  u = 2.0**-8
+  bound = (2 * u + tolerance.worst_case(2 * keys + d)) * mass
+  error = np.abs(tf.cast(got, tf.float64).numpy() - want)
+  assert (error <= bound).all(), (error - bound).max()
+  assert error.max() > 0  # the probabilities were rounded
+
+
+def _train_step_hlo(fused_core):
+  """HLO of loss and gradients of one halo layer (H1 stage-1 shape at batch 4), mixed_bfloat16."""
+  tf_keras.mixed_precision.set_global_policy("mixed_bfloat16")
+  try:
+    layer = HaloAttention(num_heads=4, key_dim=64, value_dim=64, block_size=8, halo_size=3,
+                          fused_core=fused_core)
+    spec = tf.TensorSpec([4, 64, 64, 64], tf.bfloat16)
+    layer.build(spec.shape)
+
+    def step(x):
+      with tf.GradientTape() as tape:
+        tape.watch(x)
+        loss = tf.reduce_sum(tf.cast(layer(x, training=True), tf.float32)**2)
+      return tape.gradient(loss, [x] + layer.trainable_variables)
+
+    return tf.function(step, jit_compile=True).experimental_get_compiler_ir(spec)(
+        stage="hlo_serialized")
+  finally:
+    tf_keras.mixed_precision.set_global_policy("float32")
+
+
+def test_the_kernels_compile_for_tpu_and_keep_the_logits_off_hbm(tmp_path):
+  """The fused layer's train step compiles for v5e with its two kernels (forward, backward); the
+  compiler counts their FLOPs at least at the analytic count, and the step moves less than half the
+  bytes of XLA's (whose float32 logits alone, written once, are 4·64·64·4·196·4 = 51 MB)."""
+  generation = chips.GENERATIONS["v5litepod"]
+  text = str(tmp_path / "fused.txt")
+  fused = check.compile_for(_train_step_hlo("tpu"), generation, text)
+  plain = check.compile_for(_train_step_hlo(None), generation)
+  assert fused["compiled"] and plain["compiled"], (fused.get("error"), plain.get("error"))
+  with open(text, encoding="utf-8") as f:
+    assert f.read().count('custom_call_target="tpu_custom_call"') == 2
+  core = fused_attention.Core(blocks=4 * 64, queries=64, window=14, heads=4, key_width=16,
+                              value_width=16, scale=0.25)
+  assert fused["flops"] >= core.flops() + core.flops(backward=True)
+  assert fused["bytes_accessed"] < 0.5 * plain["bytes_accessed"], (fused, plain)
+  assert fused["while_loops"] == 0
+
+
+def test_fused_core_refuses_what_the_kernel_does_not_compute():
+  for kwargs in (dict(window="centered"), dict(mask_out_of_image=True), dict(rel_pos="none")):
+    with pytest.raises(ValueError, match="fused_core='tpu' computes unmasked block windows"):
+      HaloAttention(num_heads=2, key_dim=8, fused_core="tpu", **kwargs)
+  with pytest.raises(ValueError, match="fused_core must be one of"):
+    HaloAttention(num_heads=2, key_dim=8, fused_core="gpu")
+  with pytest.raises(specs.OverrideError, match="fused_attention must be one of"):
+    specs.resolve(model_config.HaloNetConfig(model_id="h0", fused_attention="TPU"))
+
+
+def test_free_batch_falls_back_to_xla_and_round_trips_its_config():
+  """Keras's symbolic build and free-batch inputs have no static shape for a kernel: the layer
+  computes the same map on XLA's path there; fused_core is part of its config."""
+  layer = HaloAttention(num_heads=2, key_dim=8, block_size=4, halo_size=1, fused_core="cpu")
+  inputs = tf_keras.Input([8, 8, 4])
+  assert layer(inputs).shape.as_list() == [None, 8, 8, 8]
+  assert HaloAttention.from_config(layer.get_config()).fused_core == "cpu"
+
+
+def test_modules_are_cached_on_disk_and_a_missing_side_environment_is_named(tmp_path,
+                                                                           monkeypatch):
+  monkeypatch.setenv("OFFICIAL_HALONET_KERNEL_CACHE", str(tmp_path))
+  monkeypatch.setattr(library, "_MODULES", {})
+  core = dict(blocks=2, queries=4, window=3, heads=1, key_width=4, value_width=4, scale=0.5)
+  data, version = library.module("forward", core, "float32", "cpu")
+  assert data and version >= 9 and len(os.listdir(tmp_path)) == 1
+  monkeypatch.setattr(library, "_MODULES", {})
+  monkeypatch.setenv("OFFICIAL_HALONET_TPU_PYTHON", str(tmp_path / "missing" / "python"))
+  assert library.module("forward", core, "float32", "cpu") == (data, version)  # from the disk
+  with pytest.raises(library.SideEnvironmentError, match="side environment is missing"):
+    library.module("backward", core, "float32", "cpu")
+  with pytest.raises(ValueError, match="platform must be one of"):
+    library.module("forward", core, "float32", "gpu")
+
+
+def test_shapes_the_core_does_not_expect_are_named():
+  core = fused_attention.Core(blocks=2, queries=4, window=3, heads=1, key_width=4, value_width=4,
+                              scale=0.5)
+  q, kv, pos = (tf.zeros(s) for s in core.shapes()[:3])
+  with pytest.raises(ValueError, match=r"kv has shape \(2, 8, 8\)"):
+    fused_attention.attend(q, tf.zeros([2, 8, 8]), pos, core, "cpu")
+  assert math.isclose(core.scale, 0.5)
