@@ -79,10 +79,11 @@ def test_fused_layer_matches_per_pixel_loops_with_its_gradients(case):
 
 
 def test_bfloat16_inputs_against_float64_at_the_bfloat16_bound():
-  """bfloat16 q, kv and pos (values exactly representable, so both sides see the same inputs):
-  the kernel keeps logits, softmax and sums in float32 and rounds only the probabilities before
-  P·v and the output, each by at most u = 2^-8 relative, so |error| <= (2u + float32 rounding over
-  the K + D + K chain) · Σ_k p_k |v_k| per output."""
+  """bfloat16 q, kv and pos (values exactly representable, so both sides see the same inputs).
+  The kernel rounds scale·q to bfloat16 for the q·k product (u = 2^-8 relative per element), which
+  moves each logit by at most Δ = u·Σ_d |scale·q_d·k_d|, so each probability by a factor within
+  exp(±2·max_k Δ); then it rounds the probabilities before P·v and the output (u each); logits,
+  softmax and sums are float32 (rounding over the K + D + K chain). All relative to Σ_k p_k |v_k|."""
   core = fused_attention.Core(blocks=6, queries=4, window=3, heads=2, key_width=8, value_width=4,
                               scale=8**-0.5)
   q, kv, pos = (tf.cast(2.0 * tf.random.stateless_normal(s, seed=[11, i]), tf.bfloat16)
@@ -100,9 +101,12 @@ def test_bfloat16_inputs_against_float64_at_the_bfloat16_bound():
   p = np.exp(logits - logits.max(-1, keepdims=True))
   p /= p.sum(-1, keepdims=True)
   want = np.einsum("zqnk,zknd->zqnd", p, v).reshape(6, 4, -1)
-  mass = np.einsum("zqnk,zknd->zqnd", p, np.abs(v)).reshape(6, 4, -1)
+  mass = np.einsum("zqnk,zknd->zqnd", p, np.abs(v)).reshape(6, 4, n, -1)
   u = 2.0**-8
-  bound = (2 * u + tolerance.worst_case(2 * keys + d)) * mass
+  delta = u * np.einsum("zqnd,zknd->zqnk", np.abs(core.scale * q.reshape(6, 4, n, d)),
+                        np.abs(k)).max(-1)  # [Z, Q, N]
+  relative = np.expm1(2 * delta) + 2 * u + tolerance.worst_case(2 * keys + d)
+  bound = (relative[..., None] * mass).reshape(6, 4, -1)
   error = np.abs(tf.cast(got, tf.float64).numpy() - want)
   assert (error <= bound).all(), (error - bound).max()
   assert error.max() > 0  # the probabilities were rounded

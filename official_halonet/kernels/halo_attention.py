@@ -11,22 +11,27 @@ channels:
 
 the same math as layers/block_attention.py without a mask. XLA writes L to HBM between the q·k and
 P·v products (two separate instructions); here a grid step holds a few blocks whole in VMEM, so
-HBM sees only q, the windows, the position terms and the output. The [Q, w] position factors
-become the [Q, K] grid through a product with constant one-hot expanders (E_rows[u, u·w + c] =
-E_cols[c, u·w + c] = 1), which costs the MXU little and needs no lane shuffles.
+HBM sees only q, the windows, the position terms and the output.
 
-Shapes: core.py (q, kv, pos, out).
-Logits, softmax and the products accumulate in float32 whatever the inputs' dtype; probabilities
-are rounded to the inputs' dtype before the P·v product (as the MXU takes them).
+The position terms ride in the q·k product: with E [K, 2w] the constant one-hot of each key's
+window row and column (E[u·w + c] = e_u ⊕ e_c),
+
+    L = [scale·q, rows, cols] · [k, E]ᵀ
+
+one MXU pass of depth D + 2w (44 for D = 16, w = 14: the MXU's 128-deep pass is no longer) instead
+of a product and a [Q, w] -> [Q, w²] broadcast, which would need lane shuffles. scale·q is rounded
+to the inputs' dtype for the product, as XLA's own float32 dot on TPU rounds its operands to
+bfloat16. Logits, softmax and every product accumulate in float32; probabilities are rounded to
+the inputs' dtype before the P·v product (as the MXU takes them).
 
 `backward` recomputes P from q, kv and pos (nothing of the forward's is kept) and returns the
 gradients of all three:
   dV = Pᵀ·dO,  dP = dO·vᵀ,  dL = P ⊙ (dP − Σ_keys P ⊙ dP),
-  dq = scale · dL·k,  dk = scale · dLᵀ·q,  drows = dL·E_rowsᵀ,  dcols = dL·E_colsᵀ.
+  [dq / scale, drows, dcols] = dL·[k, E],  dk = scale · dLᵀ·q.
+Shapes: core.py (q, kv, pos, out).
 """
 import functools
 import math
-from typing import Tuple
 
 import numpy as np
 
@@ -50,86 +55,77 @@ def group(core: Core, itemsize: int, backward: bool) -> int:
   return max(g for g in range(1, min(8, fits) + 1) if core.blocks % g == 0)
 
 
-def expanders(window: int) -> Tuple[np.ndarray, np.ndarray]:
-  """E_rows, E_cols [w, w²]: row u (column c) to every key of window row u (column c)."""
+def key_positions(window: int) -> np.ndarray:
+  """E [w², 2w]: key u·w + c has a one at column u (its row) and at w + c (its column)."""
   key = np.arange(window * window)
-  rows = (key[None, :] // window == np.arange(window)[:, None]).astype(np.float32)
-  cols = (key[None, :] % window == np.arange(window)[:, None]).astype(np.float32)
-  return rows, cols
+  return np.concatenate([(key[:, None] // window == np.arange(window)[None]),
+                         (key[:, None] % window == np.arange(window)[None])], axis=1)
 
 
-def _head(core: Core, n: int, q_ref, kv_ref, pos_ref):
-  """Views of head n: q [G, Q, D], k [G, K, D], v [G, K, Dv], rows and cols [G·Q, w] float32."""
+def _head(core: Core, n: int, q_ref, kv_ref, pos_ref, e_ref):
+  """Head n's operands: qx = [scale·q, rows, cols] [G, Q, D + 2w], kx = [k, E] [G, K, D + 2w],
+  q [G, Q, D] and v [G, K, Dv], all in the inputs' dtype."""
   d, dv, w, heads = core.key_width, core.value_width, core.window, core.heads
   q = q_ref[:, :, n * d:(n + 1) * d]
   k = kv_ref[:, :, n * d:(n + 1) * d]
   v = kv_ref[:, :, heads * d + n * dv:heads * d + (n + 1) * dv]
-  rows = pos_ref[:, :, n * w:(n + 1) * w].astype(jnp.float32)
-  cols = pos_ref[:, :, (heads + n) * w:(heads + n + 1) * w].astype(jnp.float32)
-  groups = q.shape[0] * core.queries
-  return q, k, v, rows.reshape(groups, w), cols.reshape(groups, w)
+  scaled = (core.scale * q.astype(jnp.float32)).astype(q.dtype)
+  qx = jnp.concatenate([scaled, pos_ref[:, :, n * w:(n + 1) * w],
+                        pos_ref[:, :, (heads + n) * w:(heads + n + 1) * w]], axis=-1)
+  e = jnp.broadcast_to(e_ref[...][None], (k.shape[0],) + e_ref.shape)
+  return qx, jnp.concatenate([k, e], axis=-1), q, v
 
 
-def _probabilities(core: Core, q, k, rows, cols, e_rows, e_cols):
-  """P = softmax(L) [G, Q, K] float32 for one head."""
-  f32 = jnp.float32
-  logits = core.scale * jnp.einsum("gqd,gkd->gqk", q, k, preferred_element_type=f32)
-  position = (jnp.dot(rows, e_rows, preferred_element_type=f32) +
-              jnp.dot(cols, e_cols, preferred_element_type=f32))
-  logits = logits + position.reshape(logits.shape)
+def _probabilities(qx, kx):
+  """P = softmax(qx·kxᵀ) [G, Q, K] float32."""
+  logits = jnp.einsum("gqc,gkc->gqk", qx, kx, preferred_element_type=jnp.float32)
   weights = jnp.exp(logits - jnp.max(logits, axis=-1, keepdims=True))
   return weights / jnp.sum(weights, axis=-1, keepdims=True)
 
 
-def _forward_kernel(core: Core, q_ref, kv_ref, pos_ref, e_rows_ref, e_cols_ref, out_ref):
+def _forward_kernel(core: Core, q_ref, kv_ref, pos_ref, e_ref, out_ref):
   dv = core.value_width
   for n in range(core.heads):  # each head's result goes straight to its channels of the output
-    q, k, v, rows, cols = _head(core, n, q_ref, kv_ref, pos_ref)
-    p = _probabilities(core, q, k, rows, cols, e_rows_ref[...], e_cols_ref[...])
+    qx, kx, _, v = _head(core, n, q_ref, kv_ref, pos_ref, e_ref)
+    p = _probabilities(qx, kx)
     out = jnp.einsum("gqk,gkd->gqd", p.astype(v.dtype), v, preferred_element_type=jnp.float32)
     out_ref[:, :, n * dv:(n + 1) * dv] = out.astype(out_ref.dtype)
 
 
-def _backward_kernel(core: Core, q_ref, kv_ref, pos_ref, e_rows_ref, e_cols_ref, dout_ref,
-                     dq_ref, dkv_ref, dpos_ref):
+def _backward_kernel(core: Core, q_ref, kv_ref, pos_ref, e_ref, dout_ref, dq_ref, dkv_ref,
+                     dpos_ref):
   f32, d, dv, w, heads = jnp.float32, core.key_width, core.value_width, core.window, core.heads
   for n in range(heads):  # each head's gradients go straight to its channels of the outputs
-    q, k, v, rows, cols = _head(core, n, q_ref, kv_ref, pos_ref)
-    p = _probabilities(core, q, k, rows, cols, e_rows_ref[...], e_cols_ref[...])
+    qx, kx, q, v = _head(core, n, q_ref, kv_ref, pos_ref, e_ref)
+    p = _probabilities(qx, kx)
     dout = dout_ref[:, :, n * dv:(n + 1) * dv]
     dv_n = jnp.einsum("gqk,gqd->gkd", p.astype(dout.dtype), dout, preferred_element_type=f32)
     dp = jnp.einsum("gqd,gkd->gqk", dout, v, preferred_element_type=f32)
-    dl = p * (dp - jnp.sum(p * dp, axis=-1, keepdims=True))
-    dl_in = dl.astype(q.dtype)
-    dq = core.scale * jnp.einsum("gqk,gkd->gqd", dl_in, k, preferred_element_type=f32)
-    dk = core.scale * jnp.einsum("gqk,gqd->gkd", dl_in, q, preferred_element_type=f32)
-    flat = dl.reshape(-1, core.keys)
-    drows = jax.lax.dot_general(flat, e_rows_ref[...], (((1,), (1,)), ((), ())))
-    dcols = jax.lax.dot_general(flat, e_cols_ref[...], (((1,), (1,)), ((), ())))
-    dq_ref[:, :, n * d:(n + 1) * d] = dq.astype(dq_ref.dtype)
+    dl = (p * (dp - jnp.sum(p * dp, axis=-1, keepdims=True))).astype(q.dtype)
+    dqx = jnp.einsum("gqk,gkc->gqc", dl, kx, preferred_element_type=f32)  # [dq/scale, drows, dcols]
+    dk = core.scale * jnp.einsum("gqk,gqd->gkd", dl, q, preferred_element_type=f32)
+    dq_ref[:, :, n * d:(n + 1) * d] = (core.scale * dqx[:, :, :d]).astype(dq_ref.dtype)
     dkv_ref[:, :, n * d:(n + 1) * d] = dk.astype(dkv_ref.dtype)
     dkv_ref[:, :, heads * d + n * dv:heads * d + (n + 1) * dv] = dv_n.astype(dkv_ref.dtype)
-    dpos_ref[:, :, n * w:(n + 1) * w] = drows.reshape(dq.shape[:2] + (w,)).astype(dpos_ref.dtype)
-    dpos_ref[:, :, (heads + n) * w:(heads + n + 1) * w] = dcols.reshape(
-        dq.shape[:2] + (w,)).astype(dpos_ref.dtype)
+    dpos_ref[:, :, n * w:(n + 1) * w] = dqx[:, :, d:d + w].astype(dpos_ref.dtype)
+    dpos_ref[:, :, (heads + n) * w:(heads + n + 1) * w] = dqx[:, :, d + w:].astype(dpos_ref.dtype)
 
 
 def _call(kernel, core: Core, inputs, outputs, backward: bool, interpret: bool):
-  """pallas_call of `kernel` over the blocks, G a step: arrays `inputs` ([q, kv, pos] and in
-  backward dout) then the two expanders whole; returns the arrays named by `outputs`."""
+  """pallas_call of `kernel` over the blocks, G a step: [q, kv, pos], the key positions E whole,
+  and in backward dout; returns the arrays named by `outputs` (of q, kv, pos, out)."""
   dtype = inputs[0].dtype
   g = group(core, dtype.itemsize, backward)
   shapes = dict(zip(("q", "kv", "pos", "out"), core.shapes()))
   block = lambda name: pl.BlockSpec((g,) + tuple(shapes[name][1:]), lambda i: (i, 0, 0))
-  whole = pl.BlockSpec((core.window, core.keys), lambda i: (0, 0))
-  e_rows, e_cols = expanders(core.window)
+  positions = key_positions(core.window)
   out_specs = [block(name) for name in outputs]
   out_shape = [jax.ShapeDtypeStruct(shapes[name], dtype) for name in outputs]
-  per_block = [block(name) for name in ("q", "kv", "pos")]
-  extra = [block("out")] if backward else []
+  in_specs = [block(name) for name in ("q", "kv", "pos")]
+  in_specs.append(pl.BlockSpec(positions.shape, lambda i: (0, 0)))
+  in_specs += [block("out")] if backward else []
   return pl.pallas_call(
-      functools.partial(kernel, core), grid=(core.blocks // g,),
-      in_specs=per_block + [whole, whole] + extra,
+      functools.partial(kernel, core), grid=(core.blocks // g,), in_specs=in_specs,
       out_specs=out_specs if backward else out_specs[0],
       out_shape=out_shape if backward else out_shape[0], interpret=interpret,
       cost_estimate=pl.CostEstimate(
@@ -137,7 +133,7 @@ def _call(kernel, core: Core, inputs, outputs, backward: bool, interpret: bool):
           transcendentals=core.blocks * core.heads * core.queries * core.keys,
           bytes_accessed=sum(int(np.prod(shapes[name])) * dtype.itemsize
                              for name in ["q", "kv", "pos", "out"] + (outputs if backward else []))),
-  )(*inputs[:3], jnp.asarray(e_rows), jnp.asarray(e_cols), *inputs[3:])
+  )(*inputs[:3], jnp.asarray(positions, dtype), *inputs[3:])
 
 
 def forward(core: Core, interpret: bool = False):
