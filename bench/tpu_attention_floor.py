@@ -93,6 +93,11 @@ def compiled(function, specs, generation) -> dict:
   return {key: result[key] for key in ("flops", "bytes_accessed", "temp_bytes")}
 
 
+def _forward(model):
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  return tf.function(lambda x: model(x, training=False), jit_compile=True)
+
+
 def measure(model_id: str, options, generation) -> dict:
   """{'whole': {'xla' | 'fused': forward figures}, 'floor': summed core figures, 'layers': per
   shape}."""
@@ -105,8 +110,7 @@ def measure(model_id: str, options, generation) -> dict:
     if fused and not model_id.startswith(("h", "halonet")):
       continue
     built = models.build(model_id, num_classes=1000, image_size=size, fused_attention=fused)
-    forward = tf.function(lambda x, m=built: m(x, training=False), jit_compile=True)
-    whole["fused" if fused else "xla"] = compiled(forward, spec, generation)
+    whole["fused" if fused else "xla"] = compiled(_forward(built), spec, generation)
   model = models.build(model_id, num_classes=1000, image_size=size)
   layers, floor = [], collections.Counter()
   for core, count in cores(model, options.batch).items():

@@ -193,3 +193,21 @@ def test_shapes_the_core_does_not_expect_are_named():
   with pytest.raises(ValueError, match=r"kv has shape \(2, 8, 8\)"):
     fused_attention.attend(q, tf.zeros([2, 8, 8]), pos, core, "cpu")
   assert math.isclose(core.scale, 0.5)
+
+
+def test_a_run_with_the_tpu_kernel_exports_with_xlas_attention():
+  """fused_attention is a gin setting of the run; the SavedModel export rebuilds the model without
+  it (the TPU kernel serves nowhere else), leaving the run's config as it was."""
+  from official_halonet.export import saved_model  # pylint: disable=g-import-not-at-top
+  from official_halonet.models import attention_maps  # pylint: disable=g-import-not-at-top
+  from official_halonet.training import runner  # pylint: disable=g-import-not-at-top
+  demo = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "gin",
+                      "demo.gin")
+  options = runner.RunOptions(gin_files=[demo],
+                              gin_bindings=["experiment.fused_attention = 'tpu'"])
+  config, _ = saved_model.load_config(options)
+  assert config.task.model.backbone.halonet.fused_attention == "tpu"
+  layers = attention_maps.attention_layers(saved_model.build_model(config))
+  assert any(type(layer) is HaloAttention for layer in layers)  # pylint: disable=unidiomatic-typecheck
+  assert all(layer.fused_core is None for layer in layers)
+  assert config.task.model.backbone.halonet.fused_attention == "tpu"

@@ -49,6 +49,7 @@ Keras model back, rebuild it from the run (official_halonet.visualize.load_model
 checkpoint) rather than tf_keras.models.load_model on the export.
 """
 import contextlib
+import copy
 import dataclasses
 import json
 import os
@@ -121,7 +122,12 @@ def load_config(options: run_options.RunOptions) -> Tuple[cfg.ExperimentConfig, 
 
 
 def build_model(config: cfg.ExperimentConfig) -> tf_keras.Model:
-  """The run's classification model, built by its task in float32."""
+  """The run's classification model, built by its task in float32 with XLA's attention (a run's
+  fused_attention kernel runs on TPU only; the weights are the same)."""
+  backbone = config.task.model.backbone
+  if backbone.type == "halonet" and backbone.halonet.fused_attention:
+    config = copy.deepcopy(config)
+    config.task.model.backbone.halonet.fused_attention = None
   policy = tf_keras.mixed_precision.global_policy()
   tf_keras.mixed_precision.set_global_policy("float32")
   try:

@@ -21,6 +21,8 @@ import json
 import os
 import sys
 
+# Lowering for a TPU needs no TPU: on a TPU host the device belongs to the TensorFlow run that asked.
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
 os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
