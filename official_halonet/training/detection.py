@@ -83,7 +83,8 @@ class DetectionSettings(experiment.BackboneOverrides):
     backbone: a model name from official_halonet.models.MODELS, e.g. 'resnet50_se_halo_b8'.
     the backbone overrides: every HaloNetConfig field but model_id (models/config.py:
       block_size, halo_size, se_ratio, final_width, blocks, base_width, stem_width, head_dim,
-      num_heads, stochastic_depth_drop_rate, recompute_attention); None keeps the spec's value.
+      num_heads, stochastic_depth_drop_rate, recompute_attention, fused_attention); None keeps the
+      spec's value.
     num_classes: detector classes including background (COCO: 91).
     image_size: square input side the parser scales and pads images to.
     train_input_path, eval_input_path: COCO-format tf.Example TFRecord file patterns.

@@ -73,7 +73,7 @@ class Settings(BackboneOverrides):
     model_id: a name from official_halonet.models.MODELS.
     the backbone overrides: every HaloNetConfig field but model_id (models/config.py: block_size,
       halo_size, se_ratio, final_width, the shape fields, stochastic_depth_drop_rate,
-      recompute_attention); None keeps the model's value.
+      recompute_attention, fused_attention); None keeps the model's value.
     num_classes, image_size (None: the model's published size), activation (None: the model's,
       SiLU for H0-H7), dropout_rate (before the classifier).
   Data:
