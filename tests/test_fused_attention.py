@@ -5,7 +5,6 @@ compiles, so HaloAttention with it is checked against the independent per-pixel 
 float32 bound of test_attention_layers. For the TPU (fused_core='tpu'), the compiler's own figures:
 the kernels compile for v5e, and the logits no longer go through HBM.
 """
-import math
 import os
 
 import numpy as np
@@ -79,19 +78,23 @@ def test_fused_layer_matches_per_pixel_loops_with_its_gradients(case):
 
 
 def test_bfloat16_inputs_against_float64_at_the_bfloat16_bound():
-  """bfloat16 q, kv and pos (values exactly representable, so both sides see the same inputs).
+  """bfloat16 q, k/v map and pos (values exactly representable, so both sides see the same
+  inputs; the map's filler columns, which the kernel reads and must mask, hold values too).
   The kernel rounds scale·q to bfloat16 for the q·k product (u = 2^-8 relative per element), which
   moves each logit by at most Δ = u·Σ_d |scale·q_d·k_d|, so each probability by a factor within
   exp(±2·max_k Δ); then it rounds the probabilities before P·v and the output (u each); logits,
   softmax and sums are float32 (rounding over the K + D + K chain). All relative to Σ_k p_k |v_k|."""
-  core = fused_attention.Core(blocks=6, queries=4, window=3, heads=2, key_width=8, value_width=4,
-                              scale=8**-0.5)
-  q, kv, pos = (tf.cast(2.0 * tf.random.stateless_normal(s, seed=[11, i]), tf.bfloat16)
-                for i, s in enumerate(core.shapes()[:3]))
-  got = fused_attention.attend(q, kv, pos, core, "cpu")
+  core = fused_attention.Core(batch=2, blocks_x=1, blocks_y=3, block=2, halo=1, queries=4,
+                              heads=2, key_width=8, value_width=4, scale=8**-0.5)
+  assert core.row > core.window  # window rows of 4 read 8 wide
+  q, kv_map, pos = (tf.cast(2.0 * tf.random.stateless_normal(core.shapes()[name], seed=[11, i]),
+                            tf.bfloat16) for i, name in enumerate(fused_attention.INPUTS))
+  got = fused_attention.attend(q, kv_map, pos, core, "cpu")
   assert got.dtype == tf.bfloat16
-  q, kv, pos = (t.numpy().astype(np.float64) for t in (q, kv, pos))
+  q, kv_map, pos = (t.numpy().astype(np.float64) for t in (q, kv_map, pos))
   n, d, w, keys = core.heads, core.key_width, core.window, core.keys
+  kv = np.stack([kv_map[image, 0:w, 2 * y:2 * y + w].reshape(keys, -1)
+                 for image in range(2) for y in range(3)])  # the 6 windows, row-major
   k = kv[..., :n * d].reshape(6, keys, n, d)
   v = kv[..., n * d:].reshape(6, keys, n, core.value_width)
   rows = pos[..., :n * w].reshape(6, 4, n, w, 1)
@@ -144,8 +147,8 @@ def test_the_kernels_compile_for_tpu_and_keep_the_logits_off_hbm(tmp_path):
   assert fused["compiled"] and plain["compiled"], (fused.get("error"), plain.get("error"))
   with open(text, encoding="utf-8") as f:
     assert f.read().count('custom_call_target="tpu_custom_call"') == 2
-  core = fused_attention.Core(blocks=4 * 64, queries=64, window=14, heads=4, key_width=16,
-                              value_width=16, scale=0.25)
+  core = fused_attention.Core(batch=4, blocks_x=8, blocks_y=8, block=8, halo=3, queries=64,
+                              heads=4, key_width=16, value_width=16, scale=0.25)
   assert fused["flops"] >= core.flops() + core.flops(backward=True)
   assert fused["bytes_accessed"] < 0.5 * plain["bytes_accessed"], (fused, plain)
   assert fused["while_loops"] == 0
@@ -174,7 +177,8 @@ def test_modules_are_cached_on_disk_and_a_missing_side_environment_is_named(tmp_
                                                                            monkeypatch):
   monkeypatch.setenv("OFFICIAL_HALONET_KERNEL_CACHE", str(tmp_path))
   monkeypatch.setattr(library, "_MODULES", {})
-  core = dict(blocks=2, queries=4, window=3, heads=1, key_width=4, value_width=4, scale=0.5)
+  core = dict(batch=1, blocks_x=1, blocks_y=2, block=2, halo=1, queries=4, heads=1, key_width=4,
+              value_width=4, scale=0.5)
   data, version = library.module("forward", core, "float32", "cpu")
   assert data and version >= 9 and len(os.listdir(tmp_path)) == 1
   monkeypatch.setattr(library, "_MODULES", {})
@@ -187,12 +191,11 @@ def test_modules_are_cached_on_disk_and_a_missing_side_environment_is_named(tmp_
 
 
 def test_shapes_the_core_does_not_expect_are_named():
-  core = fused_attention.Core(blocks=2, queries=4, window=3, heads=1, key_width=4, value_width=4,
-                              scale=0.5)
-  q, kv, pos = (tf.zeros(s) for s in core.shapes()[:3])
-  with pytest.raises(ValueError, match=r"kv has shape \(2, 8, 8\)"):
-    fused_attention.attend(q, tf.zeros([2, 8, 8]), pos, core, "cpu")
-  assert math.isclose(core.scale, 0.5)
+  core = fused_attention.Core(batch=1, blocks_x=1, blocks_y=2, block=2, halo=1, queries=4,
+                              heads=1, key_width=4, value_width=4, scale=0.5)
+  q, _, pos = (tf.zeros(core.shapes()[name]) for name in fused_attention.INPUTS)
+  with pytest.raises(ValueError, match=r"kv_map has shape \(1, 4, 6, 8\)"):
+    fused_attention.attend(q, tf.zeros([1, 4, 6, 8]), pos, core, "cpu")
 
 
 def test_a_run_with_the_tpu_kernel_exports_with_xlas_attention():

@@ -5,7 +5,8 @@ Runs in the side environment (requirements-tpu.txt; `make tpu-env`), never in th
     python export.py REQUEST.json MODULE.bin
     REQUEST  {"kind": "forward" | "backward", "core": core.Core's fields,
               "dtype": "bfloat16" | "float32", "platform": "tpu" | "cpu",
-              "stablehlo_version": the version TensorFlow's XlaCallModule reads, e.g. "1.12.1"}
+              "stablehlo_version": the version TensorFlow's XlaCallModule reads, e.g. "1.12.1",
+              "device_kind": the TPU the 'tpu' kernel is lowered for, e.g. "TPU v5 lite"}
     MODULE   the serialized StableHLO module; its calling-convention version is printed on stdout
              as {"version": N}
 
@@ -16,6 +17,7 @@ CPU check the whole fused path numerically.
 This module and compile_only.py are the only ones that use JAX's private APIs
 (`_jax.mlir.serialize_portable_artifact`, to write for TensorFlow's older StableHLO).
 """
+import contextlib
 import dataclasses
 import json
 import os
@@ -39,12 +41,18 @@ def serialized(request: dict) -> (bytes, int):
   call = core.Core(**request["core"])
   interpret = request["platform"] == "cpu"
   make = {"forward": halo_attention.forward, "backward": halo_attention.backward}[request["kind"]]
-  shapes = call.shapes()
-  inputs = shapes[:3] + (shapes[3:] if request["kind"] == "backward" else [])
+  names = ["q", "kv_map", "pos"] + (["out"] if request["kind"] == "backward" else [])
   dtype = jax.numpy.dtype(request["dtype"])
-  specs = [jax.ShapeDtypeStruct(shape, dtype) for shape in inputs]
-  exported = jax.export.export(jax.jit(make(call, interpret)),
-                               platforms=[request["platform"]])(*specs)
+  specs = [jax.ShapeDtypeStruct(call.shapes()[name], dtype) for name in names]
+  context = contextlib.nullcontext()
+  if not interpret:  # lowering a kernel's DMAs reads the chip's parameters
+    device = jax.sharding.AbstractDevice(device_kind=request["device_kind"], num_cores=1,
+                                         platform="tpu")
+    context = jax.sharding.use_abstract_mesh(
+        jax.sharding.AbstractMesh((1,), ("x",), abstract_device=device))
+  with context:
+    exported = jax.export.export(jax.jit(make(call, interpret)),
+                                 platforms=[request["platform"]])(*specs)
   with mlir.make_ir_context():
     module = ir.Module.parse(exported.mlir_module())
     data = _jax.mlir.serialize_portable_artifact(module, request["stablehlo_version"], False)

@@ -10,8 +10,10 @@ channels:
     P = softmax(L) over the keys,   out = P·v
 
 the same math as layers/block_attention.py without a mask. XLA writes L to HBM between the q·k and
-P·v products (two separate instructions); here a grid step holds a few blocks whole in VMEM, so
-HBM sees only q, the windows, the position terms and the output.
+P·v products (two separate instructions); here a grid step holds G blocks of one block row whole
+in VMEM, so HBM sees only q, the position terms, the output and the windows, which the step copies
+row by row (one DMA per window row) from the zero-padded k/v map: no gathered copy of the windows
+is ever written.
 
 The position terms ride in the q·k product: with E [K, 2w] the constant one-hot of each key's
 window row and column (E[u·w + c] = e_u ⊕ e_c),
@@ -24,11 +26,11 @@ to the inputs' dtype for the product, as XLA's own float32 dot on TPU rounds its
 bfloat16. Logits, softmax and every product accumulate in float32; probabilities are rounded to
 the inputs' dtype before the P·v product (as the MXU takes them).
 
-`backward` recomputes P from q, kv and pos (nothing of the forward's is kept) and returns the
-gradients of all three:
+`backward` recomputes P from q, the map and pos (nothing of the forward's is kept) and returns the
+gradients of q, of each block's window (TensorFlow adds them into the map's) and of pos:
   dV = Pᵀ·dO,  dP = dO·vᵀ,  dL = P ⊙ (dP − Σ_keys P ⊙ dP),
   [dq / scale, drows, dcols] = dL·[k, E],  dk = scale · dLᵀ·q.
-Shapes: core.py (q, kv, pos, out).
+Shapes: core.py.
 """
 import functools
 import math
@@ -38,6 +40,7 @@ import numpy as np
 import jax
 import jax.numpy as jnp
 from jax.experimental import pallas as pl
+from jax.experimental.pallas import tpu as pltpu
 
 from core import Core  # pylint: disable=g-import-not-at-top  (export.py puts this folder on the path)
 
@@ -46,32 +49,61 @@ VMEM_BUDGET = 10 << 20  # bytes of VMEM a grid step's blocks and temporaries may
 
 
 def group(core: Core, itemsize: int, backward: bool) -> int:
-  """Blocks per grid step: the most, up to 8, that divide Z and fit VMEM_BUDGET with every array's
-  block double-buffered (inputs and outputs; twice as many in backward) and four float32 [Q, K]
-  temporaries per block."""
-  arrays = sum(math.prod(shape[1:]) for shape in core.shapes()) * itemsize * (2 if backward else 1)
-  per_block = 2 * arrays + 4 * core.queries * core.keys * 4
+  """Blocks per grid step: the most, up to 8, that divide a block row and fit VMEM_BUDGET with
+  the blocked arrays double-buffered (inputs and outputs; twice as many in backward), the window
+  buffer and four float32 [Q, K] temporaries per block."""
+  shapes = core.shapes()
+  arrays = sum(math.prod(shapes[name][1:]) for name in ("q", "pos", "out"))
+  arrays = arrays * (2 if backward else 1) + math.prod(shapes["windows"][1:]) * (3 if backward else 1)
+  per_block = 2 * arrays * itemsize + 4 * core.queries * core.window * core.row * 4
   fits = max(1, VMEM_BUDGET // per_block)
-  return max(g for g in range(1, min(8, fits) + 1) if core.blocks % g == 0)
+  return max(g for g in range(1, min(8, fits) + 1) if core.blocks_y % g == 0)
 
 
-def key_positions(window: int) -> np.ndarray:
-  """E [w², 2w]: key u·w + c has a one at column u (its row) and at w + c (its column)."""
-  key = np.arange(window * window)
-  return np.concatenate([(key[:, None] // window == np.arange(window)[None]),
-                         (key[:, None] % window == np.arange(window)[None])], axis=1)
+MASKED = -1e9  # the logit of a key read only to fill a window row's tiles
 
 
-def _head(core: Core, n: int, q_ref, kv_ref, pos_ref, e_ref):
-  """Head n's operands: qx = [scale·q, rows, cols] [G, Q, D + 2w], kx = [k, E] [G, K, D + 2w],
-  q [G, Q, D] and v [G, K, Dv], all in the inputs' dtype."""
+def key_positions(core: Core) -> np.ndarray:
+  """E [w·R, 2w + 1]: the key read at window row u, column c has a one at column u (its row) and
+  at w + c (its column); columns c >= w are filler, with MASKED in the last column instead."""
+  w, row = core.window, core.row
+  u, c = np.divmod(np.arange(w * row), row)
+  filler = c >= w
+  return np.concatenate([(u[:, None] == np.arange(w)[None]) & ~filler[:, None],
+                         (c[:, None] == np.arange(w)[None]),
+                         (MASKED * filler)[:, None]], axis=1).astype(np.float32)
+
+
+def _load_windows(core: Core, kv_map, windows, semaphores):
+  """Copies the step's G windows from the map in HBM to the VMEM buffer [G, w·R, C], one DMA of R
+  pixels per window row, and waits for them."""
+  g, b, w = windows.shape[0], core.block, core.window
+  first = pl.program_id(0) * g
+  per_image = core.blocks_x * core.blocks_y
+  image, x, y = first // per_image, (first % per_image) // core.blocks_y, first % core.blocks_y
+  copies = []
+  for j in range(g):
+    for u in range(w):
+      copy = pltpu.make_async_copy(kv_map.at[image, x * b + u, pl.ds((y + j) * b, core.row), :],
+                                   windows.at[j, pl.ds(u * core.row, core.row), :],
+                                   semaphores.at[j * w + u])
+      copy.start()
+      copies.append(copy)
+  for copy in copies:
+    copy.wait()
+
+
+def _head(core: Core, n: int, q_ref, windows, pos_ref, e_ref):
+  """Head n's operands: qx = [scale·q, rows, cols, 1] [G, Q, D + 2w + 1], kx = [k, E]
+  [G, w·R, D + 2w + 1], q [G, Q, D] and v [G, w·R, Dv], all in the inputs' dtype."""
   d, dv, w, heads = core.key_width, core.value_width, core.window, core.heads
   q = q_ref[:, :, n * d:(n + 1) * d]
-  k = kv_ref[:, :, n * d:(n + 1) * d]
-  v = kv_ref[:, :, heads * d + n * dv:heads * d + (n + 1) * dv]
+  k = windows[:, :, n * d:(n + 1) * d]
+  v = windows[:, :, heads * d + n * dv:heads * d + (n + 1) * dv]
   scaled = (core.scale * q.astype(jnp.float32)).astype(q.dtype)
   qx = jnp.concatenate([scaled, pos_ref[:, :, n * w:(n + 1) * w],
-                        pos_ref[:, :, (heads + n) * w:(heads + n + 1) * w]], axis=-1)
+                        pos_ref[:, :, (heads + n) * w:(heads + n + 1) * w],
+                        jnp.ones(scaled.shape[:2] + (1,), scaled.dtype)], axis=-1)
   e = jnp.broadcast_to(e_ref[...][None], (k.shape[0],) + e_ref.shape)
   return qx, jnp.concatenate([k, e], axis=-1), q, v
 
@@ -83,20 +115,22 @@ def _probabilities(qx, kx):
   return weights / jnp.sum(weights, axis=-1, keepdims=True)
 
 
-def _forward_kernel(core: Core, q_ref, kv_ref, pos_ref, e_ref, out_ref):
+def _forward_kernel(core: Core, q_ref, kv_map, pos_ref, e_ref, out_ref, windows, semaphores):
+  _load_windows(core, kv_map, windows, semaphores)
   dv = core.value_width
   for n in range(core.heads):  # each head's result goes straight to its channels of the output
-    qx, kx, _, v = _head(core, n, q_ref, kv_ref, pos_ref, e_ref)
+    qx, kx, _, v = _head(core, n, q_ref, windows, pos_ref, e_ref)
     p = _probabilities(qx, kx)
     out = jnp.einsum("gqk,gkd->gqd", p.astype(v.dtype), v, preferred_element_type=jnp.float32)
     out_ref[:, :, n * dv:(n + 1) * dv] = out.astype(out_ref.dtype)
 
 
-def _backward_kernel(core: Core, q_ref, kv_ref, pos_ref, e_ref, dout_ref, dq_ref, dkv_ref,
-                     dpos_ref):
+def _backward_kernel(core: Core, q_ref, kv_map, pos_ref, e_ref, dout_ref, dq_ref, dkv_ref,
+                     dpos_ref, windows, semaphores):
+  _load_windows(core, kv_map, windows, semaphores)
   f32, d, dv, w, heads = jnp.float32, core.key_width, core.value_width, core.window, core.heads
   for n in range(heads):  # each head's gradients go straight to its channels of the outputs
-    qx, kx, q, v = _head(core, n, q_ref, kv_ref, pos_ref, e_ref)
+    qx, kx, q, v = _head(core, n, q_ref, windows, pos_ref, e_ref)
     p = _probabilities(qx, kx)
     dout = dout_ref[:, :, n * dv:(n + 1) * dv]
     dv_n = jnp.einsum("gqk,gqd->gkd", p.astype(dout.dtype), dout, preferred_element_type=f32)
@@ -108,51 +142,64 @@ def _backward_kernel(core: Core, q_ref, kv_ref, pos_ref, e_ref, dout_ref, dq_ref
     dkv_ref[:, :, n * d:(n + 1) * d] = dk.astype(dkv_ref.dtype)
     dkv_ref[:, :, heads * d + n * dv:heads * d + (n + 1) * dv] = dv_n.astype(dkv_ref.dtype)
     dpos_ref[:, :, n * w:(n + 1) * w] = dqx[:, :, d:d + w].astype(dpos_ref.dtype)
-    dpos_ref[:, :, (heads + n) * w:(heads + n + 1) * w] = dqx[:, :, d + w:].astype(dpos_ref.dtype)
+    dpos_ref[:, :, (heads + n) * w:(heads + n + 1) * w] = dqx[:, :, d + w:d + 2 * w].astype(
+        dpos_ref.dtype)
 
 
 def _call(kernel, core: Core, inputs, outputs, backward: bool, interpret: bool):
-  """pallas_call of `kernel` over the blocks, G a step: [q, kv, pos], the key positions E whole,
-  and in backward dout; returns the arrays named by `outputs` (of q, kv, pos, out)."""
+  """pallas_call of `kernel` over the blocks, G a step: inputs q, kv_map (left in HBM), pos, the
+  key positions E whole, and in backward dout; returns the arrays named by `outputs`."""
   dtype = inputs[0].dtype
   g = group(core, dtype.itemsize, backward)
-  shapes = dict(zip(("q", "kv", "pos", "out"), core.shapes()))
+  shapes = core.shapes()
   block = lambda name: pl.BlockSpec((g,) + tuple(shapes[name][1:]), lambda i: (i, 0, 0))
-  positions = key_positions(core.window)
+  positions = key_positions(core)
+  in_specs = [block("q"), pl.BlockSpec(memory_space=pl.ANY), block("pos"),
+              pl.BlockSpec(positions.shape, lambda i: (0, 0))] + ([block("out")] if backward else [])
   out_specs = [block(name) for name in outputs]
   out_shape = [jax.ShapeDtypeStruct(shapes[name], dtype) for name in outputs]
-  in_specs = [block(name) for name in ("q", "kv", "pos")]
-  in_specs.append(pl.BlockSpec(positions.shape, lambda i: (0, 0)))
-  in_specs += [block("out")] if backward else []
+  moved = ["q", "windows", "pos", "out"] + (outputs if backward else [])
   return pl.pallas_call(
       functools.partial(kernel, core), grid=(core.blocks // g,), in_specs=in_specs,
       out_specs=out_specs if backward else out_specs[0],
-      out_shape=out_shape if backward else out_shape[0], interpret=interpret,
+      out_shape=out_shape if backward else out_shape[0],
+      scratch_shapes=[pltpu.VMEM((g,) + tuple(shapes["windows"][1:]), dtype),
+                      pltpu.SemaphoreType.DMA((g * core.window,))],
+      interpret=interpret,
       cost_estimate=pl.CostEstimate(
           flops=core.flops(backward),
-          transcendentals=core.blocks * core.heads * core.queries * core.keys,
-          bytes_accessed=sum(int(np.prod(shapes[name])) * dtype.itemsize
-                             for name in ["q", "kv", "pos", "out"] + (outputs if backward else []))),
-  )(*inputs[:3], jnp.asarray(positions, dtype), *inputs[3:])
+          transcendentals=core.blocks * core.heads * core.queries * core.window * core.row,
+          bytes_accessed=sum(math.prod(shapes[name]) * dtype.itemsize for name in moved)),
+  )(inputs[0], inputs[1], inputs[2], jnp.asarray(positions, dtype), *inputs[3:])
 
 
 def forward(core: Core, interpret: bool = False):
-  """out = f(q, kv, pos) for arrays of `core.shapes()` (any one float dtype)."""
-  return lambda q, kv, pos: _call(_forward_kernel, core, [q, kv, pos], ["out"], False, interpret)
+  """out = f(q, kv_map, pos) for arrays of `core.shapes()` (any one float dtype)."""
+  return lambda q, kv_map, pos: _call(_forward_kernel, core, [q, kv_map, pos], ["out"], False,
+                                      interpret)
 
 
 def backward(core: Core, interpret: bool = False):
-  """(dq, dkv, dpos) = f(q, kv, pos, dout): the gradients of Σ out ⊙ dout."""
-  return lambda q, kv, pos, dout: _call(_backward_kernel, core, [q, kv, pos, dout],
-                                        ["q", "kv", "pos"], True, interpret)
+  """(dq, dwindows, dpos) = f(q, kv_map, pos, dout): the gradients of Σ out ⊙ dout with respect to
+  q, each block's window and pos."""
+  return lambda q, kv_map, pos, dout: _call(_backward_kernel, core, [q, kv_map, pos, dout],
+                                            ["q", "windows", "pos"], True, interpret)
 
 
-def reference(core: Core, q, kv, pos):
+def windows_of(core: Core, kv_map):
+  """[Z, w, R, C]: every block's window rows as the kernel reads them, R pixels each."""
+  b, w, row = core.block, core.window, core.row
+  return jnp.stack([
+      kv_map[image, x * b:x * b + w, y * b:y * b + row]
+      for image in range(core.batch) for x in range(core.blocks_x) for y in range(core.blocks_y)])
+
+
+def reference(core: Core, q, kv_map, pos):
   """The same map in plain jax.numpy, float32 throughout (the tests' independent reference)."""
   n, d, dv, w = core.heads, core.key_width, core.value_width, core.window
   z, nq = q.shape[:2]
   q = q.astype(jnp.float32).reshape(z, nq, n, d)
-  kv = kv.astype(jnp.float32)
+  kv = windows_of(core, kv_map.astype(jnp.float32))[:, :, :w].reshape(z, core.keys, -1)
   k = kv[..., :n * d].reshape(z, core.keys, n, d)
   v = kv[..., n * d:].reshape(z, core.keys, n, dv)
   rows = pos[..., :n * w].astype(jnp.float32).reshape(z, nq, n, w, 1)

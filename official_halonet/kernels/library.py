@@ -1,6 +1,6 @@
 """Serialized kernel modules for TensorFlow, made by export.py in the side environment and cached.
 
-A module is specific to its kernel ('forward' or 'backward'), its static shape (halo_attention.Core),
+A module is specific to its kernel ('forward' or 'backward'), its static shape (core.Core),
 dtype and platform ('tpu': a Mosaic kernel for the TPU compiler; 'cpu': the same kernel in Pallas's
 interpreter). The first request for one runs export.py in the side environment (a few seconds);
 later ones read it from memory or from the cache directory ($OFFICIAL_HALONET_KERNEL_CACHE, default
@@ -21,6 +21,9 @@ SOURCES = tuple(os.path.join(HERE, name) for name in ("core.py", "halo_attention
 # The StableHLO version TensorFlow 2.20's XlaCallModule deserializes (newer artifacts fail to load).
 STABLEHLO_VERSION = "1.12.1"
 PLATFORMS = ("tpu", "cpu")
+# The TPU a 'tpu' kernel is lowered for ($OFFICIAL_HALONET_TPU_KIND overrides; the compiler then
+# compiles it for the chip it runs on, which need not be this one).
+DEFAULT_TPU_KIND = "TPU v5 lite"
 _MODULES: Dict[str, Tuple[bytes, int]] = {}
 
 
@@ -71,7 +74,8 @@ def module(kind: str, core: dict, dtype: str, platform: str) -> Tuple[bytes, int
   if platform not in PLATFORMS:
     raise ValueError(f"platform must be one of {PLATFORMS}, got {platform!r}")
   request = {"kind": kind, "core": core, "dtype": dtype, "platform": platform,
-             "stablehlo_version": STABLEHLO_VERSION}
+             "stablehlo_version": STABLEHLO_VERSION,
+             "device_kind": os.environ.get("OFFICIAL_HALONET_TPU_KIND", DEFAULT_TPU_KIND)}
   key = _key(request)
   if key not in _MODULES:
     path = os.path.join(_cache_dir(), key + ".bin")

@@ -3,19 +3,23 @@
     out = softmax(scale · q·kᵀ + rows[u] + cols[c]) · v      per block and head
 
 the map of block_attention.attend (without a mask), computed by one Pallas kernel per call that
-keeps the logits on chip. The kernel comes to TensorFlow as a serialized StableHLO module run by
-XlaCallModule (kernels/library.py makes and caches it), with a second kernel as its gradient.
+reads each block's window straight from the zero-padded k/v map and keeps the logits on chip. The
+kernel comes to TensorFlow as a serialized StableHLO module run by XlaCallModule
+(kernels/library.py makes and caches it); its gradient is a second kernel, whose per-window
+gradients are added into the map's here.
 
 Platforms: 'tpu' (a Mosaic kernel: only the TPU compiler runs it; `--mode=tpu_check` compiles it on
 a CPU host) and 'cpu' (the same kernel body in Pallas's interpreter: slow, for checking the fused
 path against the XLA one on a CPU). Shapes must be static: one module per shape.
 
 Shapes (all one float dtype; kernels/core.py says what each channel and row holds):
-  q    [Z, Q, N·D]   kv  [Z, K, N·D + N·Dv]   pos  [Z, Q, 2·N·w]   ->   [Z, Q, N·Dv]
+  q  [Z, Q, N·D]   kv_map  [B, X·b + 2h, Y·b + 2h + R - w, N·(D + Dv)]   pos  [Z, Q, 2·N·w]
+  ->  [Z, Q, N·Dv]
 """
 import dataclasses
 from typing import List
 
+import numpy as np
 import tensorflow as tf
 from tensorflow.compiler.tf2xla.ops import gen_xla_ops
 
@@ -23,36 +27,59 @@ from official_halonet.kernels import library
 from official_halonet.kernels.core import Core
 
 PLATFORMS = library.PLATFORMS
+INPUTS = ("q", "kv_map", "pos")
 
 
-def _call(kind: str, core: Core, platform: str, args: List[tf.Tensor], outputs: List[List[int]]):
-  """The kernel `kind` on `args` through XlaCallModule."""
+def _call(kind: str, core: Core, platform: str, args: List[tf.Tensor], outputs: List[str]):
+  """The kernel `kind` on `args` through XlaCallModule; returns the arrays named by `outputs`."""
   dtype = args[0].dtype
   data, version = library.module(kind, dataclasses.asdict(core), dtype.name, platform)
   return gen_xla_ops.xla_call_module(
-      args, version=version, module=data, Sout=[tf.TensorShape(s) for s in outputs],
+      args, version=version, module=data,
+      Sout=[tf.TensorShape(core.shapes()[name]) for name in outputs],
       Tout=[dtype] * len(outputs), platforms=[platform.upper()],
       # A TPU module is traced (and compiled for the TPU) on a CPU host by tpu_check.
       disabled_checks=["platform"] if platform == "tpu" else [])
 
 
-def attend(q: tf.Tensor, kv: tf.Tensor, pos: tf.Tensor, core: Core, platform: str) -> tf.Tensor:
-  """out [Z, Q, N·Dv] (see the module docstring); differentiable in q, kv and pos."""
+def window_pixels(core: Core) -> np.ndarray:
+  """[Z·w·R] int32: the pixels each block's window rows are read from (R per row, row-major), as
+  indices of kv_map's pixels."""
+  _, height, width, _ = core.shapes()["kv_map"]
+  b = core.block
+  image = np.arange(core.batch)[:, None, None, None, None] * height * width
+  row = (np.arange(core.blocks_x) * b)[None, :, None, None, None] + np.arange(core.window)[:, None]
+  col = (np.arange(core.blocks_y) * b)[None, None, :, None, None] + np.arange(core.row)
+  return (image + row * width + col).reshape(-1).astype(np.int32)
+
+
+def _map_gradient(core: Core, windows: tf.Tensor) -> tf.Tensor:
+  """kv_map's gradient: the windows' gradients [Z, w·R, C] added into the pixels they were read
+  from (the filler keys' gradients are zero)."""
+  batch, height, width, channels = core.shapes()["kv_map"]
+  flat = tf.math.unsorted_segment_sum(tf.reshape(windows, [-1, channels]), window_pixels(core),
+                                      batch * height * width)
+  return tf.reshape(flat, [batch, height, width, channels])
+
+
+def attend(q: tf.Tensor, kv_map: tf.Tensor, pos: tf.Tensor, core: Core, platform: str):
+  """out [Z, Q, N·Dv] (see the module docstring); differentiable in q, kv_map and pos."""
   if platform not in PLATFORMS:
     raise ValueError(f"platform must be one of {PLATFORMS}, got {platform!r}")
-  shapes = core.shapes()
-  for name, tensor, shape in zip(("q", "kv", "pos"), (q, kv, pos), shapes):
-    if tensor.shape.as_list() != shape:
+  for name, tensor in zip(INPUTS, (q, kv_map, pos)):
+    if tensor.shape.as_list() != core.shapes()[name]:
       raise ValueError(f"fused attention: {name} has shape {tensor.shape}, the core {core} "
-                       f"needs {shape}")
+                       f"needs {core.shapes()[name]}")
 
   @tf.custom_gradient
-  def fused(q, kv, pos):
-    out = _call("forward", core, platform, [q, kv, pos], shapes[3:])[0]
+  def fused(q, kv_map, pos):
+    out = _call("forward", core, platform, [q, kv_map, pos], ["out"])[0]
 
     def gradient(dout):
-      return _call("backward", core, platform, [q, kv, pos, tf.cast(dout, q.dtype)], shapes[:3])
+      dq, dwindows, dpos = _call("backward", core, platform,
+                                 [q, kv_map, pos, tf.cast(dout, q.dtype)], ["q", "windows", "pos"])
+      return dq, _map_gradient(core, dwindows), dpos
 
     return out, gradient
 
-  return fused(q, kv, pos)
+  return fused(q, kv_map, pos)

@@ -250,9 +250,9 @@ class HaloAttention(tf_keras.layers.Layer):
     else:
       queries = x[:, ::s, ::s, :]
     q = blocking.pad_to_multiple(self.query(queries), bq)  # [B, Hp/s, Wp/s, N·D]
-    kv = blocking.pad_to_multiple(self.key_value(x), b)  # [B, Hp, Wp, N·(D + Dv)]
+    kv_map = blocking.pad_to_multiple(self.key_value(x), b)  # [B, Hp, Wp, N·(D + Dv)]
     q_blocks = blocking.to_blocks(q, bq)  # [B, X, Y, bq², N·D]
-    kv = blocking.halo_windows(kv, b, h)  # [B, X, Y, w², N·(D + Dv)]
+    kv = blocking.halo_windows(kv_map, b, h)  # [B, X, Y, w², N·(D + Dv)]
     _, n_x, n_y, _, _ = blocking.dims(q_blocks)
     k, v = kv[..., :self.key_dim], kv[..., self.key_dim:]
     # One axis for the X·Y blocks keeps every tensor at rank <= 5 (oneDNN's softmax limit on CPU).
@@ -268,7 +268,7 @@ class HaloAttention(tf_keras.layers.Layer):
     # The kernel is made for one shape: where the shape is not known (Keras's symbolic build, a
     # free-batch export), XLA computes the same map.
     if self.fused_core and q_blocks.shape[:3].is_fully_defined() and not return_attention_scores:
-      out = self._fused(q_blocks, kv, rows, cols)  # [B, X·Y, bq², N·Dv]
+      out = self._fused(q_blocks, kv_map, rows, cols)  # [B, X·Y, bq², N·Dv]
     else:
       mask = self._key_mask(height, width, blocks, logit_dtype)
       v = self._values(tf.reshape(v, [batch, blocks, (b + 2 * h)**2, -1]))  # [B, X·Y, w², N, Dv]
@@ -295,22 +295,22 @@ class HaloAttention(tf_keras.layers.Layer):
         tf.cast(self.rel_pos_w, q.dtype), self.block_size, self.halo_size, self.query_stride,
         self.rel_pos, self.query_positions == "subsampled")
 
-  def _fused(self, q: tf.Tensor, kv: tf.Tensor, rows: tf.Tensor, cols: tf.Tensor) -> tf.Tensor:
-    """The attention by fused_attention.attend: q [B, X, Y, bq², N·D] and windows kv
-    [B, X, Y, w², N·(D + Dv)] in the compute dtype, rows / cols [B, X·Y, N, bq², w]
-    -> [B, X·Y, bq², N·Dv]."""
+  def _fused(self, q: tf.Tensor, kv_map: tf.Tensor, rows: tf.Tensor, cols: tf.Tensor):
+    """The attention by fused_attention.attend: q [B, X, Y, bq², N·D] and kv_map [B, X·b, Y·b,
+    N·(D + Dv)] in the compute dtype, rows / cols [B, X·Y, N, bq², w] -> [B, X·Y, bq², N·Dv]."""
     if self._value_projection_width() != self.value_dim:
       raise ValueError(f"fused_core does not support {type(self).__name__}'s values.")
     batch, n_x, n_y, queries, _ = q.shape.as_list()
     core = fused_attention.Core(
-        blocks=batch * n_x * n_y, queries=queries, window=self.window_size,
-        heads=self.num_heads, key_width=self.head_dim,
+        batch=batch, blocks_x=n_x, blocks_y=n_y, block=self.block_size, halo=self.halo_size,
+        queries=queries, heads=self.num_heads, key_width=self.head_dim,
         value_width=self.value_dim // self.num_heads, scale=self.head_dim**-0.5)
-    shapes = core.shapes()
+    shapes, h = core.shapes(), self.halo_size
     pos = tf.transpose(tf.concat([rows, cols], axis=2), [0, 1, 3, 2, 4])  # [B, X·Y, bq², 2N, w]
-    out = fused_attention.attend(tf.reshape(q, shapes[0]), tf.reshape(kv, shapes[1]),
-                                 tf.reshape(tf.cast(pos, q.dtype), shapes[2]), core,
-                                 self.fused_core)
+    right = h + core.row - core.window  # window rows are read core.row pixels wide
+    out = fused_attention.attend(
+        tf.reshape(q, shapes["q"]), tf.pad(kv_map, [[0, 0], [h, h], [h, right], [0, 0]]),
+        tf.reshape(tf.cast(pos, q.dtype), shapes["pos"]), core, self.fused_core)
     return tf.reshape(out, [batch, n_x * n_y, queries, self.value_dim])
 
   def _key_mask(self, height, width, blocks, dtype) -> Optional[tf.Tensor]:
