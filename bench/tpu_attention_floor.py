@@ -35,8 +35,8 @@ CoreShape = collections.namedtuple("CoreShape", "blocks queries keys heads key_w
 
 
 def _define_flags(values: flags.FlagValues) -> None:
-  flags.DEFINE_list("models", ["h1", "halonet50", "resnet50"], "Model ids (official_halonet.models).",
-                    flag_values=values)
+  flags.DEFINE_list("models", ["h1", "halonet50", "resnet50"],
+                    "Model ids (official_halonet.models).", flag_values=values)
   flags.DEFINE_integer("batch", 32, "Images per core.", flag_values=values)
   flags.DEFINE_integer("image_size", 256, "Input side.", flag_values=values)
   flags.DEFINE_string("generation", "v5litepod", "TPU generation compiled for.", flag_values=values)

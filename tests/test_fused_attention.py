@@ -1,4 +1,4 @@
-"""The fused attention kernel (kernels/halo_attention.py) through TensorFlow (layers/fused_attention.py).
+"""The fused attention kernel (kernels/halo_attention.py) through layers/fused_attention.py.
 
 On the CPU the kernel runs in Pallas's interpreter (fused_core='cpu'): the same kernel body the TPU
 compiles, so HaloAttention with it is checked against the independent per-pixel reference at the
@@ -83,7 +83,8 @@ def test_bfloat16_inputs_against_float64_at_the_bfloat16_bound():
   The kernel rounds scale·q to bfloat16 for the q·k product (u = 2^-8 relative per element), which
   moves each logit by at most Δ = u·Σ_d |scale·q_d·k_d|, so each probability by a factor within
   exp(±2·max_k Δ); then it rounds the probabilities before P·v and the output (u each); logits,
-  softmax and sums are float32 (rounding over the K + D + K chain). All relative to Σ_k p_k |v_k|."""
+  softmax and sums are float32 (rounding over the K + D + K chain); all relative to
+  Σ_k p_k |v_k|."""
   core = fused_attention.Core(batch=2, blocks_x=1, blocks_y=3, block=2, halo=1, queries=4,
                               heads=2, key_width=8, value_width=4, scale=8**-0.5)
   assert core.row > core.window  # window rows of 4 read 8 wide
@@ -211,6 +212,7 @@ def test_a_run_with_the_tpu_kernel_exports_with_xlas_attention():
   config, _ = saved_model.load_config(options)
   assert config.task.model.backbone.halonet.fused_attention == "tpu"
   layers = attention_maps.attention_layers(saved_model.build_model(config))
-  assert any(type(layer) is HaloAttention for layer in layers)  # pylint: disable=unidiomatic-typecheck
+  halo = [layer for layer in layers if type(layer) is HaloAttention]  # pylint: disable=C0123
+  assert halo
   assert all(layer.fused_core is None for layer in layers)
   assert config.task.model.backbone.halonet.fused_attention == "tpu"

@@ -42,7 +42,8 @@ import jax.numpy as jnp
 from jax.experimental import pallas as pl
 from jax.experimental.pallas import tpu as pltpu
 
-from core import Core  # pylint: disable=g-import-not-at-top  (export.py puts this folder on the path)
+# export.py puts this folder on the path.
+from core import Core  # pylint: disable=g-import-not-at-top
 
 VMEM_BUDGET = 10 << 20  # bytes of VMEM a grid step's blocks and temporaries may take (v5e's
                         # default scoped limit is 16 MiB)
@@ -54,7 +55,8 @@ def group(core: Core, itemsize: int, backward: bool) -> int:
   buffer and four float32 [Q, K] temporaries per block."""
   shapes = core.shapes()
   arrays = sum(math.prod(shapes[name][1:]) for name in ("q", "pos", "out"))
-  arrays = arrays * (2 if backward else 1) + math.prod(shapes["windows"][1:]) * (3 if backward else 1)
+  windows = math.prod(shapes["windows"][1:])
+  arrays = arrays * (2 if backward else 1) + windows * (3 if backward else 1)
   per_block = 2 * arrays * itemsize + 4 * core.queries * core.window * core.row * 4
   fits = max(1, VMEM_BUDGET // per_block)
   return max(g for g in range(1, min(8, fits) + 1) if core.blocks_y % g == 0)
@@ -155,7 +157,8 @@ def _call(kernel, core: Core, inputs, outputs, backward: bool, interpret: bool):
   block = lambda name: pl.BlockSpec((g,) + tuple(shapes[name][1:]), lambda i: (i, 0, 0))
   positions = key_positions(core)
   in_specs = [block("q"), pl.BlockSpec(memory_space=pl.ANY), block("pos"),
-              pl.BlockSpec(positions.shape, lambda i: (0, 0))] + ([block("out")] if backward else [])
+              pl.BlockSpec(positions.shape, lambda i: (0, 0))]
+  in_specs += [block("out")] if backward else []
   out_specs = [block(name) for name in outputs]
   out_shape = [jax.ShapeDtypeStruct(shapes[name], dtype) for name in outputs]
   moved = ["q", "windows", "pos", "out"] + (outputs if backward else [])
