@@ -187,27 +187,3 @@ def backward(core: Core, interpret: bool = False):
   q, each block's window and pos."""
   return lambda q, kv_map, pos, dout: _call(_backward_kernel, core, [q, kv_map, pos, dout],
                                             ["q", "windows", "pos"], True, interpret)
-
-
-def windows_of(core: Core, kv_map):
-  """[Z, w, R, C]: every block's window rows as the kernel reads them, R pixels each."""
-  b, w, row = core.block, core.window, core.row
-  return jnp.stack([
-      kv_map[image, x * b:x * b + w, y * b:y * b + row]
-      for image in range(core.batch) for x in range(core.blocks_x) for y in range(core.blocks_y)])
-
-
-def reference(core: Core, q, kv_map, pos):
-  """The same map in plain jax.numpy, float32 throughout (the tests' independent reference)."""
-  n, d, dv, w = core.heads, core.key_width, core.value_width, core.window
-  z, nq = q.shape[:2]
-  q = q.astype(jnp.float32).reshape(z, nq, n, d)
-  kv = windows_of(core, kv_map.astype(jnp.float32))[:, :, :w].reshape(z, core.keys, -1)
-  k = kv[..., :n * d].reshape(z, core.keys, n, d)
-  v = kv[..., n * d:].reshape(z, core.keys, n, dv)
-  rows = pos[..., :n * w].astype(jnp.float32).reshape(z, nq, n, w, 1)
-  cols = pos[..., n * w:].astype(jnp.float32).reshape(z, nq, n, 1, w)
-  logits = (core.scale * jnp.einsum("zqnd,zknd->zqnk", q, k)
-            + (rows + cols).reshape(z, nq, n, core.keys))
-  p = jax.nn.softmax(logits, axis=-1)
-  return jnp.einsum("zqnk,zknd->zqnd", p, v).reshape(z, nq, n * dv)
