@@ -78,28 +78,34 @@ def test_fused_layer_matches_per_pixel_loops_with_its_gradients(case):
 
 
 def test_bfloat16_inputs_against_float64_at_the_bfloat16_bound():
-  """bfloat16 q, k/v map and pos (values exactly representable, so both sides see the same
+  """bfloat16 q and k/v map, float32 tables holding bfloat16 values (so both sides see the same
   inputs; the map's filler columns, which the kernel reads and must mask, hold values too).
-  The kernel rounds scale·q to bfloat16 for the q·k product (u = 2^-8 relative per element), which
-  moves each logit by at most Δ = u·Σ_d |scale·q_d·k_d|, so each probability by a factor within
-  exp(±2·max_k Δ); then it rounds the probabilities before P·v and the output (u each); logits,
-  softmax and sums are float32 (rounding over the K + D + K chain); all relative to
-  Σ_k p_k |v_k|."""
+  The kernel rounds scale·q to bfloat16 for the q·k product (u = 2^-8 relative per element) and
+  each position factor q·T once (u of it, after a float32 sum of D products), which moves each
+  logit by at most Δ = u·(Σ_d |scale·q_d·k_d| + |rows| + |cols|) + the float32 sums' share, so
+  each probability by a factor within exp(±2·max_k Δ); then it rounds the probabilities before P·v
+  and the output (u each); logits, softmax and sums are float32 (rounding over the K + D + K
+  chain); all relative to Σ_k p_k |v_k|."""
   core = fused_attention.Core(batch=2, blocks_x=1, blocks_y=3, block=2, halo=1, queries=4,
-                              heads=2, key_width=8, value_width=4, scale=8**-0.5)
+                              heads=2, key_width=8, value_width=4, scale=8**-0.5,
+                              position_width=8)
   assert core.row > core.window  # window rows of 4 read 8 wide
-  q, kv_map, pos = (tf.cast(2.0 * tf.random.stateless_normal(core.shapes()[name], seed=[11, i]),
-                            tf.bfloat16) for i, name in enumerate(fused_attention.INPUTS))
-  got = fused_attention.attend(q, kv_map, pos, core, "cpu")
+  q, kv_map, tables = (tf.cast(2.0 * tf.random.stateless_normal(core.shapes()[name], seed=[11, i]),
+                               tf.bfloat16) for i, name in enumerate(fused_attention.INPUTS))
+  got = fused_attention.attend(q, kv_map, tf.cast(tables, tf.float32), core, "cpu")
   assert got.dtype == tf.bfloat16
-  q, kv_map, pos = (t.numpy().astype(np.float64) for t in (q, kv_map, pos))
+  q, kv_map, tables = (t.numpy().astype(np.float64) for t in (q, kv_map, tables))
   n, d, w, keys = core.heads, core.key_width, core.window, core.keys
   kv = np.stack([kv_map[image, 0:w, 2 * y:2 * y + w].reshape(keys, -1)
                  for image in range(2) for y in range(3)])  # the 6 windows, row-major
   k = kv[..., :n * d].reshape(6, keys, n, d)
   v = kv[..., n * d:].reshape(6, keys, n, core.value_width)
-  rows = pos[..., :n * w].reshape(6, 4, n, w, 1)
-  cols = pos[..., n * w:].reshape(6, 4, n, 1, w)
+  heads = q.reshape(6, 2, 2, n, d)  # [Z, query row i, query column j, N, D]
+  by_row, by_col = tables[:2 * w].reshape(2, w, d), tables[2 * w:].reshape(2, w, d)
+  rows = np.einsum("zijnd,iud->zijnu", heads, by_row).reshape(6, 4, n, w, 1)
+  cols = np.einsum("zijnd,jcd->zijnc", heads, by_col).reshape(6, 4, n, 1, w)
+  magnitude = [np.einsum("zijnd,iud->zijnu", np.abs(heads), np.abs(by_row)).reshape(6, 4, n, w, 1),
+               np.einsum("zijnd,jcd->zijnc", np.abs(heads), np.abs(by_col)).reshape(6, 4, n, 1, w)]
   logits = (core.scale * np.einsum("zqnd,zknd->zqnk", q.reshape(6, 4, n, d), k)
             + (rows + cols).reshape(6, 4, n, keys))
   p = np.exp(logits - logits.max(-1, keepdims=True))
@@ -107,8 +113,10 @@ def test_bfloat16_inputs_against_float64_at_the_bfloat16_bound():
   want = np.einsum("zqnk,zknd->zqnd", p, v).reshape(6, 4, -1)
   mass = np.einsum("zqnk,zknd->zqnd", p, np.abs(v)).reshape(6, 4, n, -1)
   u = 2.0**-8
-  delta = u * np.einsum("zqnd,zknd->zqnk", np.abs(core.scale * q.reshape(6, 4, n, d)),
-                        np.abs(k)).max(-1)  # [Z, Q, N]
+  content = np.einsum("zqnd,zknd->zqnk", np.abs(core.scale * q.reshape(6, 4, n, d)), np.abs(k))
+  position = (magnitude[0] + magnitude[1]).reshape(6, 4, n, keys)
+  delta = (u * (content + (np.abs(rows) + np.abs(cols)).reshape(6, 4, n, keys))
+           + tolerance.worst_case(d) * position).max(-1)  # [Z, Q, N]
   relative = np.expm1(2 * delta) + 2 * u + tolerance.worst_case(2 * keys + d)
   bound = (relative[..., None] * mass).reshape(6, 4, -1)
   error = np.abs(tf.cast(got, tf.float64).numpy() - want)
@@ -149,7 +157,8 @@ def test_the_kernels_compile_for_tpu_and_keep_the_logits_off_hbm(tmp_path):
   with open(text, encoding="utf-8") as f:
     assert f.read().count('custom_call_target="tpu_custom_call"') == 2
   core = fused_attention.Core(batch=4, blocks_x=8, blocks_y=8, block=8, halo=3, queries=64,
-                              heads=4, key_width=16, value_width=16, scale=0.25)
+                              heads=4, key_width=16, value_width=16, scale=0.25,
+                              position_width=16)
   assert fused["flops"] >= core.flops() + core.flops(backward=True)
   assert fused["bytes_accessed"] < 0.5 * plain["bytes_accessed"], (fused, plain)
   assert fused["while_loops"] == 0
@@ -179,7 +188,7 @@ def test_modules_are_cached_on_disk_and_a_missing_side_environment_is_named(tmp_
   monkeypatch.setenv("OFFICIAL_HALONET_KERNEL_CACHE", str(tmp_path))
   monkeypatch.setattr(library, "_MODULES", {})
   core = dict(batch=1, blocks_x=1, blocks_y=2, block=2, halo=1, queries=4, heads=1, key_width=4,
-              value_width=4, scale=0.5)
+              value_width=4, scale=0.5, position_width=4)
   data, version = library.module("forward", core, "float32", "cpu")
   assert data and version >= 9 and len(os.listdir(tmp_path)) == 1
   monkeypatch.setattr(library, "_MODULES", {})
@@ -193,10 +202,16 @@ def test_modules_are_cached_on_disk_and_a_missing_side_environment_is_named(tmp_
 
 def test_shapes_the_core_does_not_expect_are_named():
   core = fused_attention.Core(batch=1, blocks_x=1, blocks_y=2, block=2, halo=1, queries=4,
-                              heads=1, key_width=4, value_width=4, scale=0.5)
-  q, _, pos = (tf.zeros(core.shapes()[name]) for name in fused_attention.INPUTS)
+                              heads=1, key_width=4, value_width=4, scale=0.5, position_width=4)
+  q, _, tables = (tf.zeros(core.shapes()[name]) for name in fused_attention.INPUTS)
   with pytest.raises(ValueError, match=r"kv_map has shape \(1, 4, 6, 8\)"):
-    fused_attention.attend(q, tf.zeros([1, 4, 6, 8]), pos, core, "cpu")
+    fused_attention.attend(q, tf.zeros([1, 4, 6, 8]), tables, core, "cpu")
+  with pytest.raises(ValueError, match="tables must be float32, got bfloat16"):
+    fused_attention.attend(q, tf.zeros(core.shapes()["kv_map"]), tf.cast(tables, tf.bfloat16),
+                           core, "cpu")
+  with pytest.raises(ValueError, match="queries=6 per block is not a square"):
+    fused_attention.Core(batch=1, blocks_x=1, blocks_y=2, block=2, halo=1, queries=6, heads=1,
+                         key_width=4, value_width=4, scale=0.5, position_width=4)
 
 
 def test_a_run_with_the_tpu_kernel_exports_with_xlas_attention():

@@ -2,11 +2,15 @@
 
 Standard library only: export.py (side environment) and layers/fused_attention.py (TensorFlow)
 both import it. Arrays (heads side by side on the minor axis, as the layer's projections write
-them; one float dtype for all), Z = B·X·Y blocks in row-major order:
+them; one float dtype for all but the tables, which are float32), Z = B·X·Y blocks in row-major
+order, each holding Q = bq² queries (bq rows of bq):
   q        [Z, Q, N·D]                       queries, unscaled
   kv_map   [B, X·b + 2h, Y·b + 2h + R - w, N·(D + Dv)]   keys then values of every pixel,
                                              zero-padded by h (and R - w more columns on the right)
-  pos      [Z, Q, 2·N·w]                     rows of heads 0..N-1, then cols of heads 0..N-1
+  tables   [2·bq·w, D]   float32             the position embedding each query row i reads for
+                                             window row u (row i·w + u), then each query column j
+                                             for window column c (row bq·w + j·w + c); shared by
+                                             the heads
   out      [Z, Q, N·Dv]
   windows  [Z, w·R, N·(D + Dv)]              the kernel's gradient of each block's window, read as
                                              w rows of R pixels; the map's is their scatter-add
@@ -14,6 +18,7 @@ A window row is read R = w rounded up to a multiple of ROW_TILE pixels wide (DMA
 tiles of rows); the extra R - w keys of each row are masked out of the softmax.
 """
 import dataclasses
+import math
 from typing import Dict, List
 
 ROW_TILE = 8
@@ -32,6 +37,17 @@ class Core:
   key_width: int    # D
   value_width: int  # Dv
   scale: float      # multiplies q·k
+  position_width: int  # channels of q each table row meets (D, or D/2 for SASA's split tables,
+                       # zero-padded to D in `tables`): for the FLOP count only
+
+  def __post_init__(self):
+    if self.query_side**2 != self.queries:
+      raise ValueError(f"queries={self.queries} per block is not a square")
+
+  @property
+  def query_side(self) -> int:
+    """bq: query rows (and columns) per block."""
+    return math.isqrt(self.queries)
 
   @property
   def window(self) -> int:
@@ -58,14 +74,17 @@ class Core:
             "kv_map": [self.batch, self.blocks_x * self.block + 2 * self.halo,
                        self.blocks_y * self.block + 2 * self.halo + self.row - self.window,
                        channels],
-            "pos": [z, self.queries, 2 * n * self.window],
+            "tables": [2 * self.query_side * self.window, self.key_width],
             "out": [z, self.queries, n * self.value_width],
             "windows": [z, self.window * self.row, channels]}
 
   def flops(self, backward: bool = False) -> int:
-    """The analytic count, 2 per multiply-add of the products: forward q·k and P·v; backward the
-    recomputed q·k, then dV = Pᵀ·dO, dP = dO·vᵀ, dq = dL·k and dk = dLᵀ·q (softmax and position
-    terms not counted)."""
+    """The model's analytic count, 2 per multiply-add: forward q·k, P·v and the position terms
+    q·r (w rows and w columns of `position_width` channels per query); backward the recomputed q·k
+    and position terms, then dV = Pᵀ·dO, dP = dO·vᵀ, dq = dL·k, dk = dLᵀ·q and the position
+    terms' gradients of q and of the tables (the softmax and the kernel's one-hot selections of
+    each query's table rows not counted)."""
     widths = 3 * self.key_width + 2 * self.value_width if backward else (
         self.key_width + self.value_width)
-    return 2 * self.queries * self.keys * widths * self.heads * self.blocks
+    position = 2 * self.window * self.position_width * (3 if backward else 1)
+    return 2 * self.queries * (self.keys * widths + position) * self.heads * self.blocks

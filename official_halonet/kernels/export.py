@@ -4,7 +4,7 @@ Runs in the side environment (requirements-tpu.txt; `make tpu-env`), never in th
 
     python export.py REQUEST.json MODULE.bin
     REQUEST  {"kind": "forward" | "backward", "core": core.Core's fields,
-              "dtype": "bfloat16" | "float32", "platform": "tpu" | "cpu",
+              "dtype": "bfloat16" | "float32" (of all arrays but the float32 tables), "platform": "tpu" | "cpu",
               "stablehlo_version": the version TensorFlow's XlaCallModule reads, e.g. "1.12.1",
               "device_kind": the TPU the 'tpu' kernel is lowered for, e.g. "TPU v5 lite"}
     MODULE   the serialized StableHLO module; its calling-convention version is printed on stdout
@@ -41,9 +41,11 @@ def serialized(request: dict) -> (bytes, int):
   call = core.Core(**request["core"])
   interpret = request["platform"] == "cpu"
   make = {"forward": halo_attention.forward, "backward": halo_attention.backward}[request["kind"]]
-  names = ["q", "kv_map", "pos"] + (["out"] if request["kind"] == "backward" else [])
+  names = ["q", "kv_map", "tables"] + (["out"] if request["kind"] == "backward" else [])
   dtype = jax.numpy.dtype(request["dtype"])
-  specs = [jax.ShapeDtypeStruct(call.shapes()[name], dtype) for name in names]
+  specs = [jax.ShapeDtypeStruct(call.shapes()[name],
+                                jax.numpy.float32 if name == "tables" else dtype)
+           for name in names]
   context = contextlib.nullcontext()
   if not interpret:  # lowering a kernel's DMAs reads the chip's parameters
     device = jax.sharding.AbstractDevice(device_kind=request["device_kind"], num_cores=1,

@@ -3,33 +3,41 @@
 JAX side only: it runs in the TPU compiler's side environment (requirements-tpu.txt), never in the
 project's; TensorFlow calls what `export.py` makes of it (layers/fused_attention.py).
 
-For each block z (Q queries, K = w² keys of its window) and head n, with q, k, v that head's
-channels:
+For each block z (Q = bq² queries, K = w² keys of its window) and head n, with q, k, v that head's
+channels and the query at block row i, column j:
 
+    rows[u] = q·T[i·w + u],  cols[c] = q·T[bq·w + j·w + c]      (T: the layer's `tables`)
     L = scale · q·kᵀ + rows[u] + cols[c]        (key at window row u, column c)
     P = softmax(L) over the keys,   out = P·v
 
-the same math as layers/block_attention.py without a mask. XLA writes L to HBM between the q·k and
-P·v products (two separate instructions); here a grid step holds G blocks of one block row whole
-in VMEM, so HBM sees only q, the position terms, the output and the windows, which the step copies
-row by row (one DMA per window row) from the zero-padded k/v map: no gathered copy of the windows
-is ever written.
+the same math as layers/block_attention.py without a mask (T holds the rows of r_h and r_w that
+relative_position.window_index names, times the layer's position scale). XLA writes L to HBM
+between the q·k and P·v products (two separate instructions); here a grid step holds G blocks of
+one block row whole in VMEM, so HBM sees only q, the tables, the output and the windows, which the
+step copies row by row (one DMA per window row) from the zero-padded k/v map: no gathered copy of
+the windows is ever written, and no position term either.
 
-The position terms ride in the q·k product: with E [K, 2w] the constant one-hot of each key's
-window row and column (E[u·w + c] = e_u ⊕ e_c),
+The position factors come from two small products: R = q·Tᵀ [Q, 2·bq·w] against every query row's
+and column's table rows, then pos = (R ⊙ M)·F [Q, 2w], with M the constant 0/1 mask keeping each
+query's own row and column and F the constant one-hot that folds table row i·w + u onto u (and
+bq·w + j·w + c onto w + c): a selection on the MXU instead of a per-query gather, which would need
+lane shuffles. Then, with E [K, 2w] the constant one-hot of each key's window row and column
+(E[u·w + c] = e_u ⊕ e_c), the position terms ride in the q·k product:
 
-    L = [scale·q, rows, cols] · [k, E]ᵀ
+    L = [scale·q, pos] · [k, E]ᵀ
 
 one MXU pass of depth D + 2w (44 for D = 16, w = 14: the MXU's 128-deep pass is no longer) instead
-of a product and a [Q, w] -> [Q, w²] broadcast, which would need lane shuffles. scale·q is rounded
-to the inputs' dtype for the product, as XLA's own float32 dot on TPU rounds its operands to
-bfloat16. Logits, softmax and every product accumulate in float32; probabilities are rounded to
-the inputs' dtype before the P·v product (as the MXU takes them).
+of a [Q, w] -> [Q, w²] broadcast. scale·q, T and pos are rounded to the inputs' dtype for their
+products, as XLA's own float32 dot on TPU rounds its operands to bfloat16 (each fold sums one
+product, so pos is R rounded once). Logits, softmax and every product accumulate in float32;
+probabilities are rounded to the inputs' dtype before the P·v product (as the MXU takes them).
 
-`backward` recomputes P from q, the map and pos (nothing of the forward's is kept) and returns the
-gradients of q, of each block's window (TensorFlow adds them into the map's) and of pos:
+`backward` recomputes P from q, the map and T (nothing of the forward's is kept) and returns the
+gradients of q, of each block's window (TensorFlow adds them into the map's) and of T:
   dV = Pᵀ·dO,  dP = dO·vᵀ,  dL = P ⊙ (dP − Σ_keys P ⊙ dP),
-  [dq / scale, drows, dcols] = dL·[k, E],  dk = scale · dLᵀ·q.
+  [dq / scale, dpos] = dL·[k, E],  dk = scale · dLᵀ·q,
+  dR = (dpos·Fᵀ) ⊙ M,  dq += dR·T,  dT = Σ_blocks,heads dRᵀ·q
+(dT in float32, summed over the grid's steps in one output block: the grid runs in order).
 Shapes: core.py.
 """
 import functools
@@ -52,12 +60,14 @@ VMEM_BUDGET = 10 << 20  # bytes of VMEM a grid step's blocks and temporaries may
 def group(core: Core, itemsize: int, backward: bool) -> int:
   """Blocks per grid step: the most, up to 8, that divide a block row and fit VMEM_BUDGET with
   the blocked arrays double-buffered (inputs and outputs; twice as many in backward), the window
-  buffer and four float32 [Q, K] temporaries per block."""
+  buffer and six float32 [Q, K]-sized temporaries per block (four of the logits' size, two of the
+  position factors')."""
   shapes = core.shapes()
-  arrays = sum(math.prod(shapes[name][1:]) for name in ("q", "pos", "out"))
+  arrays = sum(math.prod(shapes[name][1:]) for name in ("q", "out"))
   windows = math.prod(shapes["windows"][1:])
   arrays = arrays * (2 if backward else 1) + windows * (3 if backward else 1)
-  per_block = 2 * arrays * itemsize + 4 * core.queries * core.window * core.row * 4
+  temporaries = 4 * core.window * core.row + 2 * 2 * core.query_side * core.window
+  per_block = 2 * arrays * itemsize + core.queries * temporaries * 4
   fits = max(1, VMEM_BUDGET // per_block)
   return max(g for g in range(1, min(8, fits) + 1) if core.blocks_y % g == 0)
 
@@ -74,6 +84,19 @@ def key_positions(core: Core) -> np.ndarray:
   return np.concatenate([(u[:, None] == np.arange(w)[None]) & ~filler[:, None],
                          (c[:, None] == np.arange(w)[None]),
                          (MASKED * filler)[:, None]], axis=1).astype(np.float32)
+
+
+def table_selection(core: Core):
+  """(M [Q, 2·bq·w], F [2·bq·w, 2w]) float32: M[q, t] = 1 where table row t is one query q reads
+  (its block row's, t < bq·w, or its block column's); F[t, :] is the one-hot of the window row
+  (or w + the window column) that table row t serves."""
+  bq, w = core.query_side, core.window
+  i, j = np.divmod(np.arange(core.queries), bq)
+  line, _ = np.divmod(np.arange(bq * w), w)  # the query row (or column) of each table row
+  mask = np.concatenate([i[:, None] == line[None], j[:, None] == line[None]], axis=1)
+  rows = np.arange(2 * bq * w)
+  fold = np.tile(np.arange(w), 2 * bq) + w * (rows >= bq * w)  # the column each row lands in
+  return mask.astype(np.float32), (fold[:, None] == np.arange(2 * w)[None]).astype(np.float32)
 
 
 def _load_windows(core: Core, kv_map, windows, semaphores):
@@ -95,19 +118,28 @@ def _load_windows(core: Core, kv_map, windows, semaphores):
     copy.wait()
 
 
-def _head(core: Core, n: int, q_ref, windows, pos_ref, e_ref):
-  """Head n's operands: qx = [scale·q, rows, cols, 1] [G, Q, D + 2w + 1], kx = [k, E]
+def _constants(g: int, dtype, t_ref, e_ref, m_ref, f_ref):
+  """The step's shared operands, broadcast over its G blocks: T [G, 2·bq·w, D] and F
+  [G, 2·bq·w, 2w] in `dtype`, M [G, Q, 2·bq·w] float32 and E [G, w·R, 2w + 1] in `dtype`."""
+  spread = lambda ref, to: jnp.broadcast_to(ref[...].astype(to)[None], (g,) + ref.shape)
+  return dict(tables=spread(t_ref, dtype), fold=spread(f_ref, dtype),
+              mask=spread(m_ref, jnp.float32), keys=spread(e_ref, dtype))
+
+
+def _head(core: Core, n: int, q_ref, windows, constants):
+  """Head n's operands: qx = [scale·q, pos, 1] [G, Q, D + 2w + 1], kx = [k, E]
   [G, w·R, D + 2w + 1], q [G, Q, D] and v [G, w·R, Dv], all in the inputs' dtype."""
-  d, dv, w, heads = core.key_width, core.value_width, core.window, core.heads
+  d, dv, heads = core.key_width, core.value_width, core.heads
   q = q_ref[:, :, n * d:(n + 1) * d]
   k = windows[:, :, n * d:(n + 1) * d]
   v = windows[:, :, heads * d + n * dv:heads * d + (n + 1) * dv]
+  every = jnp.einsum("gqd,gtd->gqt", q, constants["tables"], preferred_element_type=jnp.float32)
+  own = (every * constants["mask"]).astype(q.dtype)
+  pos = jnp.einsum("gqt,gtc->gqc", own, constants["fold"], preferred_element_type=jnp.float32)
   scaled = (core.scale * q.astype(jnp.float32)).astype(q.dtype)
-  qx = jnp.concatenate([scaled, pos_ref[:, :, n * w:(n + 1) * w],
-                        pos_ref[:, :, (heads + n) * w:(heads + n + 1) * w],
+  qx = jnp.concatenate([scaled, pos.astype(q.dtype),
                         jnp.ones(scaled.shape[:2] + (1,), scaled.dtype)], axis=-1)
-  e = jnp.broadcast_to(e_ref[...][None], (k.shape[0],) + e_ref.shape)
-  return qx, jnp.concatenate([k, e], axis=-1), q, v
+  return qx, jnp.concatenate([k, constants["keys"]], axis=-1), q, v
 
 
 def _probabilities(qx, kx):
@@ -117,51 +149,68 @@ def _probabilities(qx, kx):
   return weights / jnp.sum(weights, axis=-1, keepdims=True)
 
 
-def _forward_kernel(core: Core, q_ref, kv_map, pos_ref, e_ref, out_ref, windows, semaphores):
+def _forward_kernel(core: Core, q_ref, kv_map, t_ref, e_ref, m_ref, f_ref, out_ref, windows,
+                    semaphores):
   _load_windows(core, kv_map, windows, semaphores)
+  constants = _constants(windows.shape[0], q_ref.dtype, t_ref, e_ref, m_ref, f_ref)
   dv = core.value_width
   for n in range(core.heads):  # each head's result goes straight to its channels of the output
-    qx, kx, _, v = _head(core, n, q_ref, windows, pos_ref, e_ref)
+    qx, kx, _, v = _head(core, n, q_ref, windows, constants)
     p = _probabilities(qx, kx)
     out = jnp.einsum("gqk,gkd->gqd", p.astype(v.dtype), v, preferred_element_type=jnp.float32)
     out_ref[:, :, n * dv:(n + 1) * dv] = out.astype(out_ref.dtype)
 
 
-def _backward_kernel(core: Core, q_ref, kv_map, pos_ref, e_ref, dout_ref, dq_ref, dkv_ref,
-                     dpos_ref, windows, semaphores):
+def _backward_kernel(core: Core, q_ref, kv_map, t_ref, e_ref, m_ref, f_ref, dout_ref, dq_ref,
+                     dkv_ref, dt_ref, windows, semaphores):
   _load_windows(core, kv_map, windows, semaphores)
+  constants = _constants(windows.shape[0], q_ref.dtype, t_ref, e_ref, m_ref, f_ref)
   f32, d, dv, w, heads = jnp.float32, core.key_width, core.value_width, core.window, core.heads
+  dt = jnp.zeros(dt_ref.shape, f32)
   for n in range(heads):  # each head's gradients go straight to its channels of the outputs
-    qx, kx, q, v = _head(core, n, q_ref, windows, pos_ref, e_ref)
+    qx, kx, q, v = _head(core, n, q_ref, windows, constants)
     p = _probabilities(qx, kx)
     dout = dout_ref[:, :, n * dv:(n + 1) * dv]
     dv_n = jnp.einsum("gqk,gqd->gkd", p.astype(dout.dtype), dout, preferred_element_type=f32)
     dp = jnp.einsum("gqd,gkd->gqk", dout, v, preferred_element_type=f32)
     dl = (p * (dp - jnp.sum(p * dp, axis=-1, keepdims=True))).astype(q.dtype)
-    dqx = jnp.einsum("gqk,gkc->gqc", dl, kx, preferred_element_type=f32)  # [dq/scale, drows, dcols]
+    dqx = jnp.einsum("gqk,gkc->gqc", dl, kx, preferred_element_type=f32)  # [dq/scale, dpos, ·]
     dk = core.scale * jnp.einsum("gqk,gqd->gkd", dl, q, preferred_element_type=f32)
-    dq_ref[:, :, n * d:(n + 1) * d] = (core.scale * dqx[:, :, :d]).astype(dq_ref.dtype)
+    dpos = dqx[:, :, d:d + 2 * w].astype(q.dtype)
+    dr = jnp.einsum("gqc,gtc->gqt", dpos, constants["fold"], preferred_element_type=f32)
+    dr = (dr * constants["mask"]).astype(q.dtype)
+    dq = core.scale * dqx[:, :, :d] + jnp.einsum("gqt,gtd->gqd", dr, constants["tables"],
+                                                 preferred_element_type=f32)
+    dt += jnp.sum(jnp.einsum("gqt,gqd->gtd", dr, q, preferred_element_type=f32), axis=0)
+    dq_ref[:, :, n * d:(n + 1) * d] = dq.astype(dq_ref.dtype)
     dkv_ref[:, :, n * d:(n + 1) * d] = dk.astype(dkv_ref.dtype)
     dkv_ref[:, :, heads * d + n * dv:heads * d + (n + 1) * dv] = dv_n.astype(dkv_ref.dtype)
-    dpos_ref[:, :, n * w:(n + 1) * w] = dqx[:, :, d:d + w].astype(dpos_ref.dtype)
-    dpos_ref[:, :, (heads + n) * w:(heads + n + 1) * w] = dqx[:, :, d + w:d + 2 * w].astype(
-        dpos_ref.dtype)
+
+  @pl.when(pl.program_id(0) == 0)
+  def _():
+    dt_ref[...] = jnp.zeros(dt_ref.shape, dt_ref.dtype)
+
+  dt_ref[...] += dt
 
 
 def _call(kernel, core: Core, inputs, outputs, backward: bool, interpret: bool):
-  """pallas_call of `kernel` over the blocks, G a step: inputs q, kv_map (left in HBM), pos, the
-  key positions E whole, and in backward dout; returns the arrays named by `outputs`."""
+  """pallas_call of `kernel` over the blocks, G a step: inputs q, kv_map (left in HBM), the tables,
+  E, M and F whole, and in backward dout; returns the arrays named by `outputs` (the tables'
+  gradient float32, accumulated over the steps in one block, the rest in the inputs' dtype)."""
   dtype = inputs[0].dtype
   g = group(core, dtype.itemsize, backward)
   shapes = core.shapes()
   block = lambda name: pl.BlockSpec((g,) + tuple(shapes[name][1:]), lambda i: (i, 0, 0))
-  positions = key_positions(core)
-  in_specs = [block("q"), pl.BlockSpec(memory_space=pl.ANY), block("pos"),
-              pl.BlockSpec(positions.shape, lambda i: (0, 0))]
-  in_specs += [block("out")] if backward else []
-  out_specs = [block(name) for name in outputs]
-  out_shape = [jax.ShapeDtypeStruct(shapes[name], dtype) for name in outputs]
-  moved = ["q", "windows", "pos", "out"] + (outputs if backward else [])
+  whole = lambda shape: pl.BlockSpec(tuple(shape), lambda i: (0,) * len(shape))
+  mask, fold = table_selection(core)
+  constants = [jnp.asarray(key_positions(core), dtype), jnp.asarray(mask), jnp.asarray(fold)]
+  in_specs = [block("q"), pl.BlockSpec(memory_space=pl.ANY), whole(shapes["tables"])]
+  in_specs += [whole(c.shape) for c in constants] + ([block("out")] if backward else [])
+  out_specs = [whole(shapes[name]) if name == "tables" else block(name) for name in outputs]
+  out_shape = [jax.ShapeDtypeStruct(shapes[name], jnp.float32 if name == "tables" else dtype)
+               for name in outputs]
+  blocked = ["q", "windows", "out"] + ([n for n in outputs if n != "tables"] if backward else [])
+  moved = sum(math.prod(shapes[name]) * dtype.itemsize for name in blocked)
   return pl.pallas_call(
       functools.partial(kernel, core), grid=(core.blocks // g,), in_specs=in_specs,
       out_specs=out_specs if backward else out_specs[0],
@@ -172,18 +221,20 @@ def _call(kernel, core: Core, inputs, outputs, backward: bool, interpret: bool):
       cost_estimate=pl.CostEstimate(
           flops=core.flops(backward),
           transcendentals=core.blocks * core.heads * core.queries * core.window * core.row,
-          bytes_accessed=sum(math.prod(shapes[name]) * dtype.itemsize for name in moved)),
-  )(inputs[0], inputs[1], inputs[2], jnp.asarray(positions, dtype), *inputs[3:])
+          bytes_accessed=moved + 4 * math.prod(shapes["tables"]) * (2 if backward else 1)),
+  )(*inputs[:3], *constants, *inputs[3:])
 
 
 def forward(core: Core, interpret: bool = False):
-  """out = f(q, kv_map, pos) for arrays of `core.shapes()` (any one float dtype)."""
-  return lambda q, kv_map, pos: _call(_forward_kernel, core, [q, kv_map, pos], ["out"], False,
-                                      interpret)
+  """out = f(q, kv_map, tables) for arrays of `core.shapes()` (q and the map in any one float
+  dtype, the tables float32)."""
+  return lambda q, kv_map, tables: _call(_forward_kernel, core, [q, kv_map, tables], ["out"],
+                                         False, interpret)
 
 
 def backward(core: Core, interpret: bool = False):
-  """(dq, dwindows, dpos) = f(q, kv_map, pos, dout): the gradients of Σ out ⊙ dout with respect to
-  q, each block's window and pos."""
-  return lambda q, kv_map, pos, dout: _call(_backward_kernel, core, [q, kv_map, pos, dout],
-                                            ["q", "windows", "pos"], True, interpret)
+  """(dq, dwindows, dtables) = f(q, kv_map, tables, dout): the gradients of Σ out ⊙ dout with
+  respect to q, each block's window and the tables."""
+  return lambda q, kv_map, tables, dout: _call(
+      _backward_kernel, core, [q, kv_map, tables, dout], ["q", "windows", "tables"], True,
+      interpret)

@@ -1,10 +1,11 @@
 """Halo attention's core through the fused kernel of kernels/halo_attention.py, for TensorFlow.
 
-    out = softmax(scale · q·kᵀ + rows[u] + cols[c]) · v      per block and head
+    out = softmax(scale · q·kᵀ + q·T[row i, u] + q·T[column j, c]) · v      per block and head
 
-the map of block_attention.attend (without a mask), computed by one Pallas kernel per call that
-reads each block's window straight from the zero-padded k/v map and keeps the logits on chip. The
-kernel comes to TensorFlow as a serialized StableHLO module run by XlaCallModule
+the map of block_attention.attend (without a mask) with the position factors of
+relative_position.relative_terms, computed by one Pallas kernel per call that reads each block's
+window straight from the zero-padded k/v map and keeps the position terms and the logits on chip.
+The kernel comes to TensorFlow as a serialized StableHLO module run by XlaCallModule
 (kernels/library.py makes and caches it); its gradient is a second kernel, whose per-window
 gradients are added into the map's here.
 
@@ -12,8 +13,9 @@ Platforms: 'tpu' (a Mosaic kernel: only the TPU compiler runs it; `--mode=tpu_ch
 a CPU host) and 'cpu' (the same kernel body in Pallas's interpreter: slow, for checking the fused
 path against the XLA one on a CPU). Shapes must be static: one module per shape.
 
-Shapes (all one float dtype; kernels/core.py says what each channel and row holds):
-  q  [Z, Q, N·D]   kv_map  [B, X·b + 2h, Y·b + 2h + R - w, N·(D + Dv)]   pos  [Z, Q, 2·N·w]
+Shapes (q and the map in one float dtype, the tables float32; kernels/core.py says what each
+channel and row holds):
+  q  [Z, Q, N·D]   kv_map  [B, X·b + 2h, Y·b + 2h + R - w, N·(D + Dv)]   tables  [2·bq·w, D]
   ->  [Z, Q, N·Dv]
 """
 import dataclasses
@@ -27,7 +29,7 @@ from official_halonet.kernels import library
 from official_halonet.kernels.core import Core
 
 PLATFORMS = library.PLATFORMS
-INPUTS = ("q", "kv_map", "pos")
+INPUTS = ("q", "kv_map", "tables")
 
 
 def _call(kind: str, core: Core, platform: str, args: List[tf.Tensor], outputs: List[str]):
@@ -37,7 +39,8 @@ def _call(kind: str, core: Core, platform: str, args: List[tf.Tensor], outputs: 
   return gen_xla_ops.xla_call_module(
       args, version=version, module=data,
       Sout=[tf.TensorShape(core.shapes()[name]) for name in outputs],
-      Tout=[dtype] * len(outputs), platforms=[platform.upper()],
+      Tout=[tf.float32 if name == "tables" else dtype for name in outputs],
+      platforms=[platform.upper()],
       # A TPU module is traced (and compiled for the TPU) on a CPU host by tpu_check.
       disabled_checks=["platform"] if platform == "tpu" else [])
 
@@ -62,24 +65,27 @@ def _map_gradient(core: Core, windows: tf.Tensor) -> tf.Tensor:
   return tf.reshape(flat, [batch, height, width, channels])
 
 
-def attend(q: tf.Tensor, kv_map: tf.Tensor, pos: tf.Tensor, core: Core, platform: str):
-  """out [Z, Q, N·Dv] (see the module docstring); differentiable in q, kv_map and pos."""
+def attend(q: tf.Tensor, kv_map: tf.Tensor, tables: tf.Tensor, core: Core, platform: str):
+  """out [Z, Q, N·Dv] (see the module docstring); differentiable in q, kv_map and tables."""
   if platform not in PLATFORMS:
     raise ValueError(f"platform must be one of {PLATFORMS}, got {platform!r}")
-  for name, tensor in zip(INPUTS, (q, kv_map, pos)):
+  for name, tensor in zip(INPUTS, (q, kv_map, tables)):
     if tensor.shape.as_list() != core.shapes()[name]:
       raise ValueError(f"fused attention: {name} has shape {tensor.shape}, the core {core} "
                        f"needs {core.shapes()[name]}")
+  if tables.dtype != tf.float32:
+    raise ValueError(f"fused attention: tables must be float32, got {tables.dtype.name}")
 
   @tf.custom_gradient
-  def fused(q, kv_map, pos):
-    out = _call("forward", core, platform, [q, kv_map, pos], ["out"])[0]
+  def fused(q, kv_map, tables):
+    out = _call("forward", core, platform, [q, kv_map, tables], ["out"])[0]
 
     def gradient(dout):
-      dq, dwindows, dpos = _call("backward", core, platform,
-                                 [q, kv_map, pos, tf.cast(dout, q.dtype)], ["q", "windows", "pos"])
-      return dq, _map_gradient(core, dwindows), dpos
+      dq, dwindows, dtables = _call("backward", core, platform,
+                                    [q, kv_map, tables, tf.cast(dout, q.dtype)],
+                                    ["q", "windows", "tables"])
+      return dq, _map_gradient(core, dwindows), dtables
 
     return out, gradient
 
-  return fused(q, kv_map, pos)
+  return fused(q, kv_map, tables)

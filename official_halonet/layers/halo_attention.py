@@ -250,38 +250,48 @@ class HaloAttention(tf_keras.layers.Layer):
     else:
       queries = x[:, ::s, ::s, :]
     q = blocking.pad_to_multiple(self.query(queries), bq)  # [B, Hp/s, Wp/s, N·D]
-    kv_map = blocking.pad_to_multiple(self.key_value(x), b)  # [B, Hp, Wp, N·(D + Dv)]
     q_blocks = blocking.to_blocks(q, bq)  # [B, X, Y, bq², N·D]
-    kv = blocking.halo_windows(kv_map, b, h)  # [B, X, Y, w², N·(D + Dv)]
     _, n_x, n_y, _, _ = blocking.dims(q_blocks)
-    k, v = kv[..., :self.key_dim], kv[..., self.key_dim:]
-    # One axis for the X·Y blocks keeps every tensor at rank <= 5 (oneDNN's softmax limit on CPU).
-    blocks = n_x * n_y
-    # Logits and softmax in float32 under mixed precision (in the input dtype when that is wider).
-    logit_dtype = tf.float32 if x.dtype in (tf.float16, tf.bfloat16) else x.dtype
-    q = tf.reshape(tf.cast(q_blocks, logit_dtype), [batch, blocks, bq * bq, n, d])
-    k = tf.reshape(tf.cast(k, logit_dtype), [batch, blocks, -1, n, d])
-
-    # The D^-1/2 scale goes on q (bq² values per block) rather than on the w² logits per query.
-    scaled = q * (d**-0.5)
-    rows, cols = self._position_terms(scaled if self.scale_rel_logits else q)
     # The kernel is made for one shape: where the shape is not known (Keras's symbolic build, a
     # free-batch export), XLA computes the same map.
     if self.fused_core and q_blocks.shape[:3].is_fully_defined() and not return_attention_scores:
-      out = self._fused(q_blocks, kv_map, rows, cols)  # [B, X·Y, bq², N·Dv]
+      out, scores = self._fused(q_blocks, x), None  # [B, X·Y, bq², N·Dv]
     else:
-      mask = self._key_mask(height, width, blocks, logit_dtype)
-      v = self._values(tf.reshape(v, [batch, blocks, (b + 2 * h)**2, -1]))  # [B, X·Y, w², N, Dv]
-      # Under mixed_bfloat16 the logits go through memory in bfloat16 (block_attention docstring).
-      storage = tf.bfloat16 if v.dtype == tf.bfloat16 else None
-      out = block_attention.attend(scaled, k, v, rows, cols, mask, storage)  # [B, X·Y, bq², N, Dv]
+      kv_map = blocking.pad_to_multiple(self.key_value(x), b)  # [B, Hp, Wp, N·(D + Dv)]
+      out, scores = self._unfused(q_blocks, kv_map, height, width, return_attention_scores)
     out = tf.reshape(out, [batch, n_x, n_y, bq * bq, self.value_dim])
     out = blocking.from_blocks(out, bq)[:, :out_h, :out_w, :]
     if self.pool_after:
       out = tf.nn.avg_pool2d(out, self.strides, self.strides, "SAME")
     if return_attention_scores:  # the softmax the output used
-      return out, block_attention.probabilities(scaled, k, rows, cols, mask, storage)
+      return out, scores
     return out
+
+  def _unfused(self, q_blocks: tf.Tensor, kv_map: tf.Tensor, height, width, scores: bool):
+    """The attention as XLA ops: q_blocks [B, X, Y, bq², N·D], kv_map [B, X·b, Y·b, N·(D + Dv)]
+    -> (out [B, X·Y, bq², N, Dv], with `scores` the probabilities [B, X·Y, N, bq², w²] else
+    None)."""
+    b, h, n, d = self.block_size, self.halo_size, self.num_heads, self.head_dim
+    batch, n_x, n_y, queries, _ = blocking.dims(q_blocks)
+    kv = blocking.halo_windows(kv_map, b, h)  # [B, X, Y, w², N·(D + Dv)]
+    k, v = kv[..., :self.key_dim], kv[..., self.key_dim:]
+    # One axis for the X·Y blocks keeps every tensor at rank <= 5 (oneDNN's softmax limit on CPU).
+    blocks = n_x * n_y
+    # Logits and softmax in float32 under mixed precision (in the input dtype when that is wider).
+    logit_dtype = tf.float32 if kv_map.dtype in (tf.float16, tf.bfloat16) else kv_map.dtype
+    q = tf.reshape(tf.cast(q_blocks, logit_dtype), [batch, blocks, queries, n, d])
+    k = tf.reshape(tf.cast(k, logit_dtype), [batch, blocks, -1, n, d])
+    # The D^-1/2 scale goes on q (bq² values per block) rather than on the w² logits per query.
+    scaled = q * (d**-0.5)
+    rows, cols = self._position_terms(scaled if self.scale_rel_logits else q)
+    mask = self._key_mask(height, width, blocks, logit_dtype)
+    v = self._values(tf.reshape(v, [batch, blocks, (b + 2 * h)**2, -1]))  # [B, X·Y, w², N, Dv]
+    # Under mixed_bfloat16 the logits go through memory in bfloat16 (block_attention docstring).
+    storage = tf.bfloat16 if v.dtype == tf.bfloat16 else None
+    out = block_attention.attend(scaled, k, v, rows, cols, mask, storage)
+    if not scores:
+      return out, None
+    return out, block_attention.probabilities(scaled, k, rows, cols, mask, storage)
 
   def _position_terms(self, q: tf.Tensor):
     """(rows, cols), each [B, X·Y, N, bq², w] in q's dtype, of q [B, X·Y, bq², N, D]; or (None,
@@ -295,22 +305,31 @@ class HaloAttention(tf_keras.layers.Layer):
         tf.cast(self.rel_pos_w, q.dtype), self.block_size, self.halo_size, self.query_stride,
         self.rel_pos, self.query_positions == "subsampled")
 
-  def _fused(self, q: tf.Tensor, kv_map: tf.Tensor, rows: tf.Tensor, cols: tf.Tensor):
-    """The attention by fused_attention.attend: q [B, X, Y, bq², N·D] and kv_map [B, X·b, Y·b,
-    N·(D + Dv)] in the compute dtype, rows / cols [B, X·Y, N, bq², w] -> [B, X·Y, bq², N·Dv]."""
+  def _fused(self, q: tf.Tensor, x: tf.Tensor):
+    """The attention by fused_attention.attend: q [B, X, Y, bq², N·D] in the compute dtype and the
+    layer's input x [B, H, W, C] -> [B, X·Y, bq², N·Dv]."""
     if self._value_projection_width() != self.value_dim:
       raise ValueError(f"fused_core does not support {type(self).__name__}'s values.")
     batch, n_x, n_y, queries, _ = q.shape.as_list()
+    b, d, h = self.block_size, self.head_dim, self.halo_size
     core = fused_attention.Core(
-        batch=batch, blocks_x=n_x, blocks_y=n_y, block=self.block_size, halo=self.halo_size,
-        queries=queries, heads=self.num_heads, key_width=self.head_dim,
-        value_width=self.value_dim // self.num_heads, scale=self.head_dim**-0.5)
-    shapes, h = core.shapes(), self.halo_size
-    pos = tf.transpose(tf.concat([rows, cols], axis=2), [0, 1, 3, 2, 4])  # [B, X·Y, bq², 2N, w]
-    right = h + core.row - core.window  # window rows are read core.row pixels wide
-    out = fused_attention.attend(
-        tf.reshape(q, shapes["q"]), tf.pad(kv_map, [[0, 0], [h, h], [h, right], [0, 0]]),
-        tf.reshape(tf.cast(pos, q.dtype), shapes["pos"]), core, self.fused_core)
+        batch=batch, blocks_x=n_x, blocks_y=n_y, block=b, halo=h, queries=queries,
+        heads=self.num_heads, key_width=d, value_width=self.value_dim // self.num_heads,
+        scale=d**-0.5, position_width=d // 2 if self.rel_pos == "split" else d)
+    tables = relative_position.window_tables(
+        tf.cast(self.rel_pos_h, tf.float32), tf.cast(self.rel_pos_w, tf.float32), b, h,
+        self.query_stride, self.rel_pos, self.query_positions == "subsampled")
+    if self.scale_rel_logits:
+      tables = tables * core.scale
+    # The map zero-padded by h, up to whole blocks, and to whole window rows of core.row pixels.
+    # (Measured on v5e: the padding pass is also the map's relayout for the kernel. A 1×1
+    # convolution that pads its input writes the map in another layout and needs a copy instead;
+    # projecting the padded input costs 26% more FLOPs on H1.)
+    _, height, width, _ = x.shape.as_list()
+    bottom, right = n_x * b - height + h, n_y * b - width + h + core.row - core.window
+    kv_map = tf.pad(self.key_value(x), [[0, 0], [h, bottom], [h, right], [0, 0]])
+    out = fused_attention.attend(tf.reshape(q, core.shapes()["q"]), kv_map, tables, core,
+                                 self.fused_core)
     return tf.reshape(out, [batch, n_x * n_y, queries, self.value_dim])
 
   def _key_mask(self, height, width, blocks, dtype) -> Optional[tf.Tensor]:

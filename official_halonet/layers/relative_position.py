@@ -108,6 +108,25 @@ def relative_terms(q: tf.Tensor, table_h: tf.Tensor, table_w: tf.Tensor, block: 
   return tf.reshape(rows, flat), tf.reshape(cols, flat)
 
 
+def window_tables(table_h: tf.Tensor, table_w: tf.Tensor, block: int, halo: int, stride: int,
+                  mode: str, subsampled: bool = False) -> tf.Tensor:
+  """The table rows every query row and column of a block reads, stacked for the fused kernel.
+
+  Args: as `relative_terms` (tables [2w - 1, D] or [2w - 1, D/2]).
+
+  Returns:
+    [2·bq·w, D] in the tables' dtype: row i·w + u holds r_h[window_index[i, u]] (query row i, key
+    window row u), row bq·w + j·w + c holds r_w[window_index[j, c]]. 'split' rows are zero-padded
+    to D (r_h on q's first half, r_w on its second), so q · row is each term of `relative_terms`.
+  """
+  index = window_index(block, halo, stride, subsampled)
+  rel_h, rel_w = _rows_at(table_h, index), _rows_at(table_w, index)  # [bq, w, D']
+  if mode == "split":
+    zeros = tf.zeros_like(rel_h)
+    rel_h, rel_w = tf.concat([rel_h, zeros], axis=-1), tf.concat([zeros, rel_w], axis=-1)
+  return tf.reshape(tf.concat([rel_h, rel_w], axis=0), [-1, rel_h.shape[-1]])
+
+
 # Resizing a trained table for another window (fine-tuning at another b / h; see
 # official_halonet/checkpoints/restore.py for when it is used).
 Reach = Tuple[int, int]  # (lowest, highest) offset a layer reads from its table
