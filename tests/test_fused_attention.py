@@ -95,6 +95,8 @@ def test_bfloat16_inputs_against_float64_at_the_bfloat16_bound():
   got = fused_attention.attend(q, kv_map, tf.cast(tables, tf.float32), core, "cpu")
   assert got.dtype == tf.bfloat16
   q, kv_map, tables = (t.numpy().astype(np.float64) for t in (q, kv_map, tables))
+  blocks = lambda a: a.reshape(2, 1, 2, 3, 2, -1).transpose(0, 1, 3, 2, 4, 5).reshape(6, 4, -1)
+  q, got = blocks(q), blocks(tf.cast(got, tf.float64).numpy())  # [Z, Q, C], as the loops want
   n, d, w, keys = core.heads, core.key_width, core.window, core.keys
   kv = np.stack([kv_map[image, 0:w, 2 * y:2 * y + w].reshape(keys, -1)
                  for image in range(2) for y in range(3)])  # the 6 windows, row-major
@@ -119,7 +121,7 @@ def test_bfloat16_inputs_against_float64_at_the_bfloat16_bound():
            + tolerance.worst_case(d) * position).max(-1)  # [Z, Q, N]
   relative = np.expm1(2 * delta) + 2 * u + tolerance.worst_case(2 * keys + d)
   bound = (relative[..., None] * mass).reshape(6, 4, -1)
-  error = np.abs(tf.cast(got, tf.float64).numpy() - want)
+  error = np.abs(got - want)
   assert (error <= bound).all(), (error - bound).max()
   assert error.max() > 0  # the probabilities were rounded
 

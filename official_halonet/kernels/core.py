@@ -3,15 +3,16 @@
 Standard library only: export.py (side environment) and layers/fused_attention.py (TensorFlow)
 both import it. Arrays (heads side by side on the minor axis, as the layer's projections write
 them; one float dtype for all but the tables, which are float32), Z = B·X·Y blocks in row-major
-order, each holding Q = bq² queries (bq rows of bq):
-  q        [Z, Q, N·D]                       queries, unscaled
+order, each holding Q = bq² queries (bq rows of bq pixels):
+  q        [B, X·bq, Y·bq, N·D]              queries, unscaled, as the query projection writes
+                                             them (block z holds bq rows of bq pixels)
   kv_map   [B, X·b + 2h, Y·b + 2h + R - w, N·(D + Dv)]   keys then values of every pixel,
                                              zero-padded by h (and R - w more columns on the right)
   tables   [2·bq·w, D]   float32             the position embedding each query row i reads for
                                              window row u (row i·w + u), then each query column j
                                              for window column c (row bq·w + j·w + c); shared by
                                              the heads
-  out      [Z, Q, N·Dv]
+  out      [B, X·bq, Y·bq, N·Dv]             the attention's output map, each block in its place
   windows  [Z, w·R, N·(D + Dv)]              the kernel's gradient of each block's window, read as
                                              w rows of R pixels; the map's is their scatter-add
 A window row is read R = w rounded up to a multiple of ROW_TILE pixels wide (DMA copies move whole
@@ -70,12 +71,13 @@ class Core:
     """The arrays' shapes by name (see the module docstring)."""
     n, z = self.heads, self.blocks
     channels = n * (self.key_width + self.value_width)
-    return {"q": [z, self.queries, n * self.key_width],
+    height, width = self.blocks_x * self.query_side, self.blocks_y * self.query_side
+    return {"q": [self.batch, height, width, n * self.key_width],
             "kv_map": [self.batch, self.blocks_x * self.block + 2 * self.halo,
                        self.blocks_y * self.block + 2 * self.halo + self.row - self.window,
                        channels],
             "tables": [2 * self.query_side * self.window, self.key_width],
-            "out": [z, self.queries, n * self.value_width],
+            "out": [self.batch, height, width, n * self.value_width],
             "windows": [z, self.window * self.row, channels]}
 
   def flops(self, backward: bool = False) -> int:

@@ -63,7 +63,7 @@ def group(core: Core, itemsize: int, backward: bool) -> int:
   buffer and six float32 [Q, K]-sized temporaries per block (four of the logits' size, two of the
   position factors')."""
   shapes = core.shapes()
-  arrays = sum(math.prod(shapes[name][1:]) for name in ("q", "out"))
+  arrays = core.queries * sum(shapes[name][-1] for name in ("q", "out"))  # a block's share
   windows = math.prod(shapes["windows"][1:])
   arrays = arrays * (2 if backward else 1) + windows * (3 if backward else 1)
   temporaries = 4 * core.window * core.row + 2 * 2 * core.query_side * core.window
@@ -118,6 +118,19 @@ def _load_windows(core: Core, kv_map, windows, semaphores):
     copy.wait()
 
 
+def _blocks_of(rows, g: int, bq: int):
+  """[bq, G·bq, C] (G blocks' query rows as the map holds them) -> [G, bq², C] float32."""
+  c = rows.shape[-1]
+  rows = rows.astype(jnp.float32).reshape(bq, g, bq, c)  # float32's 8-row tiles split evenly
+  return jnp.swapaxes(rows, 0, 1).reshape(g, bq * bq, c)
+
+
+def _rows_of(blocks, g: int, bq: int):
+  """The inverse of `_blocks_of`: [G, bq², C] float32 -> [bq, G·bq, C]."""
+  c = blocks.shape[-1]
+  return jnp.swapaxes(blocks.reshape(g, bq, bq, c), 0, 1).reshape(bq, g * bq, c)
+
+
 def _constants(g: int, dtype, t_ref, e_ref, m_ref, f_ref):
   """The step's shared operands, broadcast over its G blocks: T [G, 2·bq·w, D] and F
   [G, 2·bq·w, 2w] in `dtype`, M [G, Q, 2·bq·w] float32 and E [G, w·R, 2w + 1] in `dtype`."""
@@ -126,11 +139,12 @@ def _constants(g: int, dtype, t_ref, e_ref, m_ref, f_ref):
               mask=spread(m_ref, jnp.float32), keys=spread(e_ref, dtype))
 
 
-def _head(core: Core, n: int, q_ref, windows, constants):
-  """Head n's operands: qx = [scale·q, pos, 1] [G, Q, D + 2w + 1], kx = [k, E]
-  [G, w·R, D + 2w + 1], q [G, Q, D] and v [G, w·R, Dv], all in the inputs' dtype."""
+def _head(core: Core, n: int, queries, windows, constants):
+  """Head n's operands from the step's queries [G, Q, N·D]: qx = [scale·q, pos, 1]
+  [G, Q, D + 2w + 1], kx = [k, E] [G, w·R, D + 2w + 1], q [G, Q, D] and v [G, w·R, Dv], all in
+  the inputs' dtype."""
   d, dv, heads = core.key_width, core.value_width, core.heads
-  q = q_ref[:, :, n * d:(n + 1) * d]
+  q = queries[:, :, n * d:(n + 1) * d]
   k = windows[:, :, n * d:(n + 1) * d]
   v = windows[:, :, heads * d + n * dv:heads * d + (n + 1) * dv]
   every = jnp.einsum("gqd,gtd->gqt", q, constants["tables"], preferred_element_type=jnp.float32)
@@ -152,25 +166,29 @@ def _probabilities(qx, kx):
 def _forward_kernel(core: Core, q_ref, kv_map, t_ref, e_ref, m_ref, f_ref, out_ref, windows,
                     semaphores):
   _load_windows(core, kv_map, windows, semaphores)
-  constants = _constants(windows.shape[0], q_ref.dtype, t_ref, e_ref, m_ref, f_ref)
-  dv = core.value_width
+  g, bq, dv = windows.shape[0], core.query_side, core.value_width
+  constants = _constants(g, q_ref.dtype, t_ref, e_ref, m_ref, f_ref)
+  queries = _blocks_of(q_ref[0], g, bq).astype(q_ref.dtype)
   for n in range(core.heads):  # each head's result goes straight to its channels of the output
-    qx, kx, _, v = _head(core, n, q_ref, windows, constants)
+    qx, kx, _, v = _head(core, n, queries, windows, constants)
     p = _probabilities(qx, kx)
     out = jnp.einsum("gqk,gkd->gqd", p.astype(v.dtype), v, preferred_element_type=jnp.float32)
-    out_ref[:, :, n * dv:(n + 1) * dv] = out.astype(out_ref.dtype)
+    out_ref[0, :, :, n * dv:(n + 1) * dv] = _rows_of(out, g, bq).astype(out_ref.dtype)
 
 
 def _backward_kernel(core: Core, q_ref, kv_map, t_ref, e_ref, m_ref, f_ref, dout_ref, dq_ref,
                      dkv_ref, dt_ref, windows, semaphores):
   _load_windows(core, kv_map, windows, semaphores)
-  constants = _constants(windows.shape[0], q_ref.dtype, t_ref, e_ref, m_ref, f_ref)
   f32, d, dv, w, heads = jnp.float32, core.key_width, core.value_width, core.window, core.heads
+  g, bq = windows.shape[0], core.query_side
+  constants = _constants(g, q_ref.dtype, t_ref, e_ref, m_ref, f_ref)
+  queries = _blocks_of(q_ref[0], g, bq).astype(q_ref.dtype)
+  douts = _blocks_of(dout_ref[0], g, bq).astype(dout_ref.dtype)
   dt = jnp.zeros(dt_ref.shape, f32)
   for n in range(heads):  # each head's gradients go straight to its channels of the outputs
-    qx, kx, q, v = _head(core, n, q_ref, windows, constants)
+    qx, kx, q, v = _head(core, n, queries, windows, constants)
     p = _probabilities(qx, kx)
-    dout = dout_ref[:, :, n * dv:(n + 1) * dv]
+    dout = douts[:, :, n * dv:(n + 1) * dv]
     dv_n = jnp.einsum("gqk,gqd->gkd", p.astype(dout.dtype), dout, preferred_element_type=f32)
     dp = jnp.einsum("gqd,gkd->gqk", dout, v, preferred_element_type=f32)
     dl = (p * (dp - jnp.sum(p * dp, axis=-1, keepdims=True))).astype(q.dtype)
@@ -182,7 +200,7 @@ def _backward_kernel(core: Core, q_ref, kv_map, t_ref, e_ref, m_ref, f_ref, dout
     dq = core.scale * dqx[:, :, :d] + jnp.einsum("gqt,gtd->gqd", dr, constants["tables"],
                                                  preferred_element_type=f32)
     dt += jnp.sum(jnp.einsum("gqt,gqd->gtd", dr, q, preferred_element_type=f32), axis=0)
-    dq_ref[:, :, n * d:(n + 1) * d] = dq.astype(dq_ref.dtype)
+    dq_ref[0, :, :, n * d:(n + 1) * d] = _rows_of(dq, g, bq).astype(dq_ref.dtype)
     dkv_ref[:, :, n * d:(n + 1) * d] = dk.astype(dkv_ref.dtype)
     dkv_ref[:, :, heads * d + n * dv:heads * d + (n + 1) * dv] = dv_n.astype(dkv_ref.dtype)
 
@@ -200,7 +218,16 @@ def _call(kernel, core: Core, inputs, outputs, backward: bool, interpret: bool):
   dtype = inputs[0].dtype
   g = group(core, dtype.itemsize, backward)
   shapes = core.shapes()
-  block = lambda name: pl.BlockSpec((g,) + tuple(shapes[name][1:]), lambda i: (i, 0, 0))
+  per_image, bq = core.blocks_x * core.blocks_y, core.query_side
+
+  def block(name):  # the step's G blocks: G·bq map pixels of a block row for q, out and dq
+    if name == "windows":
+      return pl.BlockSpec((g,) + tuple(shapes[name][1:]), lambda i: (i, 0, 0))
+    at = lambda i: (i * g // per_image, i * g % per_image // core.blocks_y,
+                    i * g % core.blocks_y // g, 0)
+    return pl.BlockSpec((1, bq, g * bq, shapes[name][-1]), at)
+
+
   whole = lambda shape: pl.BlockSpec(tuple(shape), lambda i: (0,) * len(shape))
   mask, fold = table_selection(core)
   constants = [jnp.asarray(key_positions(core), dtype), jnp.asarray(mask), jnp.asarray(fold)]

@@ -250,17 +250,18 @@ class HaloAttention(tf_keras.layers.Layer):
     else:
       queries = x[:, ::s, ::s, :]
     q = blocking.pad_to_multiple(self.query(queries), bq)  # [B, Hp/s, Wp/s, N·D]
-    q_blocks = blocking.to_blocks(q, bq)  # [B, X, Y, bq², N·D]
-    _, n_x, n_y, _, _ = blocking.dims(q_blocks)
     # The kernel is made for one shape: where the shape is not known (Keras's symbolic build, a
     # free-batch export), XLA computes the same map.
-    if self.fused_core and q_blocks.shape[:3].is_fully_defined() and not return_attention_scores:
-      out, scores = self._fused(q_blocks, x), None  # [B, X·Y, bq², N·Dv]
+    if self.fused_core and q.shape[:3].is_fully_defined() and not return_attention_scores:
+      out, scores = self._fused(q, x), None  # [B, Hp/s, Wp/s, N·Dv]
     else:
+      q_blocks = blocking.to_blocks(q, bq)  # [B, X, Y, bq², N·D]
+      _, n_x, n_y, _, _ = blocking.dims(q_blocks)
       kv_map = blocking.pad_to_multiple(self.key_value(x), b)  # [B, Hp, Wp, N·(D + Dv)]
       out, scores = self._unfused(q_blocks, kv_map, height, width, return_attention_scores)
-    out = tf.reshape(out, [batch, n_x, n_y, bq * bq, self.value_dim])
-    out = blocking.from_blocks(out, bq)[:, :out_h, :out_w, :]
+      out = tf.reshape(out, [batch, n_x, n_y, bq * bq, self.value_dim])
+      out = blocking.from_blocks(out, bq)
+    out = out[:, :out_h, :out_w, :]
     if self.pool_after:
       out = tf.nn.avg_pool2d(out, self.strides, self.strides, "SAME")
     if return_attention_scores:  # the softmax the output used
@@ -306,14 +307,16 @@ class HaloAttention(tf_keras.layers.Layer):
         self.rel_pos, self.query_positions == "subsampled")
 
   def _fused(self, q: tf.Tensor, x: tf.Tensor):
-    """The attention by fused_attention.attend: q [B, X, Y, bq², N·D] in the compute dtype and the
-    layer's input x [B, H, W, C] -> [B, X·Y, bq², N·Dv]."""
+    """The attention by fused_attention.attend: the query map q [B, X·bq, Y·bq, N·D] in the
+    compute dtype and the layer's input x [B, H, W, C] -> [B, X·bq, Y·bq, N·Dv]."""
     if self._value_projection_width() != self.value_dim:
       raise ValueError(f"fused_core does not support {type(self).__name__}'s values.")
-    batch, n_x, n_y, queries, _ = q.shape.as_list()
+    batch, rows, cols, _ = q.shape.as_list()
     b, d, h = self.block_size, self.head_dim, self.halo_size
+    bq = b // self.query_stride
+    n_x, n_y = rows // bq, cols // bq
     core = fused_attention.Core(
-        batch=batch, blocks_x=n_x, blocks_y=n_y, block=b, halo=h, queries=queries,
+        batch=batch, blocks_x=n_x, blocks_y=n_y, block=b, halo=h, queries=bq * bq,
         heads=self.num_heads, key_width=d, value_width=self.value_dim // self.num_heads,
         scale=d**-0.5, position_width=d // 2 if self.rel_pos == "split" else d)
     tables = relative_position.window_tables(
@@ -328,9 +331,7 @@ class HaloAttention(tf_keras.layers.Layer):
     _, height, width, _ = x.shape.as_list()
     bottom, right = n_x * b - height + h, n_y * b - width + h + core.row - core.window
     kv_map = tf.pad(self.key_value(x), [[0, 0], [h, bottom], [h, right], [0, 0]])
-    out = fused_attention.attend(tf.reshape(q, core.shapes()["q"]), kv_map, tables, core,
-                                 self.fused_core)
-    return tf.reshape(out, [batch, n_x * n_y, queries, self.value_dim])
+    return fused_attention.attend(q, kv_map, tables, core, self.fused_core)
 
   def _key_mask(self, height, width, blocks, dtype) -> Optional[tf.Tensor]:
     """Bool [1 or B, X·Y, 1, bq², w²] (broadcastable), False for keys a query may not attend to:
