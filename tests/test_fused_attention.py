@@ -126,12 +126,12 @@ def test_bfloat16_inputs_against_float64_at_the_bfloat16_bound():
   assert error.max() > 0  # the probabilities were rounded
 
 
-def _train_step_hlo(fused_core):
+def _train_step_hlo(fused_core, strides):
   """HLO of loss and gradients of one halo layer (H1 stage-1 shape at batch 4), mixed_bfloat16."""
   tf_keras.mixed_precision.set_global_policy("mixed_bfloat16")
   try:
     layer = HaloAttention(num_heads=4, key_dim=64, value_dim=64, block_size=8, halo_size=3,
-                          fused_core=fused_core)
+                          strides=strides, fused_core=fused_core)
     spec = tf.TensorSpec([4, 64, 64, 64], tf.bfloat16)
     layer.build(spec.shape)
 
@@ -147,20 +147,22 @@ def _train_step_hlo(fused_core):
     tf_keras.mixed_precision.set_global_policy("float32")
 
 
-def test_the_kernels_compile_for_tpu_and_keep_the_logits_off_hbm(tmp_path):
-  """The fused layer's train step compiles for v5e with its two kernels (forward, backward); the
-  compiler counts their FLOPs at least at the analytic count, and the step moves less than half the
-  bytes of XLA's (whose float32 logits alone, written once, are 4·64·64·4·196·4 = 51 MB)."""
+@pytest.mark.parametrize("strides", [1, 2])
+def test_the_kernels_compile_for_tpu_and_keep_the_logits_off_hbm(tmp_path, strides):
+  """The fused layer's train step compiles for v5e with its two kernels (forward, backward), also
+  where a block holds 4×4 queries (strides=2: the kernel re-blocks rows of 4); the compiler counts
+  their FLOPs at least at the analytic count, and the step moves less than half the bytes of
+  XLA's (whose float32 logits alone, written once, are 4·64·64·4·196·4 = 51 MB at stride 1)."""
   generation = chips.GENERATIONS["v5litepod"]
   text = str(tmp_path / "fused.txt")
-  fused = check.compile_for(_train_step_hlo("tpu"), generation, text)
-  plain = check.compile_for(_train_step_hlo(None), generation)
+  fused = check.compile_for(_train_step_hlo("tpu", strides), generation, text)
+  plain = check.compile_for(_train_step_hlo(None, strides), generation)
   assert fused["compiled"] and plain["compiled"], (fused.get("error"), plain.get("error"))
   with open(text, encoding="utf-8") as f:
     assert f.read().count('custom_call_target="tpu_custom_call"') == 2
-  core = fused_attention.Core(batch=4, blocks_x=8, blocks_y=8, block=8, halo=3, queries=64,
-                              heads=4, key_width=16, value_width=16, scale=0.25,
-                              position_width=16)
+  core = fused_attention.Core(batch=4, blocks_x=8, blocks_y=8, block=8, halo=3,
+                              queries=(8 // strides)**2, heads=4, key_width=16, value_width=16,
+                              scale=0.25, position_width=16)
   assert fused["flops"] >= core.flops() + core.flops(backward=True)
   assert fused["bytes_accessed"] < 0.5 * plain["bytes_accessed"], (fused, plain)
   assert fused["while_loops"] == 0
