@@ -284,6 +284,24 @@ def test_host_setup_installs_pinned_requirements_then_the_tpu_build(sandbox):
     assert f'libtpu==0.0.21 -f {INDEX}' in pinned[5]
 
 
+def test_host_setup_tpu_env_installs_the_kernels_side_environment(sandbox):
+    """JAX needs Python 3.12, which Ubuntu 22.04 does not ship: uv brings it; the side venv lives
+    beside the project copy (which setup.sh replaces) and is linked where library.py looks."""
+    plain = sandbox.dry('host_setup.sh', '--base', '/b')
+    lines = sandbox.dry('host_setup.sh', '--base', '/b', '--tpu-env')
+    assert lines[:len(plain)] == plain
+    assert lines[len(plain):] == [
+        '/b/venv/bin/python3 -m pip install -q uv==0.13.9',
+        '/b/venv/bin/uv python install 3.12',
+        '/b/venv/bin/uv venv --allow-existing --python 3.12 /b/tpu-venv',
+        '/b/venv/bin/uv pip install -q --python /b/tpu-venv/bin/python '
+        '-r /b/src/requirements-tpu.txt -c /b/src/constraints-tpu.txt',
+        '/b/venv/bin/uv pip check --python /b/tpu-venv/bin/python',
+        'ln -sfn /b/tpu-venv /b/src/.tpu-venv']
+    assert remote_command(sandbox.dry('setup.sh', *SINGLE, '--tpu-env')[2]).endswith(
+        'host_setup.sh --tpu-env')
+
+
 def test_tf_tpu_version_matches_the_pinned_tensorflow():
     pins = dict(line.split('==') for line in (ROOT / 'constraints.txt').read_text().splitlines()
                 if '==' in line and not line.startswith('#'))
@@ -399,13 +417,13 @@ def test_delete(sandbox):
 def test_run_end_to_end_pod(sandbox):
     lines = sandbox.dry('run.sh', *POD, '--gin_file', 'gin/h7.gin', '--model_dir',
                         'gs://my-bucket/h7', '--spot', '--libtpu-version', '0.0.21',
-                        '--gin_bindings', 'x.y = 1')
+                        '--gin_bindings', 'x.y = 1', '--tpu-env')
     verbs = [shlex.split(line)[4] if line.startswith('gcloud') else shlex.split(line)[0]
              for line in lines]
     assert verbs == ['create', 'git', 'scp', 'ssh', 'ssh', 'ssh', 'ssh', 'ssh', 'ssh', 'delete']
     assert lines[0] == ('gcloud compute tpus tpu-vm create h7-pod --zone=europe-west4-a '
                         '--accelerator-type=v3-128 --version=tpu-ubuntu2204-base --spot')
-    assert remote_command(lines[3]).endswith('host_setup.sh --libtpu-version 0.0.21')
+    assert remote_command(lines[3]).endswith('host_setup.sh --libtpu-version 0.0.21 --tpu-env')
     assert 'start train -- ../venv/bin/python3 main.py --gin_file=gin/h7.gin ' \
            "'--gin_bindings=x.y = 1' --mode=train_and_eval --model_dir=gs://my-bucket/h7 " \
            '--tpu=local' in remote_command(lines[4])

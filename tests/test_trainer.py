@@ -241,6 +241,26 @@ def test_input_pattern_that_matches_nothing(tmp_path):
       r"--gin_bindings\[0\]: experiment\.train_input_path", "none-")
 
 
+def test_fused_attention_refused_off_tpu_and_without_its_side_environment(digits, tmp_path,
+                                                                         monkeypatch):
+  """Both before any model exists: the TPU kernel on a CPU strategy, and a fused kernel whose
+  modules could not be made when a step is first traced (the eval step's, hours in)."""
+  bindings = _data_bindings(digits) + ["experiment.fused_attention = 'tpu'"]
+  _expect_run_error(
+      runner.RunOptions(gin_files=["demo.gin"], gin_bindings=bindings, model_dir=str(tmp_path),
+                        mode="train_and_eval", strategy="one_device"),
+      r"--gin_bindings\[2\]: experiment\.fused_attention: fused_attention='tpu' runs on a TPU only"
+      r", and this run's strategy is 'one_device'")
+  monkeypatch.setenv("OFFICIAL_HALONET_TPU_PYTHON", str(tmp_path / "missing" / "python"))
+  _expect_run_error(
+      runner.RunOptions(gin_files=["demo.gin"], model_dir=str(tmp_path), mode="train",
+                        strategy="one_device",
+                        gin_bindings=bindings[:2] + ["experiment.fused_attention = 'cpu'"]),
+      r"experiment\.fused_attention: fused_attention='cpu' makes its kernels when each step is "
+      r"first traced, but the TPU compiler's side environment is missing \(.*missing/python\)")
+  assert not glob.glob(str(tmp_path / "ckpt-*"))
+
+
 def _main(args, env=None, timeout=600, **kwargs):
   environment = dict(os.environ, PYTHONPATH=ROOT, TF_CPP_MIN_LOG_LEVEL="2", **(env or {}))
   return subprocess.run([sys.executable, os.path.join(ROOT, "main.py")] + args, cwd=ROOT,

@@ -14,8 +14,12 @@ Runs on a TPU VM host, from the project copy BASE/src (setup.sh puts it there). 
   2. the venv BASE/venv with requirements.txt pinned by constraints.txt (the same set CI tests);
   3. the TPU build of TensorFlow (tensorflow-tpu, same version as the pinned tensorflow) over the
      CPU build, then libtpu, both from PyPI plus Google's TPU TensorFlow index;
-  4. pip check, and prints the TensorFlow and libtpu versions it ended with.
-Running it again is safe: it reuses the venv and only changes what differs.
+  4. pip check, and prints the TensorFlow and libtpu versions it ended with;
+  5. with --tpu-env, the side environment that makes the fused attention kernels
+     (experiment.fused_attention = 'tpu'; JAX needs Python 3.12, which Ubuntu 22.04 lacks): uv
+     (pinned) from PyPI, its Python 3.12, the venv BASE/tpu-venv with requirements-tpu.txt pinned
+     by constraints-tpu.txt, linked as src/.tpu-venv where the project looks for it.
+Running it again is safe: it reuses the venvs and only changes what differs.
 
 Flags:
   --python PYTHON           interpreter for the venv (default: python3.11, the version
@@ -25,6 +29,7 @@ Flags:
                             tensorflow-tpu accepts)
   --tf-tpu-index URL        extra wheel index for tensorflow-tpu / libtpu
                             (default: https://storage.googleapis.com/libtpu-tf-releases/index.html)
+  --tpu-env                 also install the fused attention kernels' side environment (step 5)
   --base DIR                install base (default: the parent of the project copy)
   --dry-run                 print the commands and exit
   -h, --help                this help
@@ -35,6 +40,8 @@ PYTHON="python3.11"
 TF_TPU_VERSION="2.20.0"
 LIBTPU_VERSION=""
 TF_TPU_INDEX="https://storage.googleapis.com/libtpu-tf-releases/index.html"
+TPU_ENV=0
+UV_VERSION="0.13.9"
 BASE="$(cd "$TPU_SCRIPTS_DIR/../.." && pwd)"
 while (($#)); do
   case "$1" in
@@ -57,6 +64,10 @@ while (($#)); do
     --base | --base=*)
       take_value --base "$@"
       BASE="$FLAG_VALUE"
+      ;;
+    --tpu-env)
+      TPU_ENV=1
+      FLAG_SHIFT=1
       ;;
     --dry-run)
       DRY_RUN=1
@@ -95,3 +106,13 @@ run "${PIP[@]}" install -q --no-deps --force-reinstall "tensorflow-tpu==$TF_TPU_
 run "${PIP[@]}" install -q -c "$SRC/constraints.txt" "$libtpu" -f "$TF_TPU_INDEX"
 run "${PIP[@]}" check
 run "$VENV/bin/python3" -c 'import importlib.metadata as m, tensorflow as tf; print("tensorflow", tf.__version__, "| tensorflow-tpu", m.version("tensorflow-tpu"), "| libtpu", m.version("libtpu"))'
+if ((TPU_ENV)); then
+  UV="$VENV/bin/uv"
+  run "${PIP[@]}" install -q "uv==$UV_VERSION"
+  run "$UV" python install 3.12
+  run "$UV" venv --allow-existing --python 3.12 "$BASE/tpu-venv"
+  run "$UV" pip install -q --python "$BASE/tpu-venv/bin/python" -r "$SRC/requirements-tpu.txt" \
+    -c "$SRC/constraints-tpu.txt"
+  run "$UV" pip check --python "$BASE/tpu-venv/bin/python"
+  run ln -sfn "$BASE/tpu-venv" "$SRC/.tpu-venv"
+fi

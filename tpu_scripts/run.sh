@@ -16,7 +16,7 @@ same command after a preemption or failure resumes training from the latest chec
 
 Flags:
   --runtime-version V, --spot, --preemptible          passed to create.sh
-  --ref, --python, --tf-tpu-version, --libtpu-version, --tf-tpu-index
+  --ref, --python, --tf-tpu-version, --libtpu-version, --tf-tpu-index, --tpu-env
                                                       passed to setup.sh
   --mode train_and_eval|train                         passed to train.sh (default: train_and_eval)
   --skip-create             use an existing TPU of this name (no create.sh; setup.sh still runs)
@@ -55,6 +55,10 @@ while (($#)); do
       take_value "${1%%=*}" "$@"
       SETUP_ARGS+=("${1%%=*}" "$FLAG_VALUE")
       shift "$FLAG_SHIFT"
+      ;;
+    --tpu-env)
+      SETUP_ARGS+=("$1")
+      shift
       ;;
     --mode | --mode=*)
       take_value --mode "$@"

@@ -20,6 +20,8 @@ Flags:
   --tf-tpu-version VERSION  tensorflow-tpu version (default: 2.20.0, matching the pinned tensorflow)
   --libtpu-version VERSION  pin libtpu (default: newest that tensorflow-tpu accepts)
   --tf-tpu-index URL        extra wheel index (default: Google's libtpu-tf-releases index)
+  --tpu-env                 also install the side environment that makes the fused attention
+                            kernels (needed for experiment.fused_attention = 'tpu')
 EOF2
   common_flags_help
 }
@@ -42,6 +44,10 @@ while (($#)); do
       take_value "${1%%=*}" "$@"
       HOST_SETUP_ARGS+=("${1%%=*}" "$FLAG_VALUE")
       shift "$FLAG_SHIFT"
+      ;;
+    --tpu-env)
+      HOST_SETUP_ARGS+=("$1")
+      shift
       ;;
     *)
       die "unknown flag: $1"

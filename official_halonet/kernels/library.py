@@ -36,7 +36,8 @@ def side_python() -> str:
   python = os.environ.get("OFFICIAL_HALONET_TPU_PYTHON", SIDE_PYTHON)
   if not os.access(python, os.X_OK):
     raise SideEnvironmentError(f"the TPU compiler's side environment is missing ({python}): "
-                               f"run `make tpu-env` in {ROOT}")
+                               f"run `make tpu-env` in {ROOT} (on Cloud TPU hosts: "
+                               f"`tpu_scripts/setup.sh --tpu-env`)")
   return python
 
 

@@ -7,7 +7,9 @@ Order of work, so that a bad setting costs seconds, not a TPU reservation:
      train_and_eval the eval data are read and checked (data.validate.check_eval_data: every
      label, record framing, a sample of images), so bad eval data stop the run before step 1
   4. the distribution strategy is created (Model Garden's distribute_utils) and the batch sizes
-     are checked against its replica count
+     are checked against its replica count; a fused attention kernel against the strategy, and
+     the side environment that makes its modules when each step is first traced (the eval step's
+     perhaps hours into the run) against the disk
   5. only then: the task, model, checkpoint restore and the Orbit loop (train_lib).
 A killed run started again with the same command resumes from the last checkpoint in model_dir
 (Model Garden's checkpoint manager); a NaN / too-large loss stops it before a checkpoint is written.
@@ -28,6 +30,7 @@ from official.modeling import performance
 from official_halonet import data
 from official_halonet.data import validate
 from official_halonet.checkpoints import run_files
+from official_halonet.kernels import library as kernel_library
 from official_halonet.models import attention_maps
 from official_halonet.training import attention_summary
 from official_halonet.training import gin_config
@@ -124,6 +127,26 @@ def check_against_strategy(built: registry.Built, num_replicas: int) -> None:
           f"this strategy", built.configurable))
 
 
+def check_fused_attention(built: registry.Built, strategy: str) -> None:
+  """Step 4: fused_attention='tpu' only on a TPU strategy, and any fused kernel only where its
+  side environment exists (kernels/library.py)."""
+  backbone = built.config.task.model.backbone
+  fused = backbone.halonet.fused_attention if backbone.type == "halonet" else None
+  if not fused:
+    return
+  if fused == "tpu" and strategy != "tpu":
+    raise ConfigurationError(ConfigError(
+        "fused_attention", f"fused_attention='tpu' runs on a TPU only, and this run's strategy is "
+        f"{strategy!r}: use None (or 'cpu', the kernel interpreted, a slow check)",
+        built.configurable))
+  try:
+    kernel_library.side_python()
+  except kernel_library.SideEnvironmentError as e:
+    raise ConfigurationError(ConfigError(
+        "fused_attention", f"fused_attention={fused!r} makes its kernels when each step is first "
+        f"traced, but {e}", built.configurable)) from None
+
+
 def latest_checkpoint_step(model_dir: str) -> Optional[int]:
   path = tf.train.latest_checkpoint(model_dir) if model_dir else None
   return int(path.rsplit("-", 1)[-1]) if path else None
@@ -193,6 +216,7 @@ def prepare(options: RunOptions, built: Optional[registry.Built] = None
   print(f"{type(strategy).__name__} with {strategy.num_replicas_in_sync} replica(s); "
         f"{built.config.runtime.mixed_precision_dtype or 'float32'} compute", flush=True)
   check_against_strategy(built, strategy.num_replicas_in_sync)
+  check_fused_attention(built, name)
   return built, strategy
 
 
