@@ -15,6 +15,9 @@ order, each holding Q = bq² queries (bq rows of bq pixels):
   out      [B, X·bq, Y·bq, N·Dv]             the attention's output map, each block in its place
   windows  [Z, w·R, N·(D + Dv)]              the kernel's gradient of each block's window, read as
                                              w rows of R pixels; the map's is their scatter-add
+The backward returns the tables' gradient as one float32 [2·bq·w, D] partial sum per grid step
+(`table_steps`; their sum is the gradient), so that no step depends on another and a chip with two
+TensorCores may split the grid between them. A step takes `group` blocks of one block row.
 A window row is read R = w rounded up to a multiple of ROW_TILE pixels wide (DMA copies move whole
 tiles of rows); the extra R - w keys of each row are masked out of the softmax.
 """
@@ -23,6 +26,8 @@ import math
 from typing import Dict, List
 
 ROW_TILE = 8
+VMEM_BUDGET = 10 << 20  # bytes of VMEM a grid step's blocks and temporaries may take (v5e's
+                        # default scoped limit is 16 MiB)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -90,3 +95,22 @@ class Core:
         self.key_width + self.value_width)
     position = 2 * self.window * self.position_width * (3 if backward else 1)
     return 2 * self.queries * (self.keys * widths + position) * self.heads * self.blocks
+
+  def group(self, itemsize: int, backward: bool) -> int:
+    """Blocks per grid step: the most, up to 8, that divide a block row and fit VMEM_BUDGET with
+    the blocked arrays double-buffered (inputs and outputs; twice as many in backward), the window
+    buffer and six float32 [Q, K]-sized temporaries per block (four of the logits' size, two of
+    the position factors')."""
+    shapes = self.shapes()
+    arrays = self.queries * sum(shapes[name][-1] for name in ("q", "out"))  # a block's share
+    windows = math.prod(shapes["windows"][1:])
+    arrays = arrays * (2 if backward else 1) + windows * (3 if backward else 1)
+    temporaries = 4 * self.window * self.row + 2 * 2 * self.query_side * self.window
+    per_block = 2 * arrays * itemsize + self.queries * temporaries * 4
+    fits = max(1, VMEM_BUDGET // per_block)
+    return max(g for g in range(1, min(8, fits) + 1) if self.blocks_y % g == 0)
+
+  def table_steps(self, itemsize: int) -> List[int]:
+    """Shape of the backward's per-step partial sums of the tables' gradient, for arrays of
+    `itemsize` bytes: [steps, 2·bq·w, D]."""
+    return [self.blocks // self.group(itemsize, backward=True)] + self.shapes()["tables"]

@@ -4,7 +4,8 @@ Runs in the side environment (requirements-tpu.txt; `make tpu-env`), never in th
 
     python export.py REQUEST.json MODULE.bin
     REQUEST  {"kind": "forward" | "backward", "core": core.Core's fields,
-              "dtype": "bfloat16" | "float32" (of all arrays but the float32 tables), "platform": "tpu" | "cpu",
+              "dtype": "bfloat16" | "float32" (of all arrays but the float32 tables),
+              "platform": "tpu" | "cpu",
               "stablehlo_version": the version TensorFlow's XlaCallModule reads, e.g. "1.12.1",
               "device_kind": the TPU the 'tpu' kernel is lowered for, e.g. "TPU v5 lite"}
     MODULE   the serialized StableHLO module; its calling-convention version is printed on stdout

@@ -15,7 +15,9 @@ relative_position.window_index names, times the layer's position scale). XLA wri
 between the q·k and P·v products (two separate instructions); here a grid step holds G blocks of
 one block row whole in VMEM, so HBM sees only q, the tables, the output and the windows, which the
 step copies row by row (one DMA per window row) from the zero-padded k/v map: no gathered copy of
-the windows is ever written, and no position term either.
+the windows is ever written, and no position term either. q and the output stay in the map's
+layout [B, X·bq, Y·bq, C] (backward: dO and dq too): a step reads and writes bq rows of G·bq
+pixels and re-blocks them in VMEM, so nothing outside the kernel re-blocks them.
 
 The position factors come from two small products: R = q·Tᵀ [Q, 2·bq·w] against every query row's
 and column's table rows, then pos = (R ⊙ M)·F [Q, 2w], with M the constant 0/1 mask keeping each
@@ -37,7 +39,8 @@ gradients of q, of each block's window (TensorFlow adds them into the map's) and
   dV = Pᵀ·dO,  dP = dO·vᵀ,  dL = P ⊙ (dP − Σ_keys P ⊙ dP),
   [dq / scale, dpos] = dL·[k, E],  dk = scale · dLᵀ·q,
   dR = (dpos·Fᵀ) ⊙ M,  dq += dR·T,  dT = Σ_blocks,heads dRᵀ·q
-(dT in float32, summed over the grid's steps in one output block: the grid runs in order).
+(dT in float32, one partial sum per grid step, which TensorFlow adds up: the steps are independent,
+so the grid is 'parallel' and a chip with two TensorCores splits it between them).
 Shapes: core.py.
 """
 import functools
@@ -52,25 +55,6 @@ from jax.experimental.pallas import tpu as pltpu
 
 # export.py puts this folder on the path.
 from core import Core  # pylint: disable=g-import-not-at-top
-
-VMEM_BUDGET = 10 << 20  # bytes of VMEM a grid step's blocks and temporaries may take (v5e's
-                        # default scoped limit is 16 MiB)
-
-
-def group(core: Core, itemsize: int, backward: bool) -> int:
-  """Blocks per grid step: the most, up to 8, that divide a block row and fit VMEM_BUDGET with
-  the blocked arrays double-buffered (inputs and outputs; twice as many in backward), the window
-  buffer and six float32 [Q, K]-sized temporaries per block (four of the logits' size, two of the
-  position factors')."""
-  shapes = core.shapes()
-  arrays = core.queries * sum(shapes[name][-1] for name in ("q", "out"))  # a block's share
-  windows = math.prod(shapes["windows"][1:])
-  arrays = arrays * (2 if backward else 1) + windows * (3 if backward else 1)
-  temporaries = 4 * core.window * core.row + 2 * 2 * core.query_side * core.window
-  per_block = 2 * arrays * itemsize + core.queries * temporaries * 4
-  fits = max(1, VMEM_BUDGET // per_block)
-  return max(g for g in range(1, min(8, fits) + 1) if core.blocks_y % g == 0)
-
 
 MASKED = -1e9  # the logit of a key read only to fill a window row's tiles
 
@@ -184,7 +168,7 @@ def _backward_kernel(core: Core, q_ref, kv_map, t_ref, e_ref, m_ref, f_ref, dout
   constants = _constants(g, q_ref.dtype, t_ref, e_ref, m_ref, f_ref)
   queries = _blocks_of(q_ref[0], g, bq).astype(q_ref.dtype)
   douts = _blocks_of(dout_ref[0], g, bq).astype(dout_ref.dtype)
-  dt = jnp.zeros(dt_ref.shape, f32)
+  dt = jnp.zeros(dt_ref.shape[1:], f32)
   for n in range(heads):  # each head's gradients go straight to its channels of the outputs
     qx, kx, q, v = _head(core, n, queries, windows, constants)
     p = _probabilities(qx, kx)
@@ -203,20 +187,16 @@ def _backward_kernel(core: Core, q_ref, kv_map, t_ref, e_ref, m_ref, f_ref, dout
     dq_ref[0, :, :, n * d:(n + 1) * d] = _rows_of(dq, g, bq).astype(dq_ref.dtype)
     dkv_ref[:, :, n * d:(n + 1) * d] = dk.astype(dkv_ref.dtype)
     dkv_ref[:, :, heads * d + n * dv:heads * d + (n + 1) * dv] = dv_n.astype(dkv_ref.dtype)
-
-  @pl.when(pl.program_id(0) == 0)
-  def _():
-    dt_ref[...] = jnp.zeros(dt_ref.shape, dt_ref.dtype)
-
-  dt_ref[...] += dt
+  dt_ref[0] = dt
 
 
 def _call(kernel, core: Core, inputs, outputs, backward: bool, interpret: bool):
-  """pallas_call of `kernel` over the blocks, G a step: inputs q, kv_map (left in HBM), the tables,
-  E, M and F whole, and in backward dout; returns the arrays named by `outputs` (the tables'
-  gradient float32, accumulated over the steps in one block, the rest in the inputs' dtype)."""
+  """pallas_call of `kernel` over the blocks, G a step (steps independent: 'parallel'): inputs q,
+  kv_map (left in HBM), the tables, E, M and F whole, and in backward dout; returns the arrays
+  named by `outputs` (the tables' gradient as float32 per-step partial sums, core.table_steps;
+  the rest in the inputs' dtype)."""
   dtype = inputs[0].dtype
-  g = group(core, dtype.itemsize, backward)
+  g = core.group(dtype.itemsize, backward)
   shapes = core.shapes()
   per_image, bq = core.blocks_x * core.blocks_y, core.query_side
 
@@ -233,9 +213,11 @@ def _call(kernel, core: Core, inputs, outputs, backward: bool, interpret: bool):
   constants = [jnp.asarray(key_positions(core), dtype), jnp.asarray(mask), jnp.asarray(fold)]
   in_specs = [block("q"), pl.BlockSpec(memory_space=pl.ANY), whole(shapes["tables"])]
   in_specs += [whole(c.shape) for c in constants] + ([block("out")] if backward else [])
-  out_specs = [whole(shapes[name]) if name == "tables" else block(name) for name in outputs]
-  out_shape = [jax.ShapeDtypeStruct(shapes[name], jnp.float32 if name == "tables" else dtype)
-               for name in outputs]
+  steps = core.table_steps(dtype.itemsize)
+  out_specs = [pl.BlockSpec((1,) + tuple(steps[1:]), lambda i: (i, 0, 0)) if name == "tables"
+               else block(name) for name in outputs]
+  out_shape = [jax.ShapeDtypeStruct(steps, jnp.float32) if name == "tables"
+               else jax.ShapeDtypeStruct(shapes[name], dtype) for name in outputs]
   blocked = ["q", "windows", "out"] + ([n for n in outputs if n != "tables"] if backward else [])
   moved = sum(math.prod(shapes[name]) * dtype.itemsize for name in blocked)
   return pl.pallas_call(
@@ -245,10 +227,12 @@ def _call(kernel, core: Core, inputs, outputs, backward: bool, interpret: bool):
       scratch_shapes=[pltpu.VMEM((g,) + tuple(shapes["windows"][1:]), dtype),
                       pltpu.SemaphoreType.DMA((g * core.window,))],
       interpret=interpret,
+      compiler_params=pltpu.CompilerParams(dimension_semantics=("parallel",)),
       cost_estimate=pl.CostEstimate(
           flops=core.flops(backward),
           transcendentals=core.blocks * core.heads * core.queries * core.window * core.row,
-          bytes_accessed=moved + 4 * math.prod(shapes["tables"]) * (2 if backward else 1)),
+          bytes_accessed=moved + 4 * math.prod(shapes["tables"]) + (
+              4 * math.prod(steps) if backward else 0)),
   )(*inputs[:3], *constants, *inputs[3:])
 
 

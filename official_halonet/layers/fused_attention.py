@@ -38,7 +38,8 @@ def _call(kind: str, core: Core, platform: str, args: List[tf.Tensor], outputs: 
   data, version = library.module(kind, dataclasses.asdict(core), dtype.name, platform)
   return gen_xla_ops.xla_call_module(
       args, version=version, module=data,
-      Sout=[tf.TensorShape(core.shapes()[name]) for name in outputs],
+      Sout=[tf.TensorShape(core.table_steps(dtype.size) if name == "tables"
+                           else core.shapes()[name]) for name in outputs],
       Tout=[tf.float32 if name == "tables" else dtype for name in outputs],
       platforms=[platform.upper()],
       # A TPU module is traced (and compiled for the TPU) on a CPU host by tpu_check.
@@ -84,7 +85,7 @@ def attend(q: tf.Tensor, kv_map: tf.Tensor, tables: tf.Tensor, core: Core, platf
       dq, dwindows, dtables = _call("backward", core, platform,
                                     [q, kv_map, tables, tf.cast(dout, q.dtype)],
                                     ["q", "windows", "tables"])
-      return dq, _map_gradient(core, dwindows), dtables
+      return dq, _map_gradient(core, dwindows), tf.reduce_sum(dtables, axis=0)  # over the steps
 
     return out, gradient
 
