@@ -30,6 +30,7 @@ CASES = [
     dict(num_heads=1, block_size=3, halo_size=1, strides=2, size=(9, 10)),  # avg-pooled after
     dict(num_heads=2, block_size=4, halo_size=1, scale_rel_logits=True, size=(8, 8)),
     dict(num_heads=2, block_size=4, halo_size=1, rel_pos="split", strides=2, size=(8, 12)),
+    dict(num_heads=1, block_size=8, halo_size=2, strides=2, size=(16, 13)),  # 4×4 map layout
 ]
 # Same chain as test_attention_layers: 8 input channels at most, 4 channels per head, 8x8 windows.
 FLOAT32_TOL = tolerance.random_walk(tolerance.attention_chain(in_channels=5, head_dim=8, window=8))
@@ -77,50 +78,60 @@ def test_fused_layer_matches_per_pixel_loops_with_its_gradients(case):
                            err_msg=name)
 
 
-def test_bfloat16_inputs_against_float64_at_the_bfloat16_bound():
+@pytest.mark.parametrize("block, blocks_y", [(2, 3), (4, 2)], ids=["blocked", "map_layout"])
+def test_bfloat16_inputs_against_float64_at_the_bfloat16_bound(block, blocks_y):
   """bfloat16 q and k/v map, float32 tables holding bfloat16 values (so both sides see the same
-  inputs; the map's filler columns, which the kernel reads and must mask, hold values too).
+  inputs; the map's filler columns, which the kernel reads and must mask, hold values too), with
+  q and the output block by block (2×2 queries a block) and as maps (4×4, two blocks a row).
   The kernel rounds scale·q to bfloat16 for the q·k product (u = 2^-8 relative per element) and
   each position factor q·T once (u of it, after a float32 sum of D products), which moves each
   logit by at most Δ = u·(Σ_d |scale·q_d·k_d| + |rows| + |cols|) + the float32 sums' share, so
   each probability by a factor within exp(±2·max_k Δ); then it rounds the probabilities before P·v
   and the output (u each); logits, softmax and sums are float32 (rounding over the K + D + K
   chain); all relative to Σ_k p_k |v_k|."""
-  core = fused_attention.Core(batch=2, blocks_x=1, blocks_y=3, block=2, halo=1, queries=4,
-                              heads=2, key_width=8, value_width=4, scale=8**-0.5,
-                              position_width=8)
-  assert core.row > core.window  # window rows of 4 read 8 wide
+  core = fused_attention.Core(batch=2, blocks_x=1, blocks_y=blocks_y, block=block, halo=1,
+                              queries=block**2, heads=2, key_width=8, value_width=4,
+                              scale=8**-0.5, position_width=8)
+  assert core.row > core.window and core.map_layout == (block == 4)  # filler keys read
   q, kv_map, tables = (tf.cast(2.0 * tf.random.stateless_normal(core.shapes()[name], seed=[11, i]),
                                tf.bfloat16) for i, name in enumerate(fused_attention.INPUTS))
   got = fused_attention.attend(q, kv_map, tf.cast(tables, tf.float32), core, "cpu")
   assert got.dtype == tf.bfloat16
   q, kv_map, tables = (t.numpy().astype(np.float64) for t in (q, kv_map, tables))
-  blocks = lambda a: a.reshape(2, 1, 2, 3, 2, -1).transpose(0, 1, 3, 2, 4, 5).reshape(6, 4, -1)
-  q, got = blocks(q), blocks(tf.cast(got, tf.float64).numpy())  # [Z, Q, C], as the loops want
-  n, d, w, keys = core.heads, core.key_width, core.window, core.keys
-  kv = np.stack([kv_map[image, 0:w, 2 * y:2 * y + w].reshape(keys, -1)
-                 for image in range(2) for y in range(3)])  # the 6 windows, row-major
-  k = kv[..., :n * d].reshape(6, keys, n, d)
-  v = kv[..., n * d:].reshape(6, keys, n, core.value_width)
-  heads = q.reshape(6, 2, 2, n, d)  # [Z, query row i, query column j, N, D]
-  by_row, by_col = tables[:2 * w].reshape(2, w, d), tables[2 * w:].reshape(2, w, d)
-  rows = np.einsum("zijnd,iud->zijnu", heads, by_row).reshape(6, 4, n, w, 1)
-  cols = np.einsum("zijnd,jcd->zijnc", heads, by_col).reshape(6, 4, n, 1, w)
-  magnitude = [np.einsum("zijnd,iud->zijnu", np.abs(heads), np.abs(by_row)).reshape(6, 4, n, w, 1),
-               np.einsum("zijnd,jcd->zijnc", np.abs(heads), np.abs(by_col)).reshape(6, 4, n, 1, w)]
-  logits = (core.scale * np.einsum("zqnd,zknd->zqnk", q.reshape(6, 4, n, d), k)
-            + (rows + cols).reshape(6, 4, n, keys))
+  z, queries, n, d, w, keys = (core.blocks, core.queries, core.heads, core.key_width, core.window,
+                               core.keys)
+  if core.map_layout:  # [B, bq, Y·bq, C] -> [Z, Q, C], as the loops below want
+    blocks = lambda a: a.reshape(2, block, blocks_y, block, -1).transpose(0, 2, 1, 3, 4).reshape(
+        z, queries, -1)
+  else:
+    blocks = lambda a: a
+  q, got = blocks(q), blocks(tf.cast(got, tf.float64).numpy())
+  kv = np.stack([kv_map[image, 0:w, block * y:block * y + w].reshape(keys, -1)
+                 for image in range(2) for y in range(blocks_y)])  # the windows, row-major
+  k = kv[..., :n * d].reshape(z, keys, n, d)
+  v = kv[..., n * d:].reshape(z, keys, n, core.value_width)
+  heads = q.reshape(z, block, block, n, d)  # [Z, query row i, query column j, N, D]
+  by_row = tables[:block * w].reshape(block, w, d)
+  by_col = tables[block * w:].reshape(block, w, d)
+  factor = lambda q_, r_, c_: (
+      np.einsum("zijnd,iud->zijnu", q_, r_).reshape(z, queries, n, w, 1),
+      np.einsum("zijnd,jcd->zijnc", q_, c_).reshape(z, queries, n, 1, w))
+  rows, cols = factor(heads, by_row, by_col)
+  position = sum(factor(np.abs(heads), np.abs(by_row), np.abs(by_col))).reshape(
+      z, queries, n, keys)
+  logits = (core.scale * np.einsum("zqnd,zknd->zqnk", q.reshape(z, queries, n, d), k)
+            + (rows + cols).reshape(z, queries, n, keys))
   p = np.exp(logits - logits.max(-1, keepdims=True))
   p /= p.sum(-1, keepdims=True)
-  want = np.einsum("zqnk,zknd->zqnd", p, v).reshape(6, 4, -1)
-  mass = np.einsum("zqnk,zknd->zqnd", p, np.abs(v)).reshape(6, 4, n, -1)
+  want = np.einsum("zqnk,zknd->zqnd", p, v).reshape(z, queries, -1)
+  mass = np.einsum("zqnk,zknd->zqnd", p, np.abs(v)).reshape(z, queries, n, -1)
   u = 2.0**-8
-  content = np.einsum("zqnd,zknd->zqnk", np.abs(core.scale * q.reshape(6, 4, n, d)), np.abs(k))
-  position = (magnitude[0] + magnitude[1]).reshape(6, 4, n, keys)
-  delta = (u * (content + (np.abs(rows) + np.abs(cols)).reshape(6, 4, n, keys))
+  content = np.einsum("zqnd,zknd->zqnk", np.abs(core.scale * q.reshape(z, queries, n, d)),
+                      np.abs(k))
+  delta = (u * (content + (np.abs(rows) + np.abs(cols)).reshape(z, queries, n, keys))
            + tolerance.worst_case(d) * position).max(-1)  # [Z, Q, N]
   relative = np.expm1(2 * delta) + 2 * u + tolerance.worst_case(2 * keys + d)
-  bound = (relative[..., None] * mass).reshape(6, 4, -1)
+  bound = (relative[..., None] * mass).reshape(z, queries, -1)
   error = np.abs(got - want)
   assert (error <= bound).all(), (error - bound).max()
   assert error.max() > 0  # the probabilities were rounded

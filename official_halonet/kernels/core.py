@@ -5,7 +5,8 @@ both import it. Arrays (heads side by side on the minor axis, as the layer's pro
 them; one float dtype for all but the tables, which are float32), Z = B·X·Y blocks in row-major
 order, each holding Q = bq² queries (bq rows of bq pixels):
   q        [B, X·bq, Y·bq, N·D]              queries, unscaled, as the query projection writes
-                                             them (block z holds bq rows of bq pixels)
+                                             them (block z holds bq rows of bq pixels); or, where
+                                             not `map_layout`, [Z, Q, N·D], block by block
   kv_map   [B, X·b + 2h, Y·b + 2h + R - w, N·(D + Dv)]   keys then values of every pixel,
                                              zero-padded by h (and R - w more columns on the right)
   tables   [2·bq·w, D]   float32             the position embedding each query row i reads for
@@ -13,6 +14,7 @@ order, each holding Q = bq² queries (bq rows of bq pixels):
                                              for window column c (row bq·w + j·w + c); shared by
                                              the heads
   out      [B, X·bq, Y·bq, N·Dv]             the attention's output map, each block in its place
+                                             (or [Z, Q, N·Dv] where not `map_layout`)
   windows  [Z, w·R, N·(D + Dv)]              the kernel's gradient of each block's window, read as
                                              w rows of R pixels; the map's is their scatter-add
 The backward returns the tables' gradient as one float32 [2·bq·w, D] partial sum per grid step
@@ -26,8 +28,8 @@ import math
 from typing import Dict, List
 
 ROW_TILE = 8
-VMEM_BUDGET = 10 << 20  # bytes of VMEM a grid step's blocks and temporaries may take (v5e's
-                        # default scoped limit is 16 MiB)
+VMEM_BUDGET = 10 << 20  # bytes of VMEM a grid step's blocks and temporaries should take
+SCOPED_VMEM = 16 << 20  # the TPU compiler's default limit of a kernel's VMEM (v5e)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -77,12 +79,14 @@ class Core:
     n, z = self.heads, self.blocks
     channels = n * (self.key_width + self.value_width)
     height, width = self.blocks_x * self.query_side, self.blocks_y * self.query_side
-    return {"q": [self.batch, height, width, n * self.key_width],
+    maps = lambda channels: ([self.batch, height, width, channels] if self.map_layout
+                             else [z, self.queries, channels])
+    return {"q": maps(n * self.key_width),
             "kv_map": [self.batch, self.blocks_x * self.block + 2 * self.halo,
                        self.blocks_y * self.block + 2 * self.halo + self.row - self.window,
                        channels],
             "tables": [2 * self.query_side * self.window, self.key_width],
-            "out": [self.batch, height, width, n * self.value_width],
+            "out": maps(n * self.value_width),
             "windows": [z, self.window * self.row, channels]}
 
   def flops(self, backward: bool = False) -> int:
@@ -96,19 +100,39 @@ class Core:
     position = 2 * self.window * self.position_width * (3 if backward else 1)
     return 2 * self.queries * (self.keys * widths + position) * self.heads * self.blocks
 
-  def group(self, itemsize: int, backward: bool) -> int:
-    """Blocks per grid step: the most, up to 8, that divide a block row and fit VMEM_BUDGET with
-    the blocked arrays double-buffered (inputs and outputs; twice as many in backward), the window
-    buffer and six float32 [Q, K]-sized temporaries per block (four of the logits' size, two of
-    the position factors')."""
+  @property
+  def map_layout(self) -> bool:
+    """Whether q and out stay in the map's layout: a grid step then reads bq rows of G·bq pixels,
+    which must fill whole 8-row tiles (bq a multiple of 8, or bq = 4 and G even)."""
+    return self.query_side % 8 == 0 or (self.query_side == 4 and self.blocks_y % 2 == 0)
+
+  def step_bytes(self, itemsize: int, backward: bool) -> int:
+    """VMEM one block of a grid step takes: the blocked arrays double-buffered (inputs and
+    outputs; twice as many in backward), its window and six float32 [Q, K]-sized temporaries
+    (four of the logits' size, two of the position factors')."""
     shapes = self.shapes()
-    arrays = self.queries * sum(shapes[name][-1] for name in ("q", "out"))  # a block's share
+    arrays = self.queries * (self.heads * (self.key_width + self.value_width))  # q and out
     windows = math.prod(shapes["windows"][1:])
     arrays = arrays * (2 if backward else 1) + windows * (3 if backward else 1)
     temporaries = 4 * self.window * self.row + 2 * 2 * self.query_side * self.window
-    per_block = 2 * arrays * itemsize + self.queries * temporaries * 4
-    fits = max(1, VMEM_BUDGET // per_block)
-    return max(g for g in range(1, min(8, fits) + 1) if self.blocks_y % g == 0)
+    return 2 * arrays * itemsize + self.queries * temporaries * 4
+
+  def group(self, itemsize: int, backward: bool) -> int:
+    """Blocks per grid step: the most, up to 8, that divide a block row, fill whole row tiles in
+    the map layout and fit VMEM_BUDGET (at least the fewest that can)."""
+    fits = VMEM_BUDGET // self.step_bytes(itemsize, backward)
+    whole = 8 // math.gcd(8, self.query_side) if self.map_layout else 1
+    able = [g for g in range(whole, 9, whole) if self.blocks_y % g == 0]
+    return max([g for g in able if g <= fits] or able[:1])
+
+  def check_fits(self, itemsize: int) -> None:
+    """Raises ValueError when the backward's grid step cannot fit the compiler's VMEM limit."""
+    need = self.group(itemsize, backward=True) * self.step_bytes(itemsize, backward=True)
+    if need > SCOPED_VMEM:
+      raise ValueError(
+          f"fused attention: a block of {self.queries} queries against a {self.window}×"
+          f"{self.window} window needs {need / 2**20:.1f} MiB of VMEM per grid step, over the "
+          f"TPU compiler's {SCOPED_VMEM >> 20} MiB; use fused_attention=None for this model")
 
   def table_steps(self, itemsize: int) -> List[int]:
     """Shape of the backward's per-step partial sums of the tables' gradient, for arrays of

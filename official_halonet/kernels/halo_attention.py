@@ -102,17 +102,25 @@ def _load_windows(core: Core, kv_map, windows, semaphores):
     copy.wait()
 
 
-def _blocks_of(rows, g: int, bq: int):
-  """[bq, G·bq, C] (G blocks' query rows as the map holds them) -> [G, bq², C] float32."""
-  c = rows.shape[-1]
-  rows = rows.astype(jnp.float32).reshape(bq, g, bq, c)  # float32's 8-row tiles split evenly
-  return jnp.swapaxes(rows, 0, 1).reshape(g, bq * bq, c)
+def _read_blocks(core: Core, ref, g: int):
+  """A step's q (or dO) as [G, Q, C] in the ref's dtype: from bq rows of G·bq pixels in the map
+  layout, re-blocked through float32 (whose 8-row tiles split evenly), else as stored."""
+  if not core.map_layout:
+    return ref[...]
+  bq, c = core.query_side, ref.shape[-1]
+  rows = ref[0].astype(jnp.float32).reshape(bq, g, bq, c)
+  return jnp.swapaxes(rows, 0, 1).reshape(g, bq * bq, c).astype(ref.dtype)
 
 
-def _rows_of(blocks, g: int, bq: int):
-  """The inverse of `_blocks_of`: [G, bq², C] float32 -> [bq, G·bq, C]."""
-  c = blocks.shape[-1]
-  return jnp.swapaxes(blocks.reshape(g, bq, bq, c), 0, 1).reshape(bq, g * bq, c)
+def _write_blocks(core: Core, ref, value, channels: slice):
+  """Stores value [G, Q, c] (float32) in `channels` of a step's out (or dq) block, the inverse of
+  `_read_blocks`."""
+  if not core.map_layout:
+    ref[:, :, channels] = value.astype(ref.dtype)
+    return
+  g, bq, c = value.shape[0], core.query_side, value.shape[-1]
+  rows = jnp.swapaxes(value.reshape(g, bq, bq, c), 0, 1).reshape(bq, g * bq, c)
+  ref[0, :, :, channels] = rows.astype(ref.dtype)
 
 
 def _constants(g: int, dtype, t_ref, e_ref, m_ref, f_ref):
@@ -150,24 +158,23 @@ def _probabilities(qx, kx):
 def _forward_kernel(core: Core, q_ref, kv_map, t_ref, e_ref, m_ref, f_ref, out_ref, windows,
                     semaphores):
   _load_windows(core, kv_map, windows, semaphores)
-  g, bq, dv = windows.shape[0], core.query_side, core.value_width
+  g, dv = windows.shape[0], core.value_width
   constants = _constants(g, q_ref.dtype, t_ref, e_ref, m_ref, f_ref)
-  queries = _blocks_of(q_ref[0], g, bq).astype(q_ref.dtype)
+  queries = _read_blocks(core, q_ref, g)
   for n in range(core.heads):  # each head's result goes straight to its channels of the output
     qx, kx, _, v = _head(core, n, queries, windows, constants)
     p = _probabilities(qx, kx)
     out = jnp.einsum("gqk,gkd->gqd", p.astype(v.dtype), v, preferred_element_type=jnp.float32)
-    out_ref[0, :, :, n * dv:(n + 1) * dv] = _rows_of(out, g, bq).astype(out_ref.dtype)
+    _write_blocks(core, out_ref, out, slice(n * dv, (n + 1) * dv))
 
 
 def _backward_kernel(core: Core, q_ref, kv_map, t_ref, e_ref, m_ref, f_ref, dout_ref, dq_ref,
                      dkv_ref, dt_ref, windows, semaphores):
   _load_windows(core, kv_map, windows, semaphores)
   f32, d, dv, w, heads = jnp.float32, core.key_width, core.value_width, core.window, core.heads
-  g, bq = windows.shape[0], core.query_side
+  g = windows.shape[0]
   constants = _constants(g, q_ref.dtype, t_ref, e_ref, m_ref, f_ref)
-  queries = _blocks_of(q_ref[0], g, bq).astype(q_ref.dtype)
-  douts = _blocks_of(dout_ref[0], g, bq).astype(dout_ref.dtype)
+  queries, douts = _read_blocks(core, q_ref, g), _read_blocks(core, dout_ref, g)
   dt = jnp.zeros(dt_ref.shape[1:], f32)
   for n in range(heads):  # each head's gradients go straight to its channels of the outputs
     qx, kx, q, v = _head(core, n, queries, windows, constants)
@@ -184,7 +191,7 @@ def _backward_kernel(core: Core, q_ref, kv_map, t_ref, e_ref, m_ref, f_ref, dout
     dq = core.scale * dqx[:, :, :d] + jnp.einsum("gqt,gtd->gqd", dr, constants["tables"],
                                                  preferred_element_type=f32)
     dt += jnp.sum(jnp.einsum("gqt,gqd->gtd", dr, q, preferred_element_type=f32), axis=0)
-    dq_ref[0, :, :, n * d:(n + 1) * d] = _rows_of(dq, g, bq).astype(dq_ref.dtype)
+    _write_blocks(core, dq_ref, dq, slice(n * d, (n + 1) * d))
     dkv_ref[:, :, n * d:(n + 1) * d] = dk.astype(dkv_ref.dtype)
     dkv_ref[:, :, heads * d + n * dv:heads * d + (n + 1) * dv] = dv_n.astype(dkv_ref.dtype)
   dt_ref[0] = dt
@@ -201,7 +208,7 @@ def _call(kernel, core: Core, inputs, outputs, backward: bool, interpret: bool):
   per_image, bq = core.blocks_x * core.blocks_y, core.query_side
 
   def block(name):  # the step's G blocks: G·bq map pixels of a block row for q, out and dq
-    if name == "windows":
+    if name == "windows" or not core.map_layout:
       return pl.BlockSpec((g,) + tuple(shapes[name][1:]), lambda i: (i, 0, 0))
     at = lambda i: (i * g // per_image, i * g % per_image // core.blocks_y,
                     i * g % core.blocks_y // g, 0)

@@ -331,7 +331,12 @@ class HaloAttention(tf_keras.layers.Layer):
     _, height, width, _ = x.shape.as_list()
     bottom, right = n_x * b - height + h, n_y * b - width + h + core.row - core.window
     kv_map = tf.pad(self.key_value(x), [[0, 0], [h, bottom], [h, right], [0, 0]])
-    return fused_attention.attend(q, kv_map, tables, core, self.fused_core)
+    core.check_fits(q.dtype.size)
+    if core.map_layout:  # the kernel reads q and writes its output as maps
+      return fused_attention.attend(q, kv_map, tables, core, self.fused_core)
+    out = fused_attention.attend(tf.reshape(blocking.to_blocks(q, bq), core.shapes()["q"]),
+                                 kv_map, tables, core, self.fused_core)
+    return blocking.from_blocks(tf.reshape(out, [batch, n_x, n_y, bq * bq, -1]), bq)
 
   def _key_mask(self, height, width, blocks, dtype) -> Optional[tf.Tensor]:
     """Bool [1 or B, X·Y, 1, bq², w²] (broadcastable), False for keys a query may not attend to:
