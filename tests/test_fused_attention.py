@@ -137,11 +137,11 @@ def test_bfloat16_inputs_against_float64_at_the_bfloat16_bound(block, blocks_y):
   assert error.max() > 0  # the probabilities were rounded
 
 
-def _train_step_hlo(fused_core, strides):
+def _train_step_hlo(fused_core, block, strides):
   """HLO of loss and gradients of one halo layer (H1 stage-1 shape at batch 4), mixed_bfloat16."""
   tf_keras.mixed_precision.set_global_policy("mixed_bfloat16")
   try:
-    layer = HaloAttention(num_heads=4, key_dim=64, value_dim=64, block_size=8, halo_size=3,
+    layer = HaloAttention(num_heads=4, key_dim=64, value_dim=64, block_size=block, halo_size=3,
                           strides=strides, fused_core=fused_core)
     spec = tf.TensorSpec([4, 64, 64, 64], tf.bfloat16)
     layer.build(spec.shape)
@@ -158,22 +158,25 @@ def _train_step_hlo(fused_core, strides):
     tf_keras.mixed_precision.set_global_policy("float32")
 
 
-@pytest.mark.parametrize("strides", [1, 2])
-def test_the_kernels_compile_for_tpu_and_keep_the_logits_off_hbm(tmp_path, strides):
-  """The fused layer's train step compiles for v5e with its two kernels (forward, backward), also
-  where a block holds 4×4 queries (strides=2: the kernel re-blocks rows of 4); the compiler counts
-  their FLOPs at least at the analytic count, and the step moves less than half the bytes of
-  XLA's (whose float32 logits alone, written once, are 4·64·64·4·196·4 = 51 MB at stride 1)."""
+@pytest.mark.parametrize("block, strides", [(8, 1), (8, 2), (10, 1)])
+def test_the_kernels_compile_for_tpu_and_keep_the_logits_off_hbm(tmp_path, block, strides):
+  """The fused layer's train step compiles for v5e with its two kernels (forward, backward): 8×8
+  query blocks in the map layout, 4×4 (strides=2: rows of 4 re-blocked) and H3-H7's 10×10 blocks
+  (q block by block; windows starting mid-tile, read from the tile before). The compiler counts
+  their FLOPs at least at the analytic count, and the step moves less than half the bytes of XLA's
+  (whose float32 logits alone, written once, are 4·64·64·4·196·4 = 51 MB at 8×8 blocks)."""
   generation = chips.GENERATIONS["v5litepod"]
   text = str(tmp_path / "fused.txt")
-  fused = check.compile_for(_train_step_hlo("tpu", strides), generation, text)
-  plain = check.compile_for(_train_step_hlo(None, strides), generation)
+  fused = check.compile_for(_train_step_hlo("tpu", block, strides), generation, text)
+  plain = check.compile_for(_train_step_hlo(None, block, strides), generation)
   assert fused["compiled"] and plain["compiled"], (fused.get("error"), plain.get("error"))
   with open(text, encoding="utf-8") as f:
     assert f.read().count('custom_call_target="tpu_custom_call"') == 2
-  core = fused_attention.Core(batch=4, blocks_x=8, blocks_y=8, block=8, halo=3,
-                              queries=(8 // strides)**2, heads=4, key_width=16, value_width=16,
-                              scale=0.25, position_width=16)
+  blocks = -(-64 // block)
+  core = fused_attention.Core(batch=4, blocks_x=blocks, blocks_y=blocks, block=block, halo=3,
+                              queries=(block // strides)**2, heads=4, key_width=16,
+                              value_width=16, scale=0.25, position_width=16)
+  assert core.map_layout == (block == 8)
   assert fused["flops"] >= core.flops() + core.flops(backward=True)
   assert fused["bytes_accessed"] < 0.5 * plain["bytes_accessed"], (fused, plain)
   assert fused["while_loops"] == 0
@@ -224,6 +227,11 @@ def test_shapes_the_core_does_not_expect_are_named():
   with pytest.raises(ValueError, match="tables must be float32, got bfloat16"):
     fused_attention.attend(q, tf.zeros(core.shapes()["kv_map"]), tf.cast(tables, tf.bfloat16),
                            core, "cpu")
+  big = fused_attention.Core(batch=1, blocks_x=1, blocks_y=2, block=32, halo=3, queries=1024,
+                             heads=8, key_width=16, value_width=16, scale=0.25, position_width=16)
+  with pytest.raises(ValueError, match=r"a block of 1024 queries against a 38×38 window needs "
+                     r"[0-9.]+ MiB of VMEM per grid step, over the TPU compiler's 16 MiB"):
+    big.check_fits(2)
   with pytest.raises(ValueError, match="queries=6 per block is not a square"):
     fused_attention.Core(batch=1, blocks_x=1, blocks_y=2, block=2, halo=1, queries=6, heads=1,
                          key_width=4, value_width=4, scale=0.5, position_width=4)

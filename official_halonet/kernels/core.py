@@ -20,8 +20,10 @@ order, each holding Q = bq² queries (bq rows of bq pixels):
 The backward returns the tables' gradient as one float32 [2·bq·w, D] partial sum per grid step
 (`table_steps`; their sum is the gradient), so that no step depends on another and a chip with two
 TensorCores may split the grid between them. A step takes `group` blocks of one block row.
-A window row is read R = w rounded up to a multiple of ROW_TILE pixels wide (DMA copies move whole
-tiles of rows); the extra R - w keys of each row are masked out of the softmax.
+A window row is read from the row tile holding its first pixel, R pixels wide (DMA copies move
+whole tiles of rows): R = w rounded up to whole tiles when b is a multiple of ROW_TILE, and wide
+enough for any shift of the window within its first tile otherwise; the R - w extra keys of each
+row are masked out of the softmax.
 """
 import dataclasses
 import math
@@ -67,8 +69,18 @@ class Core:
 
   @property
   def row(self) -> int:
-    """R: pixels read per window row."""
-    return -(-self.window // ROW_TILE) * ROW_TILE
+    """R: pixels read per window row, from the row tile holding the window's first pixel."""
+    return -(-(self.window + self.shifts[-1]) // ROW_TILE) * ROW_TILE
+
+  @property
+  def shifts(self) -> List[int]:
+    """Where in its row tile a window may start: the block's first column y·b modulo ROW_TILE."""
+    return list(range(0, ROW_TILE, math.gcd(self.block, ROW_TILE)))
+
+  def window_start(self, y: int) -> int:
+    """The first pixel read for block column y (of the padded map): its window's, rounded down to a
+    whole row tile (DMA copies start at tiles)."""
+    return y * self.block // ROW_TILE * ROW_TILE
 
   @property
   def blocks(self) -> int:

@@ -54,20 +54,26 @@ from jax.experimental import pallas as pl
 from jax.experimental.pallas import tpu as pltpu
 
 # export.py puts this folder on the path.
-from core import Core  # pylint: disable=g-import-not-at-top
+from core import Core, ROW_TILE  # pylint: disable=g-import-not-at-top
 
 MASKED = -1e9  # the logit of a key read only to fill a window row's tiles
 
 
 def key_positions(core: Core) -> np.ndarray:
-  """E [w·R, 2w + 1]: the key read at window row u, column c has a one at column u (its row) and
-  at w + c (its column); columns c >= w are filler, with MASKED in the last column instead."""
+  """E [shifts, w·R, 2w + 1]: for a window starting `shift` pixels into its first row tile, the
+  key read at window row u, pixel c' (column c = c' - shift) has a one at column u (its row) and at
+  w + c (its column); pixels outside the window are filler, with MASKED in the last column
+  instead."""
   w, row = core.window, core.row
-  u, c = np.divmod(np.arange(w * row), row)
-  filler = c >= w
-  return np.concatenate([(u[:, None] == np.arange(w)[None]) & ~filler[:, None],
-                         (c[:, None] == np.arange(w)[None]),
-                         (MASKED * filler)[:, None]], axis=1).astype(np.float32)
+  u, read = np.divmod(np.arange(w * row), row)
+  positions = []
+  for shift in core.shifts:
+    c = read - shift
+    filler = (c < 0) | (c >= w)
+    positions.append(np.concatenate([(u[:, None] == np.arange(w)[None]) & ~filler[:, None],
+                                     (c[:, None] == np.arange(w)[None]),
+                                     (MASKED * filler)[:, None]], axis=1))
+  return np.stack(positions).astype(np.float32)
 
 
 def table_selection(core: Core):
@@ -83,23 +89,39 @@ def table_selection(core: Core):
   return mask.astype(np.float32), (fold[:, None] == np.arange(2 * w)[None]).astype(np.float32)
 
 
-def _load_windows(core: Core, kv_map, windows, semaphores):
-  """Copies the step's G windows from the map in HBM to the VMEM buffer [G, w·R, C], one DMA of R
-  pixels per window row, and waits for them."""
-  g, b, w = windows.shape[0], core.block, core.window
+def _step_blocks(core: Core, g: int):
+  """(image, block row x, first block column y) of the grid step's G blocks."""
   first = pl.program_id(0) * g
   per_image = core.blocks_x * core.blocks_y
-  image, x, y = first // per_image, (first % per_image) // core.blocks_y, first % core.blocks_y
+  return first // per_image, (first % per_image) // core.blocks_y, first % core.blocks_y
+
+
+def _load_windows(core: Core, kv_map, windows, semaphores):
+  """Copies the step's G windows from the map in HBM to the VMEM buffer [G, w·R, C], one DMA of R
+  pixels per window row from the row tile holding its first pixel, and waits for them."""
+  g, b, w = windows.shape[0], core.block, core.window
+  image, x, y = _step_blocks(core, g)
   copies = []
   for j in range(g):
+    start = pl.multiple_of((y + j) * b // ROW_TILE * ROW_TILE, ROW_TILE)  # Core.window_start
     for u in range(w):
-      copy = pltpu.make_async_copy(kv_map.at[image, x * b + u, pl.ds((y + j) * b, core.row), :],
+      copy = pltpu.make_async_copy(kv_map.at[image, x * b + u, pl.ds(start, core.row), :],
                                    windows.at[j, pl.ds(u * core.row, core.row), :],
                                    semaphores.at[j * w + u])
       copy.start()
       copies.append(copy)
   for copy in copies:
     copy.wait()
+
+
+def _key_positions(core: Core, g: int, e_ref, dtype):
+  """E of each of the step's G blocks [G, w·R, 2w + 1] in `dtype`, for where its window starts."""
+  if len(core.shifts) == 1:
+    return jnp.broadcast_to(e_ref[0].astype(dtype)[None], (g,) + e_ref.shape[1:])
+  _, _, y = _step_blocks(core, g)
+  step = core.shifts[1]
+  return jnp.stack([e_ref[(y + j) * core.block % ROW_TILE // step].astype(dtype)
+                    for j in range(g)])
 
 
 def _read_blocks(core: Core, ref, g: int):
@@ -123,12 +145,12 @@ def _write_blocks(core: Core, ref, value, channels: slice):
   ref[0, :, :, channels] = rows.astype(ref.dtype)
 
 
-def _constants(g: int, dtype, t_ref, e_ref, m_ref, f_ref):
+def _constants(core: Core, g: int, dtype, t_ref, e_ref, m_ref, f_ref):
   """The step's shared operands, broadcast over its G blocks: T [G, 2·bq·w, D] and F
   [G, 2·bq·w, 2w] in `dtype`, M [G, Q, 2·bq·w] float32 and E [G, w·R, 2w + 1] in `dtype`."""
   spread = lambda ref, to: jnp.broadcast_to(ref[...].astype(to)[None], (g,) + ref.shape)
   return dict(tables=spread(t_ref, dtype), fold=spread(f_ref, dtype),
-              mask=spread(m_ref, jnp.float32), keys=spread(e_ref, dtype))
+              mask=spread(m_ref, jnp.float32), keys=_key_positions(core, g, e_ref, dtype))
 
 
 def _head(core: Core, n: int, queries, windows, constants):
@@ -159,7 +181,7 @@ def _forward_kernel(core: Core, q_ref, kv_map, t_ref, e_ref, m_ref, f_ref, out_r
                     semaphores):
   _load_windows(core, kv_map, windows, semaphores)
   g, dv = windows.shape[0], core.value_width
-  constants = _constants(g, q_ref.dtype, t_ref, e_ref, m_ref, f_ref)
+  constants = _constants(core, g, q_ref.dtype, t_ref, e_ref, m_ref, f_ref)
   queries = _read_blocks(core, q_ref, g)
   for n in range(core.heads):  # each head's result goes straight to its channels of the output
     qx, kx, _, v = _head(core, n, queries, windows, constants)
@@ -173,7 +195,7 @@ def _backward_kernel(core: Core, q_ref, kv_map, t_ref, e_ref, m_ref, f_ref, dout
   _load_windows(core, kv_map, windows, semaphores)
   f32, d, dv, w, heads = jnp.float32, core.key_width, core.value_width, core.window, core.heads
   g = windows.shape[0]
-  constants = _constants(g, q_ref.dtype, t_ref, e_ref, m_ref, f_ref)
+  constants = _constants(core, g, q_ref.dtype, t_ref, e_ref, m_ref, f_ref)
   queries, douts = _read_blocks(core, q_ref, g), _read_blocks(core, dout_ref, g)
   dt = jnp.zeros(dt_ref.shape[1:], f32)
   for n in range(heads):  # each head's gradients go straight to its channels of the outputs

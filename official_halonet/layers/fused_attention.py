@@ -47,13 +47,14 @@ def _call(kind: str, core: Core, platform: str, args: List[tf.Tensor], outputs: 
 
 
 def window_pixels(core: Core) -> np.ndarray:
-  """[Z·w·R] int32: the pixels each block's window rows are read from (R per row, row-major), as
-  indices of kv_map's pixels."""
+  """[Z·w·R] int32: the pixels each block's window rows are read from (R per row from the row tile
+  holding the window's first pixel, row-major), as indices of kv_map's pixels."""
   _, height, width, _ = core.shapes()["kv_map"]
   b = core.block
   image = np.arange(core.batch)[:, None, None, None, None] * height * width
   row = (np.arange(core.blocks_x) * b)[None, :, None, None, None] + np.arange(core.window)[:, None]
-  col = (np.arange(core.blocks_y) * b)[None, None, :, None, None] + np.arange(core.row)
+  starts = np.array([core.window_start(y) for y in range(core.blocks_y)])
+  col = starts[None, None, :, None, None] + np.arange(core.row)
   return (image + row * width + col).reshape(-1).astype(np.int32)
 
 
