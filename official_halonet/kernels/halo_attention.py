@@ -16,8 +16,9 @@ between the q·k and P·v products (two separate instructions); here a grid step
 one block row whole in VMEM, so HBM sees only q, the tables, the output and the windows, which the
 step copies row by row (one DMA per window row) from the zero-padded k/v map: no gathered copy of
 the windows is ever written, and no position term either. q and the output stay in the map's
-layout [B, X·bq, Y·bq, C] (backward: dO and dq too): a step reads and writes bq rows of G·bq
-pixels and re-blocks them in VMEM, so nothing outside the kernel re-blocks them.
+layout [B, X·bq, Y·bq, C] (backward: dO and dq too) where a step's bq rows of G·bq pixels fill
+whole row tiles (Core.map_layout): the step re-blocks them in VMEM, so nothing outside the kernel
+does; elsewhere they come and go block by block.
 
 The position factors come from two small products: R = q·Tᵀ [Q, 2·bq·w] against every query row's
 and column's table rows, then pos = (R ⊙ M)·F [Q, 2w], with M the constant 0/1 mask keeping each

@@ -15,8 +15,9 @@ path against the XLA one on a CPU). Shapes must be static: one module per shape.
 
 Shapes (q and the map in one float dtype, the tables float32; kernels/core.py says what each
 channel and row holds):
-  q  [Z, Q, N·D]   kv_map  [B, X·b + 2h, Y·b + 2h + R - w, N·(D + Dv)]   tables  [2·bq·w, D]
-  ->  [Z, Q, N·Dv]
+  q  [B, X·bq, Y·bq, N·D]   kv_map  [B, X·b + 2h, Y·b + 2h + R - w, N·(D + Dv)]
+  tables  [2·bq·w, D]   ->  [B, X·bq, Y·bq, N·Dv]
+or, where not `core.map_layout`, q [Z, Q, N·D] -> [Z, Q, N·Dv], block by block.
 """
 import dataclasses
 from typing import List
@@ -68,7 +69,8 @@ def _map_gradient(core: Core, windows: tf.Tensor) -> tf.Tensor:
 
 
 def attend(q: tf.Tensor, kv_map: tf.Tensor, tables: tf.Tensor, core: Core, platform: str):
-  """out [Z, Q, N·Dv] (see the module docstring); differentiable in q, kv_map and tables."""
+  """out, shaped `core.shapes()["out"]` (see the module docstring); differentiable in q, kv_map
+  and tables."""
   if platform not in PLATFORMS:
     raise ValueError(f"platform must be one of {PLATFORMS}, got {platform!r}")
   for name, tensor in zip(INPUTS, (q, kv_map, tables)):

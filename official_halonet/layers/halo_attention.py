@@ -319,19 +319,17 @@ class HaloAttention(tf_keras.layers.Layer):
         batch=batch, blocks_x=n_x, blocks_y=n_y, block=b, halo=h, queries=bq * bq,
         heads=self.num_heads, key_width=d, value_width=self.value_dim // self.num_heads,
         scale=d**-0.5, position_width=d // 2 if self.rel_pos == "split" else d)
+    core.check_fits(q.dtype.size)
     tables = relative_position.window_tables(
         tf.cast(self.rel_pos_h, tf.float32), tf.cast(self.rel_pos_w, tf.float32), b, h,
         self.query_stride, self.rel_pos, self.query_positions == "subsampled")
     if self.scale_rel_logits:
       tables = tables * core.scale
-    # The map zero-padded by h, up to whole blocks, and to whole window rows of core.row pixels.
-    # (Measured on v5e: the padding pass is also the map's relayout for the kernel. A 1×1
-    # convolution that pads its input writes the map in another layout and needs a copy instead;
-    # projecting the padded input costs 26% more FLOPs on H1.)
+    # The map zero-padded by h, up to whole blocks, and to whole window rows of core.row pixels
+    # (the pad pass is also the relayout the kernel needs: docs/tpu_attention_bytes.md, step 5).
     _, height, width, _ = x.shape.as_list()
     bottom, right = n_x * b - height + h, n_y * b - width + h + core.row - core.window
     kv_map = tf.pad(self.key_value(x), [[0, 0], [h, bottom], [h, right], [0, 0]])
-    core.check_fits(q.dtype.size)
     if core.map_layout:  # the kernel reads q and writes its output as maps
       return fused_attention.attend(q, kv_map, tables, core, self.fused_core)
     out = fused_attention.attend(tf.reshape(blocking.to_blocks(q, bq), core.shapes()["q"]),
