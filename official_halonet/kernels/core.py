@@ -77,10 +77,14 @@ class Core:
     """Where in its row tile a window may start: the block's first column y·b modulo ROW_TILE."""
     return list(range(0, ROW_TILE, math.gcd(self.block, ROW_TILE)))
 
-  def window_start(self, y: int) -> int:
+  def window_start(self, y):
     """The first pixel read for block column y (of the padded map): its window's, rounded down to a
-    whole row tile (DMA copies start at tiles)."""
+    whole row tile (DMA copies start at tiles). y may be a traced integer."""
     return y * self.block // ROW_TILE * ROW_TILE
+
+  def shift_index(self, y):
+    """Which of `shifts` block column y's window starts at. y may be a traced integer."""
+    return y * self.block % ROW_TILE // math.gcd(self.block, ROW_TILE)
 
   @property
   def blocks(self) -> int:
@@ -116,7 +120,8 @@ class Core:
   def map_layout(self) -> bool:
     """Whether q and out stay in the map's layout: a grid step then reads bq rows of G·bq pixels,
     which must fill whole 8-row tiles (bq a multiple of 8, or bq = 4 and G even)."""
-    return self.query_side % 8 == 0 or (self.query_side == 4 and self.blocks_y % 2 == 0)
+    return (self.query_side % ROW_TILE == 0
+            or (self.query_side == ROW_TILE // 2 and self.blocks_y % 2 == 0))
 
   def step_bytes(self, itemsize: int, backward: bool) -> int:
     """VMEM one block of a grid step takes: the blocked arrays double-buffered (inputs and
@@ -133,7 +138,7 @@ class Core:
     """Blocks per grid step: the most, up to 8, that divide a block row, fill whole row tiles in
     the map layout and fit VMEM_BUDGET (at least the fewest that can)."""
     fits = VMEM_BUDGET // self.step_bytes(itemsize, backward)
-    whole = 8 // math.gcd(8, self.query_side) if self.map_layout else 1
+    whole = ROW_TILE // math.gcd(ROW_TILE, self.query_side) if self.map_layout else 1
     able = [g for g in range(whole, 9, whole) if self.blocks_y % g == 0]
     return max([g for g in able if g <= fits] or able[:1])
 

@@ -101,10 +101,10 @@ def _load_windows(core: Core, kv_map, windows, semaphores):
   """Copies the step's G windows from the map in HBM to the VMEM buffer [G, w·R, C], one DMA of R
   pixels per window row from the row tile holding its first pixel, and waits for them."""
   g, b, w = windows.shape[0], core.block, core.window
-  image, x, y = _step_blocks(core, g)
+  image, x, y = _step_blocks(core, g)  # window rows start at x·b of the padded map
   copies = []
   for j in range(g):
-    start = pl.multiple_of((y + j) * b // ROW_TILE * ROW_TILE, ROW_TILE)  # Core.window_start
+    start = pl.multiple_of(core.window_start(y + j), ROW_TILE)
     for u in range(w):
       copy = pltpu.make_async_copy(kv_map.at[image, x * b + u, pl.ds(start, core.row), :],
                                    windows.at[j, pl.ds(u * core.row, core.row), :],
@@ -120,9 +120,7 @@ def _key_positions(core: Core, g: int, e_ref, dtype):
   if len(core.shifts) == 1:
     return jnp.broadcast_to(e_ref[0].astype(dtype)[None], (g,) + e_ref.shape[1:])
   _, _, y = _step_blocks(core, g)
-  step = core.shifts[1]
-  return jnp.stack([e_ref[(y + j) * core.block % ROW_TILE // step].astype(dtype)
-                    for j in range(g)])
+  return jnp.stack([e_ref[core.shift_index(y + j)].astype(dtype) for j in range(g)])
 
 
 def _read_blocks(core: Core, ref, g: int):

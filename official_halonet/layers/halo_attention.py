@@ -328,8 +328,9 @@ class HaloAttention(tf_keras.layers.Layer):
     # The map zero-padded by h, up to whole blocks, and to whole window rows of core.row pixels
     # (the pad pass is also the relayout the kernel needs: docs/tpu_attention_bytes.md, step 5).
     _, height, width, _ = x.shape.as_list()
-    bottom, right = n_x * b - height + h, n_y * b - width + h + core.row - core.window
-    kv_map = tf.pad(self.key_value(x), [[0, 0], [h, bottom], [h, right], [0, 0]])
+    _, padded_height, padded_width, _ = core.shapes()["kv_map"]
+    kv_map = tf.pad(self.key_value(x), [[0, 0], [h, padded_height - height - h],
+                                        [h, padded_width - width - h], [0, 0]])
     if core.map_layout:  # the kernel reads q and writes its output as maps
       return fused_attention.attend(q, kv_map, tables, core, self.fused_core)
     out = fused_attention.attend(tf.reshape(blocking.to_blocks(q, bq), core.shapes()["q"]),
