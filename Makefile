@@ -1,19 +1,21 @@
 # Two commands do everything on a fresh machine:
 #   make demo   -- create the virtual environment if missing, then run the main job on its embedded default
 #   make test   -- create the virtual environments if missing, then run the whole test suite
-#   make tpu-env -- only the side environment of --mode=tpu_check (XLA's TPU compiler)
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-TPU_VENV := .tpu-venv
-TPU_STAMP := $(TPU_VENV)/.installed
-# Python 3.12 for the TPU compiler's side environment: a pyenv 3.12.x, else python3.12 on PATH.
-PYTHON312 ?= $(shell for p in $$(pyenv root 2>/dev/null || echo $$HOME/.pyenv)/versions/3.12*/bin/python3.12 python3.12; do \
-  "$$p" -c 1 >/dev/null 2>&1 && { echo "$$p"; break; }; done)
+# What a TPU host runs (tpu_scripts/host_setup.sh): the project's venv with TensorFlow's TPU build
+# and the pinned libtpu over it. For the test that TensorFlow's TPU build loads that libtpu, this
+# venv sees the project's packages through a .pth file and holds only those two itself.
+TF_TPU_VENV := .tf-tpu-venv
+TF_TPU_STAMP := $(TF_TPU_VENV)/.installed
+TF_VERSION = $(shell sed -n 's/^tensorflow==\([^ ]*\).*/\1/p' requirements.txt)
+LIBTPU_PIN = $(shell sed -n 's/^\(libtpu==[^ ]*\).*/\1/p' requirements.txt)
+PURELIB := import sysconfig; print(sysconfig.get_paths()["purelib"])
 
-.PHONY: demo test bench venv tpu-env clean shellcheck
+.PHONY: demo test bench venv tf-tpu-venv clean shellcheck
 
 $(STAMP): requirements.txt constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -23,20 +25,20 @@ $(STAMP): requirements.txt constraints.txt
 
 venv: $(STAMP)
 
-# The side environment of `main.py --mode=tpu_check`: jax + libtpu (XLA's TPU compiler), pinned.
-$(TPU_STAMP): requirements-tpu.txt constraints-tpu.txt
-	@test -n "$(PYTHON312)" || { echo "make tpu-env needs Python 3.12 (a pyenv 3.12.x or python3.12 on PATH)"; exit 1; }
-	test -x $(TPU_VENV)/bin/python || $(PYTHON312) -m venv $(TPU_VENV)
-	$(TPU_VENV)/bin/python -m pip install --quiet -r requirements-tpu.txt -c constraints-tpu.txt
-	$(TPU_VENV)/bin/python -m pip check
-	touch $(TPU_STAMP)
+$(TF_TPU_STAMP): $(STAMP)
+	test -x $(TF_TPU_VENV)/bin/python || $(PY) -m venv --without-pip $(TF_TPU_VENV)
+	$(PY) -c '$(PURELIB)' > "$$($(TF_TPU_VENV)/bin/python -c '$(PURELIB)')/project-venv.pth"
+	$(PY) -m pip install --quiet --no-deps --ignore-installed \
+	  --target "$$($(TF_TPU_VENV)/bin/python -c '$(PURELIB)')" \
+	  "tensorflow-tpu==$(TF_VERSION)" "$(LIBTPU_PIN)"
+	touch $(TF_TPU_STAMP)
 
-tpu-env: $(TPU_STAMP)
+tf-tpu-venv: $(TF_TPU_STAMP)
 
 demo: $(STAMP)
 	$(PY) main.py --demo
 
-test: $(STAMP) $(TPU_STAMP) shellcheck
+test: $(STAMP) $(TF_TPU_STAMP) shellcheck
 	$(PY) -m pytest -n 2 --dist loadgroup -q --durations=25 tests
 
 # The tpu_scripts tests lint with shellcheck when it is installed; as root with apt (CI), install it
@@ -50,4 +52,4 @@ bench: $(STAMP)
 	$(PY) bench/attention.py
 
 clean:
-	rm -rf $(VENV) $(TPU_VENV)
+	rm -rf $(VENV) $(TF_TPU_VENV)

@@ -1,6 +1,5 @@
-"""main.py --mode=tpu_check: the HLO half (TensorFlow) and the compile half (libtpu, side env).
+"""main.py --mode=tpu_check: the HLO half (TensorFlow) and the compile half (the pinned libtpu).
 
-The compile tests need the side environment that `make test` builds (`make tpu-env`, .tpu-venv).
 Real compiles: a tiny RetinaNet halo train step, which fits; one check of the demo's tiny model at
 a batch sized to overflow a v5e chip's HBM (the eval step fits, the train step does not, and the
 compiler says by how much); the demo's train step at its own batch, which fits; and three stacked
@@ -23,6 +22,7 @@ import pytest
 import tensorflow as tf
 
 import official_halonet  # noqa: F401
+from official_halonet.kernels import tpu_software
 from official_halonet.layers import HaloAttention
 from official_halonet.tpu import check
 from official_halonet.tpu import chips
@@ -42,11 +42,54 @@ def _options(*bindings):
 
 
 @pytest.mark.parametrize("name, generation, devices", [
-    ("v4-32", "v4", 32), ("v5litepod-16", "v5litepod", 16), ("v5e-8", "v5litepod", 8),
+    ("v4-32", "v4", 16), ("v4-8", "v4", 4), ("v5litepod-16", "v5litepod", 16), ("v5e-8", "v5litepod", 8),
     ("v5p-8", "v5p", 4), ("v6e-8", "v6e", 8), ("v3-8", "v3", 8), ("V2-8", "v2", 8)])
 def test_cloud_slice_names(name, generation, devices):
+  """Devices as TPUStrategy counts replicas: a v4 or v5p chip's two cores are one device."""
   tpu = chips.parse_slice(name)
   assert (tpu.generation.name, tpu.devices) == (generation, devices)
+
+
+# What the pinned libtpu's compile-only client gives for each generation's topology: devices,
+# TensorCores per device, and the HBM its error states (measured by `_available_hbm`).
+def _client_devices(generation: chips.Generation):
+  script = f"""
+import json, sys
+sys.path.insert(0, {os.path.join(ROOT, "official_halonet", "tpu")!r})
+import compile_only
+devices = compile_only.topology_devices({generation.topology!r}, {generation.chip_config!r})
+chips = {{tuple(d.coords) for d in devices}}
+print(json.dumps(dict(kind=devices[0].device_kind, devices=len(devices), chips=len(chips),
+                      cores=[d.num_cores for d in devices])))
+"""
+  done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                        timeout=600, check=True,
+                        env={**tpu_software.OFF_TPU_ENVIRONMENT, **os.environ})
+  return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+@pytest.mark.parametrize("name", sorted(chips.GENERATIONS))
+def test_generations_are_the_devices_the_compiler_and_tensorflow_see(name):
+  """chips.py against the pinned compile-only client: device kind, devices per chip, cores per
+  device (2 where TensorFlow runs a chip as one megacore device), and the HBM one device offers
+  (a program one GiB over it is refused, naming that capacity)."""
+  generation = chips.GENERATIONS[name]
+  seen = _client_devices(generation)
+  assert seen["kind"] == generation.device_kind
+  assert seen["devices"] == seen["chips"] * generation.devices_per_chip
+  assert set(seen["cores"]) == {generation.cores_per_device}
+  over = check.compile_for(_arguments_hlo(generation.hbm_bytes + 2**30), generation)
+  assert not over["compiled"] and over["out_of_memory"], over
+  assert f"of {generation.hbm_gib:.2f}G hbm" in over["error"], over["error"]
+
+
+def _arguments_hlo(total_bytes: int) -> bytes:
+  """HLO of a step that adds one to float32 arguments of `total_bytes` in all (each under 4 GiB,
+  the compiler's largest array)."""
+  count = -(-total_bytes // 2**31)
+  specs = [tf.TensorSpec([total_bytes // count // 4 // 1024, 1024], tf.float32)] * count
+  step = tf.function(lambda *xs: [x + 1 for x in xs], jit_compile=True)
+  return step.experimental_get_compiler_ir(*specs)(stage="hlo_serialized")
 
 
 @pytest.mark.parametrize("name", ["v9-8", "v4", "tpu-v4-8", "v5p-1"])
@@ -104,8 +147,9 @@ def test_errors_before_any_compile(monkeypatch):
   with pytest.raises(check.CheckError, match="global_batch_size=64 is not divisible by the 6 "
                                              "devices of v5litepod-6"):
     check.check(_options(), "v5litepod-6")
-  monkeypatch.setenv("OFFICIAL_HALONET_TPU_PYTHON", "/nonexistent/python")
-  with pytest.raises(check.CheckError, match="make tpu-env"):
+  monkeypatch.setattr(tpu_software, "installed", lambda package: "0.0.52")
+  with pytest.raises(check.CheckError, match=r"libtpu 0\.0\.52 is installed, but this project "
+                                             r"runs TPUs with libtpu 0\.0\.14"):
     check.check(_options(), TOPOLOGY)
 
 

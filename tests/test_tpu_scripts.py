@@ -14,6 +14,7 @@ import stat
 import subprocess
 import sys
 import textwrap
+from importlib import metadata
 from pathlib import Path
 
 import pytest
@@ -23,7 +24,6 @@ SCRIPTS = ROOT / 'tpu_scripts'
 ALL_SCRIPTS = sorted(SCRIPTS.glob('*.sh'))
 USER_SCRIPTS = ['create.sh', 'setup.sh', 'train.sh', 'eval.sh', 'export.sh', 'logs.sh',
                 'delete.sh', 'run.sh']
-INDEX = 'https://storage.googleapis.com/libtpu-tf-releases/index.html'
 
 FAKE_GCLOUD = textwrap.dedent('''\
     #!{python}
@@ -247,7 +247,7 @@ def test_setup_single_host(sandbox):
 
 def test_setup_pod_uses_worker_all_and_passes_install_flags(sandbox):
     lines = sandbox.dry('setup.sh', *POD, '--project', 'p1', '--remote-dir', 'work/h7',
-                        '--libtpu-version=0.0.21', '--tf-tpu-version', '2.20.0', '--ref', 'HEAD~0')
+                        '--python=python3.12', '--ref', 'HEAD~0')
     assert len(lines) == 3
     assert shlex.split(lines[0])[-1] == 'HEAD~0'
     assert shlex.split(lines[1]) == [
@@ -257,56 +257,91 @@ def test_setup_pod_uses_worker_all_and_passes_install_flags(sandbox):
                                          '--zone=europe-west4-a', '--project=p1']
     assert '--worker=all' in shlex.split(lines[2])
     assert remote_command(lines[2]).endswith(
-        'bash work/h7/src/tpu_scripts/host_setup.sh --libtpu-version 0.0.21 --tf-tpu-version 2.20.0')
+        'bash work/h7/src/tpu_scripts/host_setup.sh --python python3.12')
 
 
-def test_host_setup_installs_pinned_requirements_then_the_tpu_build(sandbox):
-    lines = sandbox.dry('host_setup.sh', '--base', '/home/me/halonet')
-    assert lines == [
+@pytest.fixture
+def host_base(tmp_path):
+    """A host's install base: BASE/src holds the project copy's requirements.txt."""
+    base = tmp_path / 'halonet'
+    (base / 'src').mkdir(parents=True)
+    shutil.copy(ROOT / 'requirements.txt', base / 'src' / 'requirements.txt')
+    return base
+
+
+def test_host_setup_installs_exactly_the_pinned_set(sandbox, host_base):
+    """requirements.txt pins libtpu and jax / jaxlib: nothing else installs TPU software, and the
+    tpu_software check fails the setup where what was installed is not the pin."""
+    b = str(host_base)
+    assert sandbox.dry('host_setup.sh', '--base', b) == [
         'sudo DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=600 update -q',
         'sudo DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=600 install -y -q '
         'python3.11 python3.11-venv',
-        'python3.11 -m venv /home/me/halonet/venv',
-        '/home/me/halonet/venv/bin/python3 -m pip install -q -r /home/me/halonet/src/requirements.txt '
-        '-c /home/me/halonet/src/constraints.txt',
-        '/home/me/halonet/venv/bin/python3 -m pip install -q --no-deps --force-reinstall '
-        f'tensorflow-tpu==2.20.0 -f {INDEX}',
-        '/home/me/halonet/venv/bin/python3 -m pip install -q -c /home/me/halonet/src/constraints.txt '
-        f'libtpu -f {INDEX}',
-        '/home/me/halonet/venv/bin/python3 -m pip check',
-        "/home/me/halonet/venv/bin/python3 -c 'import importlib.metadata as m, tensorflow as tf; "
-        'print("tensorflow", tf.__version__, "| tensorflow-tpu", m.version("tensorflow-tpu"), '
-        '"| libtpu", m.version("libtpu"))\'']
-    pinned = sandbox.dry('host_setup.sh', '--base', '/b', '--libtpu-version', '0.0.21',
-                         '--python', 'python3.12', '--tf-tpu-version', '2.19.1')
-    assert pinned[1].endswith('python3.12 python3.12-venv')
-    assert f'tensorflow-tpu==2.19.1 -f {INDEX}' in pinned[4]
-    assert f'libtpu==0.0.21 -f {INDEX}' in pinned[5]
+        f'python3.11 -m venv {b}/venv',
+        f'{b}/venv/bin/python3 -m pip install -q -r {b}/src/requirements.txt '
+        f'-c {b}/src/constraints.txt',
+        f'{b}/venv/bin/python3 -m pip install -q --no-deps --force-reinstall tensorflow-tpu==2.20.0',
+        f'{b}/venv/bin/python3 -m pip check',
+        f'env PYTHONPATH={b}/src {b}/venv/bin/python3 -m official_halonet.kernels.tpu_software']
+    requirements = (ROOT / 'requirements.txt').read_text().splitlines()
+    assert {'libtpu==0.0.14', 'jax==0.6.0', 'jaxlib==0.6.0'} <= set(requirements)
+    other = sandbox.dry('host_setup.sh', '--base', b, '--python', 'python3.12')
+    assert other[1].endswith('python3.12 python3.12-venv')
+    assert other[2] == f'python3.12 -m venv {b}/venv'
 
 
-def test_host_setup_tpu_env_installs_the_kernels_side_environment(sandbox):
-    """JAX needs Python 3.12, which Ubuntu 22.04 does not ship: uv brings it; the side venv lives
-    beside the project copy (which setup.sh replaces) and is linked where library.py looks."""
-    plain = sandbox.dry('host_setup.sh', '--base', '/b')
-    lines = sandbox.dry('host_setup.sh', '--base', '/b', '--tpu-env')
-    assert lines[:len(plain)] == plain
-    assert lines[len(plain):] == [
-        '/b/venv/bin/python3 -m pip install -q uv==0.13.9',
-        '/b/venv/bin/uv python install 3.12',
-        '/b/venv/bin/uv venv --allow-existing --python 3.12 /b/tpu-venv',
-        '/b/venv/bin/uv pip install -q --python /b/tpu-venv/bin/python '
-        '-r /b/src/requirements-tpu.txt -c /b/src/constraints-tpu.txt',
-        '/b/venv/bin/uv pip check --python /b/tpu-venv/bin/python',
-        'ln -sfn /b/tpu-venv /b/src/.tpu-venv']
-    assert remote_command(sandbox.dry('setup.sh', *SINGLE, '--tpu-env')[2]).endswith(
-        'host_setup.sh --tpu-env')
+def test_host_setup_takes_the_tensorflow_tpu_version_from_requirements(sandbox, host_base):
+    """tensorflow-tpu replaces the CPU tensorflow's files, so it is the version of that pin."""
+    pin, = [line for line in (ROOT / 'requirements.txt').read_text().splitlines()
+            if line.startswith('tensorflow==')]
+    tf_tpu = f'tensorflow-tpu=={pin.split("==")[1]}'
+    assert sandbox.dry('host_setup.sh', '--base', str(host_base))[4].endswith(tf_tpu)
+    (host_base / 'src' / 'requirements.txt').write_text(
+        'tensorflow-text==2.20.1\ntensorflow==2.19.1  # comment\nlibtpu==0.0.14\n')
+    assert sandbox.dry('host_setup.sh', '--base', str(host_base))[4].endswith(
+        '--no-deps --force-reinstall tensorflow-tpu==2.19.1')
+    (host_base / 'src' / 'requirements.txt').write_text('tensorflow>=2.19\n')
+    proc = sandbox.run('host_setup.sh', '--dry-run', '--base', str(host_base), check_rc=2)
+    assert proc.stdout == ''
+    assert proc.stderr.splitlines()[0] == (
+        f"host_setup.sh: error: {host_base}/src/requirements.txt pins no tensorflow==X.Y.Z "
+        "(found '')")
+    proc = sandbox.run('host_setup.sh', '--dry-run', '--base', str(host_base / 'none'), check_rc=2)
+    assert proc.stdout == '' and 'no ' + str(host_base / 'none/src/requirements.txt') in proc.stderr
 
 
-def test_tf_tpu_version_matches_the_pinned_tensorflow():
-    pins = dict(line.split('==') for line in (ROOT / 'constraints.txt').read_text().splitlines()
-                if '==' in line and not line.startswith('#'))
-    host_setup = (SCRIPTS / 'host_setup.sh').read_text()
-    assert f'TF_TPU_VERSION="{pins["tensorflow"]}"' in host_setup
+def test_host_setup_version_check_runs_from_any_directory(sandbox, tmp_path):
+    """The printed check finds the project copy's module and pins, not the caller's directory."""
+    base = tmp_path / 'halonet'
+    (base / 'venv' / 'bin').mkdir(parents=True)
+    (base / 'src').symlink_to(ROOT)
+    python = base / 'venv' / 'bin' / 'python3'
+    python.write_text(f'#!/usr/bin/env bash\nexec {shlex.quote(sys.executable)} "$@"\n')
+    python.chmod(0o755)
+    check = shlex.split(sandbox.dry('host_setup.sh', '--base', str(base))[-1])
+    proc = subprocess.run(check, cwd=tmp_path, capture_output=True, text=True, timeout=60)
+    pins = dict(line.split('==') for line in (ROOT / 'requirements.txt').read_text().splitlines()
+                if line.split('==')[0] in ('libtpu', 'jax', 'jaxlib'))
+    ok = [p for p in ('libtpu', 'jax', 'jaxlib') if metadata.version(p) == pins[p]]
+    assert proc.stdout.splitlines() == [f'{p} {pins[p]} (pinned)' for p in ok]
+    assert proc.returncode == (0 if len(ok) == 3 else 1), proc.stderr
+    assert len(proc.stderr.splitlines()) == 3 - len(ok)
+
+
+@pytest.mark.parametrize('script, args', [
+    ('host_setup.sh', []), ('setup.sh', SINGLE), ('run.sh', [*SINGLE, *MAIN])])
+@pytest.mark.parametrize('flag', [
+    ['--libtpu-version', '0.0.21'], ['--libtpu-version=0.0.21'], ['--tf-tpu-version', '2.19.1'],
+    ['--tf-tpu-index', 'https://example.com/index.html'], ['--tpu-env']], ids=' '.join)
+def test_retired_install_flags_are_refused(sandbox, script, args, flag):
+    """The pinned set is the only install: a flag that installed something else is an error."""
+    for dry in ([], ['--dry-run']):
+        proc = sandbox.run(script, *dry, *args, *flag, check_rc=2)
+        assert proc.stderr.splitlines() == [f'{script}: error: unknown flag: {flag[0]}',
+                                             f"Run '{script} --help' for usage."]
+        assert proc.stdout == ''
+    assert sandbox.gcloud_calls() == []
+    assert flag[0].split('=')[0] not in sandbox.run(script, '--help').stdout
 
 
 # ------------------------------------------------------------------------------ train / eval / export
@@ -416,14 +451,14 @@ def test_delete(sandbox):
 
 def test_run_end_to_end_pod(sandbox):
     lines = sandbox.dry('run.sh', *POD, '--gin_file', 'gin/h7.gin', '--model_dir',
-                        'gs://my-bucket/h7', '--spot', '--libtpu-version', '0.0.21',
-                        '--gin_bindings', 'x.y = 1', '--tpu-env')
+                        'gs://my-bucket/h7', '--spot', '--python', 'python3.12',
+                        '--gin_bindings', 'x.y = 1')
     verbs = [shlex.split(line)[4] if line.startswith('gcloud') else shlex.split(line)[0]
              for line in lines]
     assert verbs == ['create', 'git', 'scp', 'ssh', 'ssh', 'ssh', 'ssh', 'ssh', 'ssh', 'delete']
     assert lines[0] == ('gcloud compute tpus tpu-vm create h7-pod --zone=europe-west4-a '
                         '--accelerator-type=v3-128 --version=tpu-ubuntu2204-base --spot')
-    assert remote_command(lines[3]).endswith('host_setup.sh --libtpu-version 0.0.21 --tpu-env')
+    assert remote_command(lines[3]).endswith('host_setup.sh --python python3.12')
     assert 'start train -- ../venv/bin/python3 main.py --gin_file=gin/h7.gin ' \
            "'--gin_bindings=x.y = 1' --mode=train_and_eval --model_dir=gs://my-bucket/h7 " \
            '--tpu=local' in remote_command(lines[4])

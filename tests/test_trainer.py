@@ -26,6 +26,7 @@ from official.core import config_definitions
 from official.core import task_factory
 from official.modeling import optimization
 from official_halonet.export import saved_model
+from official_halonet.kernels import tpu_software
 import demo
 from official_halonet.training import experiment as experiment_lib
 from official_halonet.training import gin_config
@@ -241,23 +242,34 @@ def test_input_pattern_that_matches_nothing(tmp_path):
       r"--gin_bindings\[0\]: experiment\.train_input_path", "none-")
 
 
-def test_fused_attention_refused_off_tpu_and_without_its_side_environment(digits, tmp_path,
-                                                                         monkeypatch):
-  """Both before any model exists: the TPU kernel on a CPU strategy, and a fused kernel whose
-  modules could not be made when a step is first traced (the eval step's, hours in)."""
+def test_fused_attention_and_tpu_runs_refused_without_the_pinned_tpu_software(digits, tmp_path,
+                                                                            monkeypatch):
+  """All before any model exists: the TPU kernel on a CPU strategy; a fused kernel whose modules
+  could not be made when a step is first traced (the eval step's, hours in) because the JAX
+  installed is not the pinned one; a TPU run whose libtpu is not the one TensorFlow's TPU build
+  is pinned to."""
   bindings = _data_bindings(digits) + ["experiment.fused_attention = 'tpu'"]
   _expect_run_error(
       runner.RunOptions(gin_files=["demo.gin"], gin_bindings=bindings, model_dir=str(tmp_path),
                         mode="train_and_eval", strategy="one_device"),
       r"--gin_bindings\[2\]: experiment\.fused_attention: fused_attention='tpu' runs on a TPU only"
       r", and this run's strategy is 'one_device'")
-  monkeypatch.setenv("OFFICIAL_HALONET_TPU_PYTHON", str(tmp_path / "missing" / "python"))
+  installed = tpu_software.installed
+  monkeypatch.setattr(tpu_software, "installed",
+                      lambda package: "0.0.52" if package == "libtpu" else
+                      "0.12.0" if package == "jax" else installed(package))
   _expect_run_error(
       runner.RunOptions(gin_files=["demo.gin"], model_dir=str(tmp_path), mode="train",
                         strategy="one_device",
                         gin_bindings=bindings[:2] + ["experiment.fused_attention = 'cpu'"]),
       r"experiment\.fused_attention: fused_attention='cpu' makes its kernels when each step is "
-      r"first traced, but the TPU compiler's side environment is missing \(.*missing/python\)")
+      r"first traced, but the fused attention kernels cannot be made: jax 0\.12\.0 is installed, "
+      r"but this project runs TPUs with jax 0\.6\.0")
+  _expect_run_error(
+      runner.RunOptions(gin_files=["demo.gin"], model_dir=str(tmp_path), mode="train",
+                        strategy="tpu", tpu="local", gin_bindings=bindings[:2]),
+      r"libtpu 0\.0\.52 is installed, but this project runs TPUs with libtpu 0\.0\.14 "
+      r"\(requirements\.txt; docs/tpu_software\.md\)")
   assert not glob.glob(str(tmp_path / "ckpt-*"))
 
 

@@ -16,8 +16,7 @@ same command after a preemption or failure resumes training from the latest chec
 
 Flags:
   --runtime-version V, --spot, --preemptible          passed to create.sh
-  --ref, --python, --tf-tpu-version, --libtpu-version, --tf-tpu-index, --tpu-env
-                                                      passed to setup.sh
+  --ref, --python                                     passed to setup.sh
   --mode train_and_eval|train                         passed to train.sh (default: train_and_eval)
   --skip-create             use an existing TPU of this name (no create.sh; setup.sh still runs)
   --skip-setup              the TPU already has the project installed
@@ -50,15 +49,10 @@ while (($#)); do
       CREATE_ARGS+=("${1%%=*}" "$FLAG_VALUE")
       shift "$FLAG_SHIFT"
       ;;
-    --ref | --ref=* | --python | --python=* | --tf-tpu-version | --tf-tpu-version=* | \
-      --libtpu-version | --libtpu-version=* | --tf-tpu-index | --tf-tpu-index=*)
+    --ref | --ref=* | --python | --python=*)
       take_value "${1%%=*}" "$@"
       SETUP_ARGS+=("${1%%=*}" "$FLAG_VALUE")
       shift "$FLAG_SHIFT"
-      ;;
-    --tpu-env)
-      SETUP_ARGS+=("$1")
-      shift
       ;;
     --mode | --mode=*)
       take_value --mode "$@"

@@ -11,17 +11,13 @@ Usage: setup.sh --name NAME --zone ZONE --accelerator-type TYPE [flags]
 Packs the project at a git revision (git archive: committed files only), copies it to every host
 (gcloud ... scp, --worker=all on pods), unpacks it to ~/REMOTE_DIR/src (replacing the previous
 copy; the venv, logs and jobs stay), and runs tpu_scripts/host_setup.sh there: Python 3.11, a venv
-with requirements.txt pinned by constraints.txt, the TPU build of TensorFlow and libtpu.
+with requirements.txt pinned by constraints.txt (libtpu and JAX included), and the TPU build of
+TensorFlow.
 Do not run it while a job is running on the TPU: it replaces the code under that job.
 
 Flags:
   --ref REV                 git revision to ship (default: HEAD; uncommitted changes are not shipped)
   --python PYTHON           interpreter for the venv on the hosts (default: python3.11)
-  --tf-tpu-version VERSION  tensorflow-tpu version (default: 2.20.0, matching the pinned tensorflow)
-  --libtpu-version VERSION  pin libtpu (default: newest that tensorflow-tpu accepts)
-  --tf-tpu-index URL        extra wheel index (default: Google's libtpu-tf-releases index)
-  --tpu-env                 also install the side environment that makes the fused attention
-                            kernels (needed for experiment.fused_attention = 'tpu')
 EOF2
   common_flags_help
 }
@@ -39,15 +35,10 @@ while (($#)); do
       REF="$FLAG_VALUE"
       shift "$FLAG_SHIFT"
       ;;
-    --python | --python=* | --tf-tpu-version | --tf-tpu-version=* | --libtpu-version | \
-      --libtpu-version=* | --tf-tpu-index | --tf-tpu-index=*)
-      take_value "${1%%=*}" "$@"
-      HOST_SETUP_ARGS+=("${1%%=*}" "$FLAG_VALUE")
+    --python | --python=*)
+      take_value --python "$@"
+      HOST_SETUP_ARGS+=(--python "$FLAG_VALUE")
       shift "$FLAG_SHIFT"
-      ;;
-    --tpu-env)
-      HOST_SETUP_ARGS+=("$1")
-      shift
       ;;
     *)
       die "unknown flag: $1"

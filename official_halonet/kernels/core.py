@@ -1,6 +1,6 @@
 """The static shape of one fused attention call, shared by the kernel (JAX) and TensorFlow's side.
 
-Standard library only: export.py (side environment) and layers/fused_attention.py (TensorFlow)
+Standard library only: export.py (JAX's process) and layers/fused_attention.py (TensorFlow)
 both import it. Arrays (heads side by side on the minor axis, as the layer's projections write
 them; one float dtype for all but the tables, which are float32), Z = B·X·Y blocks in row-major
 order, each holding Q = bq² queries (bq rows of bq pixels):

@@ -1,13 +1,16 @@
-"""The side environment's half of the fused attention: serialize one kernel for TensorFlow.
+"""JAX's half of the fused attention: serialize one kernel for TensorFlow.
 
-Runs in the side environment (requirements-tpu.txt; `make tpu-env`), never in the project's:
+Runs in a process of its own with the pinned JAX (kernels/tpu_software.py), CPU-only, never in
+TensorFlow's (library.py starts it):
 
     python export.py REQUEST.json MODULE.bin
     REQUEST  {"kind": "forward" | "backward", "core": core.Core's fields,
               "dtype": "bfloat16" | "float32" (of all arrays but the float32 tables),
               "platform": "tpu" | "cpu",
               "stablehlo_version": the version TensorFlow's XlaCallModule reads, e.g. "1.12.1",
-              "device_kind": the TPU the 'tpu' kernel is lowered for, e.g. "TPU v5 lite"}
+              "jax": the exporting JAX's version (part of the cache key)}
+             The 'tpu' kernel is not lowered for one chip: this JAX leaves its layout passes to
+             the TPU compiler, which lays it out for the chip it compiles for.
     MODULE   the serialized StableHLO module; its calling-convention version is printed on stdout
              as {"version": N}
 
@@ -16,9 +19,8 @@ same kernel body in Pallas's interpreter (plain StableHLO loops, slow), which le
 CPU check the whole fused path numerically.
 
 This module and compile_only.py are the only ones that use JAX's private APIs
-(`_jax.mlir.serialize_portable_artifact`, to write for TensorFlow's older StableHLO).
+(`xla_client._xla.mlir.serialize_portable_artifact`, to write for TensorFlow's StableHLO).
 """
-import contextlib
 import dataclasses
 import json
 import os
@@ -36,9 +38,8 @@ import halo_attention  # noqa: E402  pylint: disable=g-import-not-at-top,wrong-i
 def serialized(request: dict) -> (bytes, int):
   """(module bytes, calling-convention version) for REQUEST."""
   import jax  # pylint: disable=g-import-not-at-top
-  from jax._src.interpreters import mlir  # pylint: disable=g-import-not-at-top
-  from jax._src.lib import _jax  # pylint: disable=g-import-not-at-top
-  from jax._src.lib.mlir import ir  # pylint: disable=g-import-not-at-top
+  from jax import export as jax_export  # pylint: disable=g-import-not-at-top
+  from jax._src.lib import xla_client  # pylint: disable=g-import-not-at-top
   call = core.Core(**request["core"])
   interpret = request["platform"] == "cpu"
   make = {"forward": halo_attention.forward, "backward": halo_attention.backward}[request["kind"]]
@@ -47,18 +48,10 @@ def serialized(request: dict) -> (bytes, int):
   specs = [jax.ShapeDtypeStruct(call.shapes()[name],
                                 jax.numpy.float32 if name == "tables" else dtype)
            for name in names]
-  context = contextlib.nullcontext()
-  if not interpret:  # lowering a kernel's DMAs reads the chip's parameters
-    device = jax.sharding.AbstractDevice(device_kind=request["device_kind"], num_cores=1,
-                                         platform="tpu")
-    context = jax.sharding.use_abstract_mesh(
-        jax.sharding.AbstractMesh((1,), ("x",), abstract_device=device))
-  with context:
-    exported = jax.export.export(jax.jit(make(call, interpret)),
-                                 platforms=[request["platform"]])(*specs)
-  with mlir.make_ir_context():
-    module = ir.Module.parse(exported.mlir_module())
-    data = _jax.mlir.serialize_portable_artifact(module, request["stablehlo_version"], False)
+  exported = jax_export.export(jax.jit(make(call, interpret)),
+                               platforms=[request["platform"]])(*specs)
+  data = xla_client._xla.mlir.serialize_portable_artifact(  # pylint: disable=protected-access
+      exported.mlir_module(), request["stablehlo_version"])
   return data, exported.calling_convention_version
 
 

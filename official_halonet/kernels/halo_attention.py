@@ -1,7 +1,7 @@
 """Halo attention's core as one Pallas TPU kernel: the logits never leave the core's memory.
 
-JAX side only: it runs in the TPU compiler's side environment (requirements-tpu.txt), never in the
-project's; TensorFlow calls what `export.py` makes of it (layers/fused_attention.py).
+JAX side only (the pinned jax 0.6's Pallas, in a process of its own): TensorFlow calls what
+`export.py` makes of it (layers/fused_attention.py).
 
 For each block z (Q = bq² queries, K = w² keys of its window) and head n, with q, k, v that head's
 channels and the query at block row i, column j:
@@ -17,8 +17,10 @@ one block row whole in VMEM, so HBM sees only q, the tables, the output and the 
 step copies row by row (one DMA per window row) from the zero-padded k/v map: no gathered copy of
 the windows is ever written, and no position term either. q and the output stay in the map's
 layout [B, X·bq, Y·bq, C] (backward: dO and dq too) where a step's bq rows of G·bq pixels fill
-whole row tiles (Core.map_layout): the step re-blocks them in VMEM, so nothing outside the kernel
-does; elsewhere they come and go block by block.
+whole row tiles (Core.map_layout): the step reads and writes each block's bq×bq pixels of them in
+VMEM, so nothing outside the kernel re-blocks them; elsewhere they come and go block by block.
+The step works block by block and head by head in 2-D products (the pinned libtpu's Mosaic
+compiler takes batched products of 32-bit types only).
 
 The position factors come from two small products: R = q·Tᵀ [Q, 2·bq·w] against every query row's
 and column's table rows, then pos = (R ⊙ M)·F [Q, 2w], with M the constant 0/1 mask keeping each
@@ -115,63 +117,65 @@ def _load_windows(core: Core, kv_map, windows, semaphores):
     copy.wait()
 
 
-def _key_positions(core: Core, g: int, e_ref, dtype):
-  """E of each of the step's G blocks [G, w·R, 2w + 1] in `dtype`, for where its window starts."""
+def _mm(a, b, spec: str):
+  """One 2-D product on the MXU, accumulated in float32 (spec: a jnp.einsum of two operands)."""
+  return jnp.einsum(spec, a, b, preferred_element_type=jnp.float32)
+
+
+def _key_positions(core: Core, g: int, j: int, e_ref, dtype):
+  """E [w·R, 2w + 1] in `dtype` of the step's block j, for where its window starts."""
   if len(core.shifts) == 1:
-    return jnp.broadcast_to(e_ref[0].astype(dtype)[None], (g,) + e_ref.shape[1:])
+    return e_ref[0].astype(dtype)
   _, _, y = _step_blocks(core, g)
-  return jnp.stack([e_ref[core.shift_index(y + j)].astype(dtype) for j in range(g)])
+  return e_ref[core.shift_index(y + j)].astype(dtype)
 
 
-def _read_blocks(core: Core, ref, g: int):
-  """A step's q (or dO) as [G, Q, C] in the ref's dtype: from bq rows of G·bq pixels in the map
-  layout, re-blocked through float32 (whose 8-row tiles split evenly), else as stored."""
+def _read_block(core: Core, ref, j: int):
+  """The step's block j of q (or dO) as [Q, C] in the ref's dtype: in the map layout its bq×bq
+  pixels of the step's bq rows, flattened through float32 (whose 8-row tiles split evenly)."""
   if not core.map_layout:
-    return ref[...]
+    return ref[j]
   bq, c = core.query_side, ref.shape[-1]
-  rows = ref[0].astype(jnp.float32).reshape(bq, g, bq, c)
-  return jnp.swapaxes(rows, 0, 1).reshape(g, bq * bq, c).astype(ref.dtype)
+  pixels = ref[0, :, pl.ds(j * bq, bq), :].astype(jnp.float32)
+  return pixels.reshape(bq * bq, c).astype(ref.dtype)
 
 
-def _write_blocks(core: Core, ref, value, channels: slice):
-  """Stores value [G, Q, c] (float32) in `channels` of a step's out (or dq) block, the inverse of
-  `_read_blocks`."""
+def _write_block(core: Core, ref, j: int, value, channels: slice):
+  """Stores value [Q, c] (float32) in `channels` of the step's block j of out (or dq), the inverse
+  of `_read_block`."""
   if not core.map_layout:
-    ref[:, :, channels] = value.astype(ref.dtype)
+    ref[j, :, channels] = value.astype(ref.dtype)
     return
-  g, bq, c = value.shape[0], core.query_side, value.shape[-1]
-  rows = jnp.swapaxes(value.reshape(g, bq, bq, c), 0, 1).reshape(bq, g * bq, c)
-  ref[0, :, :, channels] = rows.astype(ref.dtype)
+  bq = core.query_side
+  ref[0, :, pl.ds(j * bq, bq), channels] = value.reshape(bq, bq, -1).astype(ref.dtype)
 
 
-def _constants(core: Core, g: int, dtype, t_ref, e_ref, m_ref, f_ref):
-  """The step's shared operands, broadcast over its G blocks: T [G, 2·bq·w, D] and F
-  [G, 2·bq·w, 2w] in `dtype`, M [G, Q, 2·bq·w] float32 and E [G, w·R, 2w + 1] in `dtype`."""
-  spread = lambda ref, to: jnp.broadcast_to(ref[...].astype(to)[None], (g,) + ref.shape)
-  return dict(tables=spread(t_ref, dtype), fold=spread(f_ref, dtype),
-              mask=spread(m_ref, jnp.float32), keys=_key_positions(core, g, e_ref, dtype))
+def _constants(dtype, t_ref, m_ref, f_ref):
+  """The step's shared operands: T [2·bq·w, D] and F [2·bq·w, 2w] in `dtype`, M [Q, 2·bq·w]
+  float32."""
+  return dict(tables=t_ref[...].astype(dtype), fold=f_ref[...].astype(dtype),
+              mask=m_ref[...].astype(jnp.float32))
 
 
-def _head(core: Core, n: int, queries, windows, constants):
-  """Head n's operands from the step's queries [G, Q, N·D]: qx = [scale·q, pos, 1]
-  [G, Q, D + 2w + 1], kx = [k, E] [G, w·R, D + 2w + 1], q [G, Q, D] and v [G, w·R, Dv], all in
-  the inputs' dtype."""
+def _head(core: Core, n: int, queries, window, keys, constants):
+  """Head n's operands from one block's queries [Q, N·D], window [w·R, C] and key positions E:
+  qx = [scale·q, pos, 1] [Q, D + 2w + 1], kx = [k, E] [w·R, D + 2w + 1], q [Q, D] and v
+  [w·R, Dv], all in the inputs' dtype."""
   d, dv, heads = core.key_width, core.value_width, core.heads
-  q = queries[:, :, n * d:(n + 1) * d]
-  k = windows[:, :, n * d:(n + 1) * d]
-  v = windows[:, :, heads * d + n * dv:heads * d + (n + 1) * dv]
-  every = jnp.einsum("gqd,gtd->gqt", q, constants["tables"], preferred_element_type=jnp.float32)
-  own = (every * constants["mask"]).astype(q.dtype)
-  pos = jnp.einsum("gqt,gtc->gqc", own, constants["fold"], preferred_element_type=jnp.float32)
+  q = queries[:, n * d:(n + 1) * d]
+  k = window[:, n * d:(n + 1) * d]
+  v = window[:, heads * d + n * dv:heads * d + (n + 1) * dv]
+  own = (_mm(q, constants["tables"], "qd,td->qt") * constants["mask"]).astype(q.dtype)
+  pos = _mm(own, constants["fold"], "qt,tc->qc")
   scaled = (core.scale * q.astype(jnp.float32)).astype(q.dtype)
-  qx = jnp.concatenate([scaled, pos.astype(q.dtype),
-                        jnp.ones(scaled.shape[:2] + (1,), scaled.dtype)], axis=-1)
-  return qx, jnp.concatenate([k, constants["keys"]], axis=-1), q, v
+  qx = jnp.concatenate([scaled, pos.astype(q.dtype), jnp.ones((q.shape[0], 1), q.dtype)],
+                       axis=-1)
+  return qx, jnp.concatenate([k, keys], axis=-1), q, v
 
 
 def _probabilities(qx, kx):
-  """P = softmax(qx·kxᵀ) [G, Q, K] float32."""
-  logits = jnp.einsum("gqc,gkc->gqk", qx, kx, preferred_element_type=jnp.float32)
+  """P = softmax(qx·kxᵀ) [Q, K] float32."""
+  logits = _mm(qx, kx, "qc,kc->qk")
   weights = jnp.exp(logits - jnp.max(logits, axis=-1, keepdims=True))
   return weights / jnp.sum(weights, axis=-1, keepdims=True)
 
@@ -180,41 +184,50 @@ def _forward_kernel(core: Core, q_ref, kv_map, t_ref, e_ref, m_ref, f_ref, out_r
                     semaphores):
   _load_windows(core, kv_map, windows, semaphores)
   g, dv = windows.shape[0], core.value_width
-  constants = _constants(core, g, q_ref.dtype, t_ref, e_ref, m_ref, f_ref)
-  queries = _read_blocks(core, q_ref, g)
-  for n in range(core.heads):  # each head's result goes straight to its channels of the output
-    qx, kx, _, v = _head(core, n, queries, windows, constants)
-    p = _probabilities(qx, kx)
-    out = jnp.einsum("gqk,gkd->gqd", p.astype(v.dtype), v, preferred_element_type=jnp.float32)
-    _write_blocks(core, out_ref, out, slice(n * dv, (n + 1) * dv))
+  constants = _constants(q_ref.dtype, t_ref, m_ref, f_ref)
+  for j in range(g):  # each block's heads go straight to their channels of the output
+    queries, window = _read_block(core, q_ref, j), windows[j]
+    keys = _key_positions(core, g, j, e_ref, q_ref.dtype)
+    for n in range(core.heads):
+      qx, kx, _, v = _head(core, n, queries, window, keys, constants)
+      out = _mm(_probabilities(qx, kx).astype(v.dtype), v, "qk,kd->qd")
+      _write_block(core, out_ref, j, out, slice(n * dv, (n + 1) * dv))
+
+
+def _backward_head(core: Core, qx, kx, q, v, dout, constants):
+  """One block's and head's gradients (float32): dq [Q, D], dk [w·R, D], dv [w·R, Dv], and
+  dR [Q, 2·bq·w] in the inputs' dtype (the tables' gradient is dRᵀ·q)."""
+  d, w = core.key_width, core.window
+  p = _probabilities(qx, kx)
+  dv_n = _mm(p.astype(dout.dtype), dout, "qk,qd->kd")
+  dp = _mm(dout, v, "qd,kd->qk")
+  dl = (p * (dp - jnp.sum(p * dp, axis=-1, keepdims=True))).astype(q.dtype)
+  dqx = _mm(dl, kx, "qk,kc->qc")  # [dq / scale, dpos, ·]
+  dk = core.scale * _mm(dl, q, "qk,qd->kd")
+  dr = _mm(dqx[:, d:d + 2 * w].astype(q.dtype), constants["fold"], "qc,tc->qt")
+  dr = (dr * constants["mask"]).astype(q.dtype)
+  dq = core.scale * dqx[:, :d] + _mm(dr, constants["tables"], "qt,td->qd")
+  return dq, dk, dv_n, dr
 
 
 def _backward_kernel(core: Core, q_ref, kv_map, t_ref, e_ref, m_ref, f_ref, dout_ref, dq_ref,
                      dkv_ref, dt_ref, windows, semaphores):
   _load_windows(core, kv_map, windows, semaphores)
-  f32, d, dv, w, heads = jnp.float32, core.key_width, core.value_width, core.window, core.heads
-  g = windows.shape[0]
-  constants = _constants(core, g, q_ref.dtype, t_ref, e_ref, m_ref, f_ref)
-  queries, douts = _read_blocks(core, q_ref, g), _read_blocks(core, dout_ref, g)
-  dt = jnp.zeros(dt_ref.shape[1:], f32)
-  for n in range(heads):  # each head's gradients go straight to its channels of the outputs
-    qx, kx, q, v = _head(core, n, queries, windows, constants)
-    p = _probabilities(qx, kx)
-    dout = douts[:, :, n * dv:(n + 1) * dv]
-    dv_n = jnp.einsum("gqk,gqd->gkd", p.astype(dout.dtype), dout, preferred_element_type=f32)
-    dp = jnp.einsum("gqd,gkd->gqk", dout, v, preferred_element_type=f32)
-    dl = (p * (dp - jnp.sum(p * dp, axis=-1, keepdims=True))).astype(q.dtype)
-    dqx = jnp.einsum("gqk,gkc->gqc", dl, kx, preferred_element_type=f32)  # [dq/scale, dpos, ·]
-    dk = core.scale * jnp.einsum("gqk,gqd->gkd", dl, q, preferred_element_type=f32)
-    dpos = dqx[:, :, d:d + 2 * w].astype(q.dtype)
-    dr = jnp.einsum("gqc,gtc->gqt", dpos, constants["fold"], preferred_element_type=f32)
-    dr = (dr * constants["mask"]).astype(q.dtype)
-    dq = core.scale * dqx[:, :, :d] + jnp.einsum("gqt,gtd->gqd", dr, constants["tables"],
-                                                 preferred_element_type=f32)
-    dt += jnp.sum(jnp.einsum("gqt,gqd->gtd", dr, q, preferred_element_type=f32), axis=0)
-    _write_blocks(core, dq_ref, dq, slice(n * d, (n + 1) * d))
-    dkv_ref[:, :, n * d:(n + 1) * d] = dk.astype(dkv_ref.dtype)
-    dkv_ref[:, :, heads * d + n * dv:heads * d + (n + 1) * dv] = dv_n.astype(dkv_ref.dtype)
+  d, dv, heads, g = core.key_width, core.value_width, core.heads, windows.shape[0]
+  constants = _constants(q_ref.dtype, t_ref, m_ref, f_ref)
+  dt = jnp.zeros(dt_ref.shape[1:], jnp.float32)
+  for j in range(g):  # each block's and head's gradients go straight to their channels
+    queries, douts = _read_block(core, q_ref, j), _read_block(core, dout_ref, j)
+    window = windows[j]
+    keys = _key_positions(core, g, j, e_ref, q_ref.dtype)
+    for n in range(heads):
+      qx, kx, q, v = _head(core, n, queries, window, keys, constants)
+      dq, dk, dv_n, dr = _backward_head(core, qx, kx, q, v, douts[:, n * dv:(n + 1) * dv],
+                                        constants)
+      dt += _mm(dr, q, "qt,qd->td")
+      _write_block(core, dq_ref, j, dq, slice(n * d, (n + 1) * d))
+      dkv_ref[j, :, n * d:(n + 1) * d] = dk.astype(dkv_ref.dtype)
+      dkv_ref[j, :, heads * d + n * dv:heads * d + (n + 1) * dv] = dv_n.astype(dkv_ref.dtype)
   dt_ref[0] = dt
 
 
@@ -255,7 +268,7 @@ def _call(kernel, core: Core, inputs, outputs, backward: bool, interpret: bool):
       scratch_shapes=[pltpu.VMEM((g,) + tuple(shapes["windows"][1:]), dtype),
                       pltpu.SemaphoreType.DMA((g * core.window,))],
       interpret=interpret,
-      compiler_params=pltpu.CompilerParams(dimension_semantics=("parallel",)),
+      compiler_params=pltpu.TPUCompilerParams(dimension_semantics=("parallel",)),
       cost_estimate=pl.CostEstimate(
           flops=core.flops(backward),
           transcendentals=core.blocks * core.heads * core.queries * core.window * core.row,

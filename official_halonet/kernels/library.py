@@ -1,44 +1,43 @@
-"""Serialized kernel modules for TensorFlow, made by export.py in the side environment and cached.
+"""Serialized kernel modules for TensorFlow, made by export.py and cached.
 
 A module is specific to its kernel ('forward' or 'backward'), its static shape (core.Core),
 dtype and platform ('tpu': a Mosaic kernel for the TPU compiler; 'cpu': the same kernel in Pallas's
-interpreter). The first request for one runs export.py in the side environment (a few seconds);
-later ones read it from memory or from the cache directory ($OFFICIAL_HALONET_KERNEL_CACHE, default
-~/.cache/official_halonet/kernels), keyed by the request and the kernel sources' hash.
+interpreter). The first request for one runs export.py with the pinned JAX (tpu_software.py) in a
+process of its own, CPU-only, so that JAX never shares a process or a TPU with TensorFlow (a few
+seconds); later ones read it from memory or from the cache directory
+($OFFICIAL_HALONET_KERNEL_CACHE, default ~/.cache/official_halonet/kernels), keyed by the request
+and the kernel sources' hash.
 """
 import hashlib
 import json
 import os
 import subprocess
+import sys
 import tempfile
 from typing import Dict, Tuple
 
+from official_halonet.kernels import tpu_software
+
 HERE = os.path.dirname(os.path.abspath(__file__))
-ROOT = os.path.dirname(os.path.dirname(HERE))
-SIDE_PYTHON = os.path.join(ROOT, ".tpu-venv", "bin", "python")
 EXPORT = os.path.join(HERE, "export.py")
 SOURCES = tuple(os.path.join(HERE, name) for name in ("core.py", "halo_attention.py", "export.py"))
 # The StableHLO version TensorFlow 2.20's XlaCallModule deserializes (newer artifacts fail to load).
 STABLEHLO_VERSION = "1.12.1"
 PLATFORMS = ("tpu", "cpu")
-# The TPU a 'tpu' kernel is lowered for ($OFFICIAL_HALONET_TPU_KIND overrides; the compiler then
-# compiles it for the chip it runs on, which need not be this one).
-DEFAULT_TPU_KIND = "TPU v5 lite"
 _MODULES: Dict[str, Tuple[bytes, int]] = {}
 
 
-class SideEnvironmentError(RuntimeError):
-  """The side environment is missing or could not make a module; the message says which."""
+class ExportError(RuntimeError):
+  """The pinned JAX is missing or could not make a module; the message says which."""
 
 
-def side_python() -> str:
-  """The side environment's interpreter ($OFFICIAL_HALONET_TPU_PYTHON overrides)."""
-  python = os.environ.get("OFFICIAL_HALONET_TPU_PYTHON", SIDE_PYTHON)
-  if not os.access(python, os.X_OK):
-    raise SideEnvironmentError(f"the TPU compiler's side environment is missing ({python}): "
-                               f"run `make tpu-env` in {ROOT} (on Cloud TPU hosts: "
-                               f"`tpu_scripts/setup.sh --tpu-env`)")
-  return python
+def check_exporter() -> None:
+  """Raises ExportError unless this Python has the pinned jax and jaxlib that export.py needs."""
+  for package in ("jax", "jaxlib"):
+    try:
+      tpu_software.check(package)
+    except tpu_software.VersionError as e:
+      raise ExportError(f"the fused attention kernels cannot be made: {e}") from None
 
 
 def _cache_dir() -> str:
@@ -55,16 +54,17 @@ def _key(request: dict) -> str:
 
 
 def _export(request: dict) -> Tuple[bytes, int]:
-  """Runs export.py for `request` in the side environment."""
+  """Runs export.py for `request` in a CPU-only JAX process of its own."""
   with tempfile.TemporaryDirectory(prefix="halonet_kernel_") as tmp:
     paths = [os.path.join(tmp, name) for name in ("request.json", "module.bin")]
     with open(paths[0], "w", encoding="utf-8") as f:
       json.dump(request, f)
-    done = subprocess.run([side_python(), EXPORT] + paths, capture_output=True, text=True,
-                          check=False)
+    check_exporter()
+    done = subprocess.run([sys.executable, EXPORT] + paths, capture_output=True, text=True,
+                          check=False, env=dict(os.environ, JAX_PLATFORMS="cpu"))
     if done.returncode or not os.path.exists(paths[1]):
       last = [line for line in done.stderr.splitlines() if line.strip()][-1:] or ["no output"]
-      raise SideEnvironmentError(f"exporting the {request['kind']} kernel for {request['core']} "
+      raise ExportError(f"exporting the {request['kind']} kernel for {request['core']} "
                                  f"failed (exit {done.returncode}): {last[0].strip()}")
     with open(paths[1], "rb") as f:
       return f.read(), json.loads(done.stdout.strip().splitlines()[-1])["version"]
@@ -75,8 +75,7 @@ def module(kind: str, core: dict, dtype: str, platform: str) -> Tuple[bytes, int
   if platform not in PLATFORMS:
     raise ValueError(f"platform must be one of {PLATFORMS}, got {platform!r}")
   request = {"kind": kind, "core": core, "dtype": dtype, "platform": platform,
-             "stablehlo_version": STABLEHLO_VERSION,
-             "device_kind": os.environ.get("OFFICIAL_HALONET_TPU_KIND", DEFAULT_TPU_KIND)}
+             "stablehlo_version": STABLEHLO_VERSION, "jax": tpu_software.installed("jax")}
   key = _key(request)
   if key not in _MODULES:
     path = os.path.join(_cache_dir(), key + ".bin")

@@ -4,7 +4,7 @@
                    FLOP/s and HBM bandwidth (each cited), the topology the compiler is given
   steps.py         TensorFlow side: the train and eval steps Model Garden's trainer runs, built
                    from the gin configuration under the TPU precision policy, as XLA HLO
-  compile_only.py  the side environment's half (jax + libtpu, Python 3.12): compiles HLO for a
+  compile_only.py  JAX's half (the pinned jax + libtpu, a process of its own): compiles HLO for a
                    named topology with no TPU attached; the only module that touches JAX's
                    private APIs
   check.py         `main.py --mode=tpu_check`: both halves, fits / does not fit, the largest

@@ -4,7 +4,7 @@
 
 For the named slice: the per-device batch (global batch / devices; not divisible is an error), the
 train and eval steps traced as HLO (steps.py) and compiled for one device of that TPU generation
-by XLA's TPU compiler in the side environment (compile_only.py). Reported per step: compiled or the
+by XLA's TPU compiler, the pinned libtpu's (compile_only.py). Reported per step: compiled or the
 first error line; HBM per device (arguments: parameters, optimizer slots and the batch; outputs not
 aliased to arguments; temporaries; their total) against the chip's; TFLOP and bytes accessed,
 FLOP per byte, and the roofline bound max(FLOP / peak, bytes / HBM bandwidth) with the images/s per
@@ -21,10 +21,11 @@ import json
 import os
 import re
 import subprocess
+import sys
 import tempfile
 from typing import Callable, Dict, List, Optional, Tuple
 
-from official_halonet.kernels import library
+from official_halonet.kernels import tpu_software
 from official_halonet.tpu import chips
 from official_halonet.tpu import steps as steps_lib
 
@@ -36,11 +37,12 @@ class CheckError(RuntimeError):
   """tpu_check cannot run as asked; the message says what to change."""
 
 
-def side_python() -> str:
-  """The side environment's interpreter ($OFFICIAL_HALONET_TPU_PYTHON overrides)."""
+def check_compiler() -> None:
+  """Raises CheckError unless the pinned TPU compiler and JAX are installed."""
   try:
-    return library.side_python()
-  except library.SideEnvironmentError as e:
+    for package in tpu_software.PACKAGES:
+      tpu_software.check(package)
+  except tpu_software.VersionError as e:
     raise CheckError(str(e)) from None
 
 
@@ -52,9 +54,10 @@ def compile_for(hlo: bytes, generation: chips.Generation, optimized_hlo: str = "
       f.write(hlo)
     with open(paths["request"], "w", encoding="utf-8") as f:
       json.dump({"hlo": paths["step.hlo.pb"], "topology": generation.topology,
-                 "optimized_hlo": optimized_hlo}, f)
-    done = subprocess.run([side_python(), COMPILE_ONLY, paths["request"], paths["result"]],
-                          capture_output=True, text=True, check=False)
+                 "chip_config": generation.chip_config, "optimized_hlo": optimized_hlo}, f)
+    done = subprocess.run([sys.executable, COMPILE_ONLY, paths["request"], paths["result"]],
+                          capture_output=True, text=True, check=False,
+                          env={**tpu_software.OFF_TPU_ENVIRONMENT, **os.environ})
     if os.path.exists(paths["result"]):
       with open(paths["result"], encoding="utf-8") as f:
         return json.load(f)
@@ -242,7 +245,7 @@ def check(options, topology: str, say: Callable[[str], None] = print,
     tpu = chips.parse_slice(topology)
   except ValueError as e:
     raise CheckError(str(e)) from None
-  side_python()  # before minutes of tracing
+  check_compiler()  # before minutes of tracing
   try:
     steps = steps_lib.Steps(options)
     steps.trainer  # pylint: disable=pointless-statement  (built here: its errors are the run's)

@@ -1,19 +1,22 @@
-"""The side environment's half of tpu_check: compile XLA HLO for a Cloud TPU with no TPU attached.
+"""JAX's half of tpu_check: compile XLA HLO for a Cloud TPU with no TPU attached.
 
-Runs in the pinned side environment (requirements-tpu.txt: jax, jaxlib and libtpu, Python 3.12;
-`make tpu-env`), never in the project's: it imports nothing of TensorFlow or of this package.
+Runs with the pinned jax, jaxlib and libtpu (kernels/tpu_software.py) in a process of its own,
+which imports nothing of TensorFlow or of this package (check.py starts it, with libtpu's
+off-TPU environment):
 
     python compile_only.py REQUEST.json RESULT.json
     REQUEST  {"hlo": path of a serialized HloModuleProto, "topology": e.g. "v5e:2x2",
+              "chip_config": "megacore" or "" (the client's default split of a chip into devices),
               "optimized_hlo": optional path to write the compiled module's text to}
     RESULT   {"compiled": true, "device_kind", "argument_bytes", "output_bytes", "alias_bytes",
               "temp_bytes", "generated_code_bytes", "flops", "bytes_accessed", "transcendentals",
               "while_loops", "compile_seconds"}
           or {"compiled": false, "error": the compiler's message, "out_of_memory": bool}
 
-This is the only module that uses JAX's private APIs (a version bump touches it alone):
-`_jax.mlir.hlo_to_stablehlo` (HLO proto -> StableHLO), the compile-only client's `compile`, and
-`jax._src.compiler.get_compile_options`. Measured with the versions pinned there.
+This module and kernels/export.py are the only ones that use JAX's private APIs (a version bump
+touches them alone): `xla_client._xla.mlir.hlo_to_stablehlo` (HLO proto -> StableHLO), the
+compile-only client's `compile`, and `jax._src.compiler.get_compile_options`. Measured with the
+versions pinned in requirements.txt.
 """
 import json
 import os
@@ -41,22 +44,26 @@ def _legalizable(module_text: str) -> str:
                 r"stablehlo.reshape \1 : (\2) -> \3", text)
 
 
-def _compile(hlo: bytes, topology: str):
-  """(executable, device) for one device of the named topology."""
+def topology_devices(topology: str, chip_config: str = ""):
+  """The compile-only client's devices of the named topology (chip_config e.g. "megacore")."""
   from jax.experimental import topologies  # pylint: disable=g-import-not-at-top
+  extra = {"chip_config_name": chip_config} if chip_config else {}
+  return topologies.get_topology_desc(topology_name=topology, platform="tpu", **extra).devices
+
+
+def _compile(hlo: bytes, topology: str, chip_config: str):
+  """(executable, device) for one device of the named topology."""
   from jax._src import compiler  # pylint: disable=g-import-not-at-top
   from jax._src.interpreters import mlir  # pylint: disable=g-import-not-at-top
-  from jax._src.lib import _jax  # pylint: disable=g-import-not-at-top
   from jax._src.lib import xla_client  # pylint: disable=g-import-not-at-top
   from jax._src.lib.mlir import ir  # pylint: disable=g-import-not-at-top
-  device = topologies.get_topology_desc(topology_name=topology, platform="tpu").devices[0]
+  device = topology_devices(topology, chip_config)[0]
   options = compiler.get_compile_options(num_replicas=1, num_partitions=1,
                                          device_assignment=[device])
   with mlir.make_ir_context():
-    text = _legalizable(str(ir.Module.parse(_jax.mlir.hlo_to_stablehlo(hlo))))
-    executable = device.client.compile(ir.Module.parse(text),
-                                       executable_devices=xla_client.DeviceList((device,)),
-                                       compile_options=options)
+    stablehlo = xla_client._xla.mlir.hlo_to_stablehlo(hlo)  # pylint: disable=protected-access
+    module = ir.Module.parse(_legalizable(str(ir.Module.parse(stablehlo))))
+    executable = device.client.compile(mlir.module_to_bytecode(module), compile_options=options)
   return executable, device
 
 
@@ -66,7 +73,7 @@ def compile_hlo(request: dict) -> dict:
     hlo = f.read()
   start = time.time()
   try:
-    executable, device = _compile(hlo, request["topology"])
+    executable, device = _compile(hlo, request["topology"], request.get("chip_config", ""))
   except Exception as e:  # pylint: disable=broad-except  (the compiler's own errors)
     message = " ".join(str(e).split())
     return {"compiled": False, "error": message,

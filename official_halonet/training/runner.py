@@ -31,6 +31,7 @@ from official_halonet import data
 from official_halonet.data import validate
 from official_halonet.checkpoints import run_files
 from official_halonet.kernels import library as kernel_library
+from official_halonet.kernels import tpu_software
 from official_halonet.models import attention_maps
 from official_halonet.training import attention_summary
 from official_halonet.training import gin_config
@@ -128,8 +129,8 @@ def check_against_strategy(built: registry.Built, num_replicas: int) -> None:
 
 
 def check_fused_attention(built: registry.Built, strategy: str) -> None:
-  """Step 4: fused_attention='tpu' only on a TPU strategy, and any fused kernel only where its
-  side environment exists (kernels/library.py)."""
+  """Step 4: fused_attention='tpu' only on a TPU strategy, and any fused kernel only where the
+  pinned JAX that makes it is installed (kernels/library.py)."""
   backbone = built.config.task.model.backbone
   fused = backbone.halonet.fused_attention if backbone.type == "halonet" else None
   if not fused:
@@ -140,8 +141,8 @@ def check_fused_attention(built: registry.Built, strategy: str) -> None:
         f"{strategy!r}: use None (or 'cpu', the kernel interpreted, a slow check)",
         built.configurable))
   try:
-    kernel_library.side_python()
-  except kernel_library.SideEnvironmentError as e:
+    kernel_library.check_exporter()
+  except kernel_library.ExportError as e:
     raise ConfigurationError(ConfigError(
         "fused_attention", f"fused_attention={fused!r} makes its kernels when each step is first "
         f"traced, but {e}", built.configurable)) from None
@@ -208,6 +209,11 @@ def prepare(options: RunOptions, built: Optional[registry.Built] = None
   if not options.model_dir:
     raise RunError("--model_dir is required")
   name = _strategy_name(options)
+  if name == "tpu":  # TensorFlow's TPU runtime is the pinned libtpu's, or the run does not start
+    try:
+      tpu_software.check("libtpu")
+    except tpu_software.VersionError as e:
+      raise RunError(str(e)) from None
   built = built or build_config(options, precision.default_dtype(name, _num_gpus(options)))
   check_inputs(built, options.mode)
   if "train" in options.mode and "eval" in options.mode:
