@@ -252,7 +252,7 @@ def _call(kernel, core: Core, inputs, outputs, backward: bool, interpret: bool):
   whole = lambda shape: pl.BlockSpec(tuple(shape), lambda i: (0,) * len(shape))
   mask, fold = table_selection(core)
   constants = [jnp.asarray(key_positions(core), dtype), jnp.asarray(mask), jnp.asarray(fold)]
-  in_specs = [block("q"), pl.BlockSpec(memory_space=pl.ANY), whole(shapes["tables"])]
+  in_specs = [block("q"), pl.BlockSpec(memory_space=pltpu.ANY), whole(shapes["tables"])]
   in_specs += [whole(c.shape) for c in constants] + ([block("out")] if backward else [])
   steps = core.table_steps(dtype.itemsize)
   out_specs = [pl.BlockSpec((1,) + tuple(steps[1:]), lambda i: (i, 0, 0)) if name == "tables"
