@@ -107,8 +107,8 @@ def _linear_hbm(fixed: float, per_image: float, available: float = 15.75 * 2**30
     if temporaries <= available:
       return check.StepReport("train", batch, True, hbm={"temporaries": temporaries})
     return check.StepReport("train", batch, False, out_of_memory=True, error=(
-        f"Ran out of memory on HBM, the total memory required for HLO temporaries "
-        f"({temporaries / 2**30:.2f}G) exceeds available HBM ({available / 2**30:.2f}G)."))
+        f"Ran out of memory in memory space hbm. Used {temporaries / 2**30:.2f}G of "
+        f"{available / 2**30:.2f}G hbm. HLO temp {temporaries / 2**30:.2f}G"))
   return probe
 
 
@@ -139,6 +139,9 @@ def test_batch_guess_from_the_compilers_out_of_memory_message():
   probe = _linear_hbm(17 * 2**30, 1.0, available=15 * 2**30)  # the fixed part alone is too much
   assert check.batch_guess([probe(1000), probe(500)]) == 0
   assert check.batch_guess([check.StepReport("train", 8, False, error="other")]) is None
+  one_buffer = check.StepReport("train", 8, False, out_of_memory=True, error=(  # libtpu's words
+      "RESOURCE_EXHAUSTED: Allocation (size=21474836480) would exceed memory (size=17179869184)"))
+  assert check.hbm_shortfall(one_buffer) == (21474836480, 17179869184)
 
 
 def test_errors_before_any_compile(monkeypatch):
@@ -217,7 +220,8 @@ def test_an_overflowing_batch_does_not_fit_and_the_compilers_numbers_point_below
   train = overflow_report.steps[0]
   assert train.kind == "train" and train.batch == 65536
   assert not train.compiled and train.out_of_memory
-  assert re.search(r"temporaries \([\d.]+G\) exceeds available HBM \(15.75G\)", train.error)
+  assert re.fullmatch(r"Ran out of memory in memory space hbm\. Used ([\d.]+)G of 15\.75G hbm\. "
+                      r"HLO temp [\d.]+G", train.error), train.error
   fits = fitting_train_step
   assert fits.batch == 16
   assert fits.compiled and fits.hbm["temporaries"] < overflow_report.generation.hbm_bytes

@@ -33,8 +33,12 @@ print(json.dumps(dict(tensorflow=tf.__file__, tensorflow_tpu=metadata.version("t
 
 
 def _environment():
-  return {**tpu_software.OFF_TPU_ENVIRONMENT, **os.environ, "PYTHONPATH": ROOT,
-          "TF_CPP_MIN_LOG_LEVEL": "0"}
+  """libtpu's off-TPU settings, and no TPU_LIBRARY_PATH (which libtpu's Python package sets once a
+  JAX in the process has looked for a TPU): TensorFlow finds libtpu beside itself, as on a host."""
+  environment = {**tpu_software.OFF_TPU_ENVIRONMENT, **os.environ, "PYTHONPATH": ROOT,
+                 "TF_CPP_MIN_LOG_LEVEL": "0"}
+  environment.pop("TPU_LIBRARY_PATH", None)
+  return environment
 
 
 def test_tensorflow_tpu_build_loads_the_pinned_libtpu():

@@ -111,10 +111,16 @@ def step_report(kind: str, batch: int, result: Dict) -> StepReport:
 
 
 def _first_line(message: str) -> str:
-  """The compiler's message cut to the sentence that says what failed."""
+  """The compiler's message cut to what failed: for running out of HBM, how much was used of how
+  much (and the temporaries' share), e.g. 'Ran out of memory in memory space hbm. Used 22.21G of
+  15.75G hbm. HLO temp 22.21G'."""
   text = " ".join(message.split())
-  oom = re.search(r"Ran out of memory.*?exceeds available HBM \([\d.]+\w*\)", text)
-  return oom.group(0) if oom else text[:400]
+  oom = re.search(r"Ran out of memory in memory space hbm\. Used [\d.]+\w* of [\d.]+\w* hbm\.",
+                  text)
+  if oom:
+    temporaries = re.search(r"HLO temp [\d.]+[KMGT]?", text)
+    return oom.group(0) + (f" {temporaries.group(0)}" if temporaries else "")
+  return text[:400]
 
 
 def _bytes(number: str, unit: str) -> float:
@@ -122,11 +128,17 @@ def _bytes(number: str, unit: str) -> float:
 
 
 def hbm_shortfall(report: StepReport) -> Optional[Tuple[float, float]]:
-  """(bytes needed, bytes available) from an out-of-memory report's message, e.g. 'the total
-  memory required for HLO temporaries (17.52G) exceeds available HBM (15.75G)'; else None."""
-  found = re.search(r"temporaries \(([\d.]+)([KMGT]?)\) exceeds available HBM "
-                    r"\(([\d.]+)([KMGT]?)\)", report.error)
-  return (_bytes(*found.group(1, 2)), _bytes(*found.group(3, 4))) if found else None
+  """(bytes of temporaries needed, bytes of HBM available) from an out-of-memory report's
+  message, as the pinned libtpu words it: 'Used 22.21G of 15.75G hbm. ... HLO temp 22.21G' (the
+  temporaries; all that was used where it does not say), or a single buffer's 'Allocation
+  (size=N) would exceed memory (size=M)'; else None."""
+  used = re.search(r"Used ([\d.]+)([KMGT]?) of ([\d.]+)([KMGT]?) hbm", report.error)
+  if used:
+    temporaries = re.search(r"HLO temp ([\d.]+)([KMGT]?)", report.error)
+    return (_bytes(*(temporaries or used).group(1, 2)), _bytes(*used.group(3, 4)))
+  single = re.search(r"Allocation \(size=(\d+)\) would exceed memory \(size=(\d+)\)",
+                     report.error)
+  return (float(single.group(1)), float(single.group(2))) if single else None
 
 
 def batch_guess(compiled: List[StepReport]) -> Optional[int]:
@@ -225,7 +237,7 @@ class CheckReport:
       row["fits"] = report.fits
       return {**row, **(report.roofline(self.generation) if report.compiled else {})}
     return {"topology": self.topology, "device_kind": self.generation.device_kind,
-            "devices": self.devices, "precision": self.precision, "parameters": self.parameters,
+            "compiler": f"libtpu {tpu_software.installed('libtpu')}", "devices": self.devices, "precision": self.precision, "parameters": self.parameters,
             "hbm_available_bytes": self.generation.hbm_bytes,
             "peak_flops_per_device": self.generation.peak_flops,
             "hbm_bandwidth_per_device": self.generation.hbm_bandwidth,
