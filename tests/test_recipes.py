@@ -16,6 +16,7 @@ import official_halonet  # noqa: F401
 from official.common import flags as tfm_flags
 from official.core import exp_factory
 from official_halonet import train
+from official_halonet.training import experiment as experiment_lib
 from official_halonet.training import recipes
 from official_halonet.training import runner
 
@@ -99,3 +100,14 @@ def test_model_garden_flags_override_a_registered_recipe(model_garden_flags, tmp
   assert built.config.task.model.backbone.halonet.model_id == "h1"
   options = train.options_from_flags(built, model_garden_flags)
   assert (options.mode, options.strategy, options.gin_files) == ("train_and_eval", "mirrored", ())
+
+
+def test_recipes_state_only_what_differs_from_the_settings_defaults():
+  # Settings' defaults are the paper's ImageNet recipe; a recipe that restated one would be a
+  # second declaration of it (test_config_snapshot pins what every recipe builds).
+  defaults = experiment_lib.Settings()
+  named = {"IMAGENET": recipes.IMAGENET, "ABLATION": recipes.ABLATION, "SASA": recipes.SASA,
+           "I21K_PRETRAIN": recipes.I21K_PRETRAIN, "I21K_FINETUNE": recipes.I21K_FINETUNE}
+  for name, recipe in named.items():
+    restated = {k: v for k, v in recipe.items() if getattr(defaults, k) == v}
+    assert not restated, f"{name} restates Settings' defaults {restated}"
