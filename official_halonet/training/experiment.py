@@ -13,6 +13,9 @@ without gin. main.py hands the config to `official.core.train_lib.run_experiment
 reads gin. `build` works in steps: `Settings.validate`, the `schedule` in steps, the training data
 config (and from it `evaluation_data`), then the task, trainer (optimizer.sgd_with_warmup) and
 runtime (precision.resolve) configs.
+On Model Garden's command line (official_halonet/train.py) `follow_overrides` derives again
+what a recipe derives from the overridden batch, steps, image size or classes (DERIVING), so a
+Model Garden override means what the same gin setting means.
 
 The recipe (HaloNet paper, section 4): SGD with Nesterov momentum 0.9, learning rate
 base_learning_rate · global_batch_size / 256 with linear warm-up, then cosine decay to
