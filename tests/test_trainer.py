@@ -10,6 +10,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 
 import numpy as np
@@ -319,6 +320,13 @@ def test_model_garden_input_size_alone_sets_the_image_size(digits, tmp_path):
   params = (model_dir / "params.yaml").read_text()
   assert params.count("image_size: 32") == 2  # both pipelines follow task.model.input_size
   assert "initial_learning_rate: 0.003125" in params  # 0.1 × 8 / 256: the batch's, not 4096's
+  # 2 steps: 1 of warm-up, then cosine to lr / 128 at step 2, as experiment.train_steps = 2 gives.
+  assert "| lr 2.441e-05" in result.stdout
+  # model_dir did not exist: the log staged until the checks passed moved into it.
+  assert "Starts to execute mode: train" in (model_dir / "main.log").read_text()
+  staged = os.path.join(tempfile.gettempdir(), "official_halonet",
+                        str(model_dir).replace("/", "_") + ".log")
+  assert not os.path.exists(staged)
 
 
 def test_model_garden_disagreeing_sizes_fail_in_one_line_before_model_dir(digits, tmp_path):
