@@ -67,6 +67,7 @@ def run(options, verbose: bool = False) -> dict:
       mode="train_and_eval", gin_bindings=bindings + list(options.gin_bindings))
   log_file = console.configure_logging(console.log_path(model_dir), verbose)
   logs = runner.run(options)
+  log_file = console.settle(model_dir)  # the run moved its log into model_dir
   seconds = time.time() - start
   export_dir = saved_model.export_from_run(options, export_dir=os.path.join(model_dir, "export"))
   picture = os.path.join(os.path.dirname(os.path.abspath(model_dir)), ATTENTION_PNG)

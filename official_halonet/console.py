@@ -13,22 +13,36 @@ train, the data tools). A top-level module that imports nothing of official_halo
 every package may use it (tests/test_layering.py).
 `--verbose` skips all of this. Nothing here imports TensorFlow, so an entry point can call it
 before TensorFlow starts.
+Until a run's model_dir exists, its log is staged under the temp directory (`log_path`); the
+runner calls `settle(model_dir)` once the configuration has passed its checks, which creates
+model_dir and moves the log there, so a configuration error leaves no model_dir behind.
 """
 import atexit
 import logging as python_logging
 import os
+import shutil
 import sys
 import tempfile
 import traceback
 
 LOG_FILENAME = "main.log"
+# The log file descriptor 2 (native_stderr_to) and absl (configure_logging) write to, if any.
+_in_use = {"stderr": "", "absl": "", "announce": False}
+_staged = set()  # logs of local model_dirs that do not exist yet (log_path), for `settle` to move
 
 
 def log_path(model_dir: str) -> str:
-  """<model_dir>/main.log; for a remote model_dir (gs://) a local file under the temp directory."""
-  if model_dir and "://" not in model_dir:
-    os.makedirs(model_dir, exist_ok=True)
+  """<model_dir>/main.log if model_dir exists; else (not created yet, or remote: gs://) a local
+  file under the temp directory, named after model_dir (see `settle`). Creates no model_dir."""
+  if model_dir and "://" not in model_dir and os.path.isdir(model_dir):
     return os.path.join(model_dir, LOG_FILENAME)
+  path = _local_log(model_dir)
+  if model_dir and "://" not in model_dir:
+    _staged.add(path)
+  return path
+
+
+def _local_log(model_dir: str) -> str:
   local = os.path.join(tempfile.gettempdir(), "official_halonet")
   os.makedirs(local, exist_ok=True)
   return os.path.join(local, (model_dir or "run").replace("://", "_").replace("/", "_") + ".log")
@@ -38,10 +52,41 @@ def native_stderr_to(path: str) -> None:
   """Sends file descriptor 2 (C++ logging) to `path`; Python's sys.stderr stays on the terminal."""
   sys.stderr.flush()
   terminal = os.dup(2)
+  _descriptor_2_to(path)
+  sys.stderr = os.fdopen(terminal, "w", buffering=1, encoding="utf-8", errors="replace")
+
+
+def _descriptor_2_to(path: str) -> None:
   log = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
   os.dup2(log, 2)
   os.close(log)
-  sys.stderr = os.fdopen(terminal, "w", buffering=1, encoding="utf-8", errors="replace")
+  _in_use["stderr"] = path
+
+
+def settle(model_dir: str) -> str:
+  """Creates a local model_dir and moves the log staged for it (log_path) to <model_dir>/main.log,
+  pointing descriptor 2 and absl logging there; returns the log file in use (a remote model_dir
+  keeps its local log). Call it when the run is about to write model_dir."""
+  if not model_dir or "://" in model_dir:
+    return _in_use["absl"] or _in_use["stderr"]
+  os.makedirs(model_dir, exist_ok=True)
+  target, staged = os.path.join(model_dir, LOG_FILENAME), _local_log(model_dir)
+  if staged not in _staged or staged not in (_in_use["absl"], _in_use["stderr"]):
+    return target
+  with open(staged, "rb") as source, open(target, "ab") as destination:
+    shutil.copyfileobj(source, destination)
+  if _in_use["stderr"] == staged:
+    _descriptor_2_to(target)
+  if _in_use["absl"] == staged:
+    from absl import logging  # pylint: disable=g-import-not-at-top
+    handler = logging.get_absl_handler().python_handler
+    previous, handler.stream = handler.stream, open(target, "a", encoding="utf-8")
+    previous.close()
+    _in_use["absl"] = target
+  os.remove(staged)
+  if _in_use["announce"]:
+    print(f"Logging to {target}", flush=True)
+  return target
 
 
 def quiet_orbit() -> None:
@@ -74,18 +119,22 @@ def configure_logging(path: str, verbose: bool = False, announce: bool = True) -
   """Sends absl / TensorFlow / Model Garden logs to the file at `path`, errors also to stderr.
 
   The file is appended to. Unless `verbose`, Orbit's per-loop dicts go only there too
-  (quiet_orbit). `announce` prints where the log is. Returns `path`.
+  (quiet_orbit). `announce` prints where the log is (for a log staged until model_dir exists,
+  `settle` prints where it moved). Returns `path`.
   """
   from absl import flags  # pylint: disable=g-import-not-at-top
   from absl import logging  # pylint: disable=g-import-not-at-top
   logging.set_verbosity(logging.INFO)
   logging.get_absl_handler().python_handler.stream = open(path, "a", encoding="utf-8")
+  _in_use["absl"] = path
+  staged = path in _staged
+  _in_use["announce"] = announce and staged  # settle announces where it moves to
   if not verbose:
     quiet_orbit()
   if flags.FLAGS.is_parsed() and not flags.FLAGS["stderrthreshold"].present:
     flags.FLAGS.stderrthreshold = "error"
   atexit.register(_drop_records_after_shutdown)
-  if announce:
+  if announce and not staged:
     print(f"Logging to {path}", flush=True)
   return path
 

@@ -6,7 +6,10 @@
 
 The flags are Model Garden's own (official.common.flags, as official/projects/*/train.py use
 them): --experiment names a registered experiment, --config_file (YAML, repeatable) and
---params_override (YAML or 'a.b=c,...') override it in that order, then the run goes through
+--params_override (YAML or 'a.b=c,...') override it in that order; what the recipe derives from
+a changed global batch, train_steps, input_size or num_classes (learning rate, warm-up, decay,
+loop lengths, eval batches; the pipelines' image size and classes) is derived again as gin's
+`experiment.<setting>` would, unless the overrides set it too; then the run goes through
 this project's runner (the same checks, console and Model Garden train_lib loop as main.py).
 The strategy is the config's runtime.distribution_strategy ('tpu' with --tpu); a registered
 recipe computes in bfloat16 (TPU) unless runtime.mixed_precision_dtype says otherwise.
@@ -23,14 +26,27 @@ from absl import flags  # noqa: E402
 FLAGS = flags.FLAGS
 
 
+def parse(flag_values):
+  """Model Garden's ExperimentParser (train_utils: --experiment, then --config_file, then
+  --params_override), and for a classification recipe the values it derives from a changed batch,
+  train_steps, input_size or num_classes derived again (experiment.follow_overrides)."""
+  from official.core import train_utils  # pylint: disable=g-import-not-at-top
+  from official_halonet.training import experiment  # pylint: disable=g-import-not-at-top
+  from official_halonet.training import recipes  # pylint: disable=g-import-not-at-top
+  parser = train_utils.ExperimentParser(flag_values)
+  config = parser.parse()
+  if flag_values.experiment in recipes.RECIPES:
+    config = experiment.follow_overrides(flag_values.experiment, parser.base_experiment(), config)
+  config.validate()  # as train_utils.parse_configuration
+  return config
+
+
 def config_from_flags(flag_values=None):
   """The registered experiment named by --experiment with --config_file / --params_override
-  applied (Model Garden's train_utils.parse_configuration), and the configurable that built it."""
-  from official.core import train_utils  # pylint: disable=g-import-not-at-top
+  applied (`parse`), and the configurable that built it."""
   from official_halonet.training import registry  # pylint: disable=g-import-not-at-top
   from official_halonet.training import task  # pylint: disable=g-import-not-at-top
-  config = train_utils.parse_configuration(flag_values or FLAGS, lock_return=False,
-                                           print_return=False)
+  config = parse(flag_values or FLAGS)
   classification = isinstance(config.task, task.TaskConfig)
   return registry.Built(config=config, configurable=(registry.CLASSIFICATION if classification
                                                      else registry.detection.CONFIGURABLE),

@@ -120,7 +120,7 @@ def draw(model, images, path: str, layers: Sequence[str] = (),
   os.makedirs(directory, exist_ok=True)
   with open(path, "wb") as f:
     f.write(attention_figure.png_bytes(fig))
-  return attention_figure.grid_shape(attentions, points)
+  return attention_figure.grid_shape(attentions, points, *image.shape[:2])
 
 
 def main(argv):

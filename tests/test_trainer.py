@@ -10,6 +10,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 
 import numpy as np
@@ -291,6 +292,65 @@ def test_batch_not_divisible_by_replicas_fails_before_building(digits, tmp_path)
   assert re.search(r"--gin_bindings\[2\]: experiment\.global_batch_size: global_batch_size=63 "
                    r"is not divisible by the 2 replicas", result.stderr), result.stderr[-2000:]
   assert not glob.glob(str(tmp_path / "ckpt-*"))
+
+
+def test_a_bad_gin_binding_writes_no_model_dir(tmp_path):
+  model_dir = tmp_path / "run"
+  result = _main(_gin_args(["experiment.epoch = 3"]) + [f"--model_dir={model_dir}"], timeout=120)
+  assert result.returncode == 2 and "doesn't have a parameter named 'epoch'" in result.stderr
+  assert not model_dir.exists()
+
+
+# The issue's first Model Garden run: a registered recipe with the image size set once, in
+# task.model.input_size (H1 narrowed to train 2 steps in seconds).
+MODEL_GARDEN_YAML = """
+task:
+  model:
+    input_size: [32, 32, 3]
+    backbone: {{halonet: {{blocks: [1, 1, 1, 1], base_width: 8, stem_width: 8}}}}
+  train_data: {{input_path: '{data}/train-*', global_batch_size: 8, label_offset: 0}}
+  validation_data: {{input_path: '{data}/validation-*', label_offset: 0}}
+trainer: {{train_steps: 2}}
+runtime: {{mixed_precision_dtype: float32}}
+"""
+
+
+def _model_garden_train(tmp_path, yaml, model_dir):
+  (tmp_path / "tiny.yaml").write_text(yaml)
+  environment = dict(os.environ, PYTHONPATH=ROOT, TF_CPP_MIN_LOG_LEVEL="2")
+  return subprocess.run(
+      [sys.executable, "-m", "official_halonet.train", "--experiment=halonet_h1_imagenet",
+       f"--config_file={tmp_path / 'tiny.yaml'}", "--mode=train", f"--model_dir={model_dir}"],
+      cwd=ROOT, env=environment, capture_output=True, text=True, timeout=600)
+
+
+def test_model_garden_input_size_alone_sets_the_image_size(digits, tmp_path):
+  model_dir = tmp_path / "run"
+  result = _model_garden_train(tmp_path, MODEL_GARDEN_YAML.format(data=digits), model_dir)
+  assert result.returncode == 0, result.stderr[-3000:]
+  assert re.search(r"step 2/2 ", result.stdout), result.stdout
+  params = (model_dir / "params.yaml").read_text()
+  assert params.count("image_size: 32") == 2  # both pipelines follow task.model.input_size
+  assert "initial_learning_rate: 0.003125" in params  # 0.1 × 8 / 256: the batch's, not 4096's
+  # 2 steps: 1 of warm-up, then cosine to lr / 128 at step 2, as experiment.train_steps = 2 gives.
+  assert "| lr 2.441e-05" in result.stdout
+  # model_dir did not exist: the log staged until the checks passed moved into it.
+  assert "Starts to execute mode: train" in (model_dir / "main.log").read_text()
+  staged = os.path.join(tempfile.gettempdir(), "official_halonet",
+                        str(model_dir).replace("/", "_") + ".log")
+  assert not os.path.exists(staged)
+
+
+def test_model_garden_disagreeing_sizes_fail_in_one_line_before_model_dir(digits, tmp_path):
+  yaml = MODEL_GARDEN_YAML.format(data=digits).replace(
+      "label_offset: 0}\ntrainer", "label_offset: 0, image_size: 64}\ntrainer")
+  model_dir = tmp_path / "run"
+  result = _model_garden_train(tmp_path, yaml, model_dir)
+  assert result.returncode == 2
+  assert result.stderr.strip().splitlines()[-1] == (
+      "error: task.validation_data.image_size = 64 disagrees with task.model.input_size = "
+      "[32, 32, 3], which declares it (the pipelines follow it): set task.model.input_size only")
+  assert not model_dir.exists()
 
 
 SHORT_RUN = ["experiment.train_steps = 12", "experiment.warmup_epochs = 0",

@@ -71,13 +71,16 @@ def test_mean_distance_of_uniform_attention_is_the_mean_offset_length():
   np.testing.assert_allclose(distance, [(4 * 2 + 4 * 2 * np.sqrt(2)) / 9], rtol=1e-12)
 
 
-def test_picture_is_written_with_one_cell_per_layer_point_and_head(tiny, tmp_path):
+def test_picture_is_written_with_one_cell_per_layer_query_and_head(tiny, tmp_path):
   model, images = tiny
   path = str(tmp_path / "maps.png")
   points = [(0.5, 0.5), (0.1, 0.9), (1.0, 0.0)]
   rows, columns = visualize.draw(model, images, path, ["stage2_block1_halo", "stage4_block1_halo"],
                                  points)
-  assert (rows, columns) == (2 * 3 + 1, 1 + 2)
+  # Stage 2 has a query near each point; stage 4 of a 32 px image has one query, drawn once.
+  stage4 = attention_maps.probe(model, images, ["stage4_block1_halo"])[0]
+  assert int(stage4.query_inside.sum()) == 1
+  assert (rows, columns) == (3 + 1 + 1, 1 + 2)
   cell = attention_figure.CELL_INCHES * attention_figure.DPI
   assert Image.open(path).size == (columns * cell, rows * cell)
 

@@ -2,16 +2,18 @@
 
 Layout of `figure(...)`, one cell = CELL_INCHES square:
 
-  for each layer, for each query point:  [image: query marked, window outlined] [head 1] ... [head N]
+  for each layer, for each query drawn:  [image: query marked, window outlined] [head 1] ... [head N]
   last row, across all columns:          mean attention distance (image pixels) per layer and head
 
+A layer's queries are the ones nearest the query points, each drawn once: points that fall on the
+same query of a coarse layer (a stride-32 map of a 32 px image has one pixel) share one row.
 Each head cell shows the image in grey with that head's softmax over the (b + 2h)² window laid
 over it where the window lies (halo pixels outside the image show as the part of the window beyond
 the image edge), the query pixel marked and the window outlined; colours run from 0 to the head's
 largest weight for that query, which the cell's title gives.
 """
 import io
-from typing import Sequence, Tuple
+from typing import List, Sequence, Tuple
 
 import numpy as np
 from matplotlib import patches
@@ -32,10 +34,24 @@ def displayable(images: np.ndarray) -> np.ndarray:
   return np.clip((np.asarray(images, np.float32) * std + mean) / 255.0, 0.0, 1.0)
 
 
-def grid_shape(attentions: Sequence[LayerAttention], points: Sequence[Tuple[float, float]]
-               ) -> Tuple[int, int]:
-  """(rows, columns) of cells: a row per layer and point plus the distance plot's row."""
-  return len(attentions) * len(points) + 1, 1 + max(a.num_heads for a in attentions)
+def drawn_queries(attention: LayerAttention, points: Sequence[Tuple[float, float]],
+                  height: int, width: int) -> List[Tuple[int, int]]:
+  """The (block, query) of `attention` nearest each point (fractions of the image's `height` and
+  `width`), in the points' order, each once."""
+  drawn = []
+  for fraction_row, fraction_column in points:
+    block, query = attention.nearest_query(fraction_row * height, fraction_column * width)
+    if (int(block), int(query)) not in drawn:
+      drawn.append((int(block), int(query)))
+  return drawn
+
+
+def grid_shape(attentions: Sequence[LayerAttention], points: Sequence[Tuple[float, float]],
+               height: int, width: int) -> Tuple[int, int]:
+  """(rows, columns) of cells for an image of `height` × `width`: a row per layer and drawn
+  query (`drawn_queries`) plus the distance plot's row."""
+  rows = sum(len(drawn_queries(a, points, height, width)) for a in attentions)
+  return rows + 1, 1 + max(a.num_heads for a in attentions)
 
 
 def _reach(attention, block, query, index):
@@ -77,18 +93,18 @@ def figure(image: np.ndarray, attentions: Sequence[LayerAttention],
   """The grid for image `index` of the probed batch.
 
   image: [H, W, 3] RGB in [0, 1] (see `displayable`); points: query points as (row, column)
-  fractions of the image height and width, e.g. (0.5, 0.5) for the centre.
+  fractions of the image height and width, e.g. (0.5, 0.5) for the centre; points that fall on
+  one query of a layer draw it once (`drawn_queries`).
   """
-  rows, columns = grid_shape(attentions, points)
+  grey = np.asarray(image, np.float32).mean(axis=-1)
+  height, width = grey.shape
+  rows, columns = grid_shape(attentions, points, height, width)
   fig = Figure(figsize=(columns * CELL_INCHES, rows * CELL_INCHES), dpi=DPI)
   FigureCanvasAgg(fig)
   grid = fig.add_gridspec(rows, columns)
-  grey = np.asarray(image, np.float32).mean(axis=-1)
-  height, width = grey.shape
   row = 0
   for attention in attentions:
-    for fraction_row, fraction_column in points:
-      block, query = attention.nearest_query(fraction_row * height, fraction_column * width)
+    for block, query in drawn_queries(attention, points, height, width):
       ax = fig.add_subplot(grid[row, 0])
       _show_window(ax, image, attention, block, query, None, index)
       row_px, column_px = attention.queries[block, query]

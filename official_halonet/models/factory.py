@@ -18,6 +18,7 @@ import tf_keras
 
 from official.modeling import hyperparams
 from official.vision.configs import backbones as mg_backbones
+from official.vision.configs import common
 from official.vision.modeling import classification_model
 from official.vision.modeling.backbones import factory as mg_factory
 from official_halonet.models import specs
@@ -41,9 +42,15 @@ def halonet_backbone(config: HaloNetConfig) -> Backbone:
   return Backbone(type="halonet", halonet=config)
 
 
-def activation_of(model_id: str, activation: Optional[str] = None) -> str:
-  """Model Garden's spelling of `activation`, or of the named model's own when None."""
-  return model_garden_activation(activation or specs.get_spec(model_id).activation)
+def norm_activation(config: HaloNetConfig, activation: Optional[str] = None,
+                    use_sync_bn: bool = True) -> common.NormActivation:
+  """Model Garden's norm-activation config of the backbone `config`: its spec's BatchNorm
+  momentum and epsilon (their one declaration, specs.ModelSpec) and activation (or `activation`),
+  so a task builds the BatchNorm layers `build` builds."""
+  spec = specs.resolve(config)
+  return common.NormActivation(
+      activation=model_garden_activation(activation or spec.activation), use_sync_bn=use_sync_bn,
+      norm_momentum=spec.norm_momentum, norm_epsilon=spec.norm_epsilon)
 
 
 @mg_factory.register_backbone_builder("halonet")

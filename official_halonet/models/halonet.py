@@ -62,7 +62,7 @@ class HaloNet(tf_keras.Model):
       overrides, which specs.resolve applies and validates), or just a model name.
     input_specs: tf_keras.layers.InputSpec of the input, [B, H, W, 3] (H, W may be None).
     activation, use_sync_bn, norm_momentum, norm_epsilon: Model Garden norm-activation settings;
-      activation / norm_epsilon None take the spec's.
+      activation / norm_momentum / norm_epsilon None take the spec's (specs.ModelSpec).
     kernel_initializer, kernel_regularizer, bias_regularizer: for every conv and projection.
   Outputs {'2': [B, H/4, W/4, C_2], ..., '5': [B, H/32, W/32, C_5]} (sides rounded up).
   """
@@ -72,7 +72,7 @@ class HaloNet(tf_keras.Model):
                input_specs: layers.InputSpec = layers.InputSpec(shape=[None, None, None, 3]),
                activation: Optional[str] = None,
                use_sync_bn: bool = False,
-               norm_momentum: float = 0.99,
+               norm_momentum: Optional[float] = None,
                norm_epsilon: Optional[float] = None,
                kernel_initializer: str = "VarianceScaling",
                kernel_regularizer: Optional[tf_keras.regularizers.Regularizer] = None,
@@ -84,6 +84,7 @@ class HaloNet(tf_keras.Model):
                       f"HaloNet(HaloNetConfig(model_id=..., {flat[0]}=...))")
     config = _config_of(config)
     spec = specs.resolve(config)
+    norm_momentum = spec.norm_momentum if norm_momentum is None else norm_momentum
     norm_epsilon = spec.norm_epsilon if norm_epsilon is None else norm_epsilon
     self._config = config
     self._config_dict = dict(  # get_config adds the backbone config as a plain dict

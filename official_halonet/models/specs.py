@@ -18,7 +18,7 @@ the HaloNets trained in PyTorch by timm, whose weights official_halonet.convert_
 use the generalisations below: a per-stage block pattern (conv bottlenecks interleaved with halo
 blocks), per-stage output ratios, grouped 3×3 convs, SE (ReLU inside, widths rounded to 8) or ECA
 channel attention, a fixed per-head query/key width, the 'tiered' stem (three 3×3 convs) with or
-without its max-pool, PyTorch's symmetric padding of strided convs and pools, BN epsilon 1e-5,
+without its max-pool, PyTorch's symmetric padding of strided convs and pools,
 timm's indexing of the relative-position tables by subsampled query position in strided halo
 layers, and timm's evaluation preprocessing (`eval_crop_fraction`, `eval_interpolation`; both use
 the ImageNet mean / std, as every model here does). Each has a reduced '<name>_mini' row (narrow,
@@ -73,7 +73,13 @@ class ModelSpec:
   eca: bool = False  # ECA channel attention after the 3×3 conv of every 'conv' block
   stem_pool: bool = True  # 'conv' / 'tiered' stems end with a 3×3/2 max-pool (else a strided conv)
   padding: str = "same"  # 'symmetric': PyTorch's (k - 1) // 2 on each side for strided convs/pools
-  norm_epsilon: float = 1e-3  # BN epsilon when the builder is not given one
+  # BatchNorm, declared here once for every model and read the same way by models.build, the
+  # classification task and detection (factory.norm_activation): moving-average momentum 0.9 and
+  # epsilon 1e-5 (Keras terms), the TPU ResNet / ResNet-RS code the paper's authors trained with
+  # (tensorflow/tpu models/official/resnet: MOVING_AVERAGE_DECAY 0.9, EPSILON 1e-5) and PyTorch's
+  # defaults timm's HaloNets were trained with (momentum 0.1 = Keras 0.9, eps 1e-5).
+  norm_momentum: float = 0.9
+  norm_epsilon: float = 1e-5
   query_positions: str = "input"  # HaloAttention's: 'subsampled' indexes a strided layer's
   #                                 tables by subsampled query position (timm's weights)
   eval_crop_fraction: Optional[float] = None  # evaluation center crop (None: the data default)
@@ -217,9 +223,9 @@ MODELS: Dict[str, ModelSpec] = {
 
 
 # timm's HaloNets (timm 1.0 byoanet.py), imported by official_halonet.convert_timm. 256×256
-# inputs; BN epsilon 1e-5; PyTorch padding; eval crop / interpolation from timm's pretrained configs.
+# inputs; PyTorch padding; eval crop / interpolation from timm's pretrained configs.
 _C, _H = "conv", "halo"
-_TIMM = dict(image_size=256, padding="symmetric", norm_epsilon=1e-5, query_positions="subsampled",
+_TIMM = dict(image_size=256, padding="symmetric", query_positions="subsampled",
              eval_interpolation="bicubic", num_heads=(8, 8, 8, 8), stem_width=64)
 _TIMM_MODELS: Dict[str, ModelSpec] = {
     "halonet_h1": ModelSpec(

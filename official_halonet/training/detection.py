@@ -230,9 +230,8 @@ def _set_model(task, s: DetectionSettings) -> None:
   model.backbone = factory.halonet_backbone(experiment.backbone_config(s.backbone, s))
   model.num_classes = s.num_classes
   model.input_size = [s.image_size, s.image_size, 3]
-  model.norm_activation.use_sync_bn = s.use_sync_bn
-  model.norm_activation.activation = factory.activation_of(s.backbone)
-  model.norm_activation.norm_epsilon = specs.get_spec(s.backbone).norm_epsilon  # timm's: 1e-5
+  model.norm_activation = factory.norm_activation(model.backbone.halonet,
+                                                  use_sync_bn=s.use_sync_bn)
   task.losses.l2_weight_decay = s.weight_decay
   task.init_checkpoint = s.init_checkpoint
   modules = s.init_checkpoint_modules

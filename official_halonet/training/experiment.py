@@ -13,6 +13,9 @@ without gin. main.py hands the config to `official.core.train_lib.run_experiment
 reads gin. `build` works in steps: `Settings.validate`, the `schedule` in steps, the training data
 config (and from it `evaluation_data`), then the task, trainer (optimizer.sgd_with_warmup) and
 runtime (precision.resolve) configs.
+On Model Garden's command line (official_halonet/train.py) `follow_overrides` derives again
+what a recipe derives from the overridden batch, steps, image size or classes (DERIVING), so a
+Model Garden override means what the same gin setting means.
 
 The recipe (HaloNet paper, section 4): SGD with Nesterov momentum 0.9, learning rate
 base_learning_rate · global_batch_size / 256 with linear warm-up, then cosine decay to
@@ -30,7 +33,6 @@ import gin
 
 from official.core import config_definitions as cfg
 from official.core import exp_factory
-from official.vision.configs import common
 from official_halonet import data
 from official_halonet.models import config as model_config
 from official_halonet.models import factory as model_factory
@@ -243,13 +245,101 @@ def from_recipe(recipe: str = "", **overrides) -> Settings:
   return Settings(recipe=recipe, **{**recipes.RECIPES.get(recipe, {}), **overrides})
 
 
-def _registered(name: str) -> cfg.ExperimentConfig:
-  """A recipe as Model Garden's experiment factory gives it: bfloat16 for 'auto' (TPU)."""
-  return build(from_recipe(name), "bfloat16")
+def _registered(name: str, **overrides) -> cfg.ExperimentConfig:
+  """A recipe (with `overrides` of its settings) as Model Garden's experiment factory gives it:
+  bfloat16 for 'auto' (TPU)."""
+  return build(from_recipe(name, **overrides), "bfloat16")
 
 
 for _name in recipes.RECIPES:
   exp_factory.register_config_factory(_name)(functools.partial(_registered, _name))
+
+
+# The Model Garden fields of a registered recipe that are settings the recipe derives others from
+# (the learning rate, warm-up, decay and loop lengths from the batch and steps; the pipelines'
+# image size and classes from the model's): field -> its Settings field. `follow_overrides`
+# re-derives from them on Model Garden's command line as `build` does from gin.
+DERIVING = {
+    "task.train_data.global_batch_size": "global_batch_size",
+    "task.validation_data.global_batch_size": "eval_batch_size",
+    "trainer.train_steps": "train_steps",
+    "task.model.input_size": "image_size",
+    "task.model.num_classes": "num_classes",
+}
+# Fields that restate the model's declaration (first) for the data pipelines: they must agree.
+RESTATED = (("task.model.input_size", "task.train_data.image_size",
+             "task.validation_data.image_size"),
+            ("task.model.num_classes", "task.train_data.num_classes",
+             "task.validation_data.num_classes"))
+
+
+def _flat(tree: dict, prefix: str = "") -> dict:
+  """{'a': {'b': 1}} -> {'a.b': 1}."""
+  flat = {}
+  for key, value in tree.items():
+    path = f"{prefix}{key}"
+    flat.update(_flat(value, path + ".") if isinstance(value, dict) else {path: value})
+  return flat
+
+
+def _nested(flat: dict) -> dict:
+  """{'a.b': 1} -> {'a': {'b': 1}}."""
+  tree = {}
+  for path, value in flat.items():
+    *parents, leaf = path.split(".")
+    node = tree
+    for parent in parents:
+      node = node.setdefault(parent, {})
+    node[leaf] = value
+  return tree
+
+
+def _as_setting(path: str, value):
+  """A DERIVING field's value as its Settings value (input_size [S, S, 3] -> S)."""
+  if path != "task.model.input_size":
+    return value
+  _require(len(value) == 3 and value[0] == value[1] and value[2] == 3, "image_size",
+           f"{path} must be [S, S, 3] (square RGB images), got {value}")
+  return value[0]
+
+
+def follow_overrides(recipe: str, registered: cfg.ExperimentConfig,
+                     overridden: cfg.ExperimentConfig) -> cfg.ExperimentConfig:
+  """`overridden` (Model Garden's overrides of the registered `recipe`) with every value the recipe
+  derives from a changed DERIVING field derived again, as gin's `experiment.<setting>` would.
+
+  A field the overrides set keeps their value; every other field takes its value in the recipe
+  built with the changed settings (a batch of 1024 gives lr 0.4 and its warm-up, decay and steps;
+  input_size [32, 32, 3] gives 32 px pipelines). ConfigError (naming the field) on a setting
+  that cannot work or a restated field that disagrees (check_restated).
+  """
+  base, given = _flat(registered.as_dict()), _flat(overridden.as_dict())
+  changed = {path for path, value in given.items() if value != base.get(path)}
+  settings = {name: _as_setting(path, given[path]) for path, name in DERIVING.items()
+              if path in changed}
+  if settings:
+    try:
+      rebuilt = _flat(_registered(recipe, **settings).as_dict())
+    except ConfigError as e:
+      fields = [path for path, name in DERIVING.items() if name == e.parameter] or [e.parameter]
+      raise ConfigError(e.parameter, f"{fields[0]}: {e}") from None
+    overridden.override(_nested({path: value for path, value in rebuilt.items()
+                                 if path not in changed and value != given.get(path)}),
+                        is_strict=True)
+  check_restated(overridden)
+  return overridden
+
+
+def check_restated(config: cfg.ExperimentConfig) -> None:
+  """ConfigError naming the first field that restates the model's image size or classes
+  (RESTATED) with another value."""
+  flat = _flat(config.as_dict())
+  for declared, *restated in RESTATED:
+    for path in restated:
+      if path in flat and flat[path] != _as_setting(declared, flat[declared]):
+        raise ConfigError(DERIVING[declared], f"{path} = {flat[path]} disagrees with {declared} = "
+                          f"{flat[declared]}, which declares it (the pipelines follow it): set "
+                          f"{declared} only")
 
 
 def build(settings: Settings, mixed_precision_default: str = "float32") -> cfg.ExperimentConfig:
@@ -327,16 +417,16 @@ def evaluation_data(train: data.DataConfig, *, eval_input_path, eval_split, eval
 
 def task(s: Settings, image_size: int, train_data: data.DataConfig,
          eval_data: data.DataConfig) -> task_lib.TaskConfig:
-  """The classification task: the halonet backbone, its norm-activation, losses, init."""
+  """The classification task: the halonet backbone, its norm-activation (BatchNorm from the
+  model's spec, as models.build), losses, init."""
   return task_lib.TaskConfig(
       model=task_lib.ModelConfig(
           num_classes=s.num_classes,
           input_size=[image_size, image_size, 3],
           backbone=model_factory.halonet_backbone(backbone_config(s.model_id, s)),
           dropout_rate=s.dropout_rate,
-          norm_activation=common.NormActivation(
-              activation=model_factory.activation_of(s.model_id, s.activation),
-              use_sync_bn=True, norm_momentum=0.9, norm_epsilon=1e-5)),
+          norm_activation=model_factory.norm_activation(backbone_config(s.model_id, s),
+                                                        s.activation)),
       train_data=train_data,
       validation_data=eval_data,
       losses=task_lib.mg_config.Losses(

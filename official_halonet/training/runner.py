@@ -3,14 +3,15 @@
 Order of work, so that a bad setting costs seconds, not a TPU reservation:
   1. gin files and bindings parsed (missing file, unknown configurable / parameter, typo: file+line)
   2. `experiment()` builds the Model Garden config (unknown model, impossible image size: file+line)
-  3. the input files are matched (a pattern that matches nothing names the pattern); for
-     train_and_eval the eval data are read and checked (data.validate.check_eval_data: every
-     label, record framing, a sample of images), so bad eval data stop the run before step 1
+  3. the input files are matched (a pattern that matches nothing names the pattern)
   4. the distribution strategy is created (Model Garden's distribute_utils) and the batch sizes
      are checked against its replica count; a fused attention kernel against the strategy, and
      the side environment that makes its modules when each step is first traced (the eval step's
-     perhaps hours into the run) against the disk
-  5. only then: the task, model, checkpoint restore and the Orbit loop (train_lib).
+     perhaps hours into the run) against the disk. Only now is model_dir created (its log,
+     staged until then, moves in: console.settle), so a configuration error leaves none behind;
+     for train_and_eval the eval data are read and checked (data.validate.check_eval_data: every
+     label, record framing, a sample of images), so bad eval data stop the run before step 1
+  5. the task, model, checkpoint restore and the Orbit loop (train_lib).
 A killed run started again with the same command resumes from the last checkpoint in model_dir
 (Model Garden's checkpoint manager); a NaN / too-large loss stops it before a checkpoint is written.
 """
@@ -27,6 +28,7 @@ from official.core import task_factory
 from official.core import train_lib
 from official.core import train_utils
 from official.modeling import performance
+from official_halonet import console
 from official_halonet import data
 from official_halonet.data import validate
 from official_halonet.checkpoints import run_files
@@ -203,7 +205,8 @@ def run(options: RunOptions, built: Optional[registry.Built] = None) -> Dict[str
 
 def prepare(options: RunOptions, built: Optional[registry.Built] = None
             ) -> Tuple[registry.Built, tf.distribute.Strategy]:
-  """Steps 1-4: the options, the config, the inputs and the strategy, before any model exists."""
+  """Steps 1-4: the options, the config, the inputs and the strategy, before any model exists;
+  model_dir is created (console.settle) only when every configuration check has passed."""
   if options.mode not in MODES:
     raise RunError(f"--mode must be one of {MODES}, got {options.mode!r}")
   if not options.model_dir:
@@ -216,13 +219,14 @@ def prepare(options: RunOptions, built: Optional[registry.Built] = None
       raise RunError(str(e)) from None
   built = built or build_config(options, precision.default_dtype(name, _num_gpus(options)))
   check_inputs(built, options.mode)
-  if "train" in options.mode and "eval" in options.mode:
-    check_eval_data(built.config)
   strategy = create_strategy(options)
   print(f"{type(strategy).__name__} with {strategy.num_replicas_in_sync} replica(s); "
         f"{built.config.runtime.mixed_precision_dtype or 'float32'} compute", flush=True)
   check_against_strategy(built, strategy.num_replicas_in_sync)
   check_fused_attention(built, name)
+  console.settle(options.model_dir)  # the configuration is good: model_dir and its log exist now
+  if "train" in options.mode and "eval" in options.mode:
+    check_eval_data(built.config)
   return built, strategy
 
 
