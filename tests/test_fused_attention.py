@@ -20,8 +20,8 @@ from official_halonet.layers import HaloAttention
 from official_halonet.layers import fused_attention
 from official_halonet.models import config as model_config
 from official_halonet.models import specs
-from official_halonet.tpu import check
 from official_halonet.tpu import chips
+from official_halonet.tpu import compiler
 import attention_reference as ref
 import tolerance
 
@@ -168,8 +168,8 @@ def test_the_kernels_compile_for_tpu_and_keep_the_logits_off_hbm(tmp_path, block
   (whose float32 logits alone, written once, are 4·64·64·4·196·4 = 51 MB at 8×8 blocks)."""
   generation = chips.GENERATIONS["v5litepod"]
   text = str(tmp_path / "fused.txt")
-  fused = check.compile_for(_train_step_hlo("tpu", block, strides), generation, text)
-  plain = check.compile_for(_train_step_hlo(None, block, strides), generation)
+  fused = compiler.compile_for(_train_step_hlo("tpu", block, strides), generation, text)
+  plain = compiler.compile_for(_train_step_hlo(None, block, strides), generation)
   assert fused["compiled"] and plain["compiled"], (fused.get("error"), plain.get("error"))
   with open(text, encoding="utf-8") as f:
     assert f.read().count('custom_call_target="tpu_custom_call"') == 2
