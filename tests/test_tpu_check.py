@@ -233,12 +233,25 @@ def test_an_overflowing_batch_does_not_fit_and_the_compilers_numbers_point_below
   assert lines[3].startswith("eval") and " yes " in lines[3]
   assert lines[-1] == ("the search for the largest train batch per device that fits was not run "
                        "(bisect=False)")
-  searched = dataclasses.replace(overflow_report, searched=True)
+
+
+def test_the_table_says_whether_the_batch_search_ran():
+  """A train step out of memory: the table's last line is the search's answer, or says that the
+  search was not run (bisect=False), never that nothing fits when nothing was tried."""
+  generation = chips.GENERATIONS["v5litepod"]
+  train = report_lib.StepReport("train", 64, False, out_of_memory=True,
+                                error="Ran out of memory in memory space hbm")
+  skipped = report_lib.CheckReport(TOPOLOGY, generation, 4, "bfloat16", 1000, [train])
+  assert report_lib.table(skipped).splitlines()[-1] == (
+      "the search for the largest train batch per device that fits was not run (bisect=False)")
+  searched = dataclasses.replace(skipped, searched=True)
   assert report_lib.table(searched).splitlines()[-1] == (
       "no train batch per device fits, not even 1")
   searched.largest_fitting_batch = 48
   assert report_lib.table(searched).splitlines()[-1] == (
       "largest train batch per device that fits: 48")
+  evaluate = dataclasses.replace(skipped, steps=[dataclasses.replace(train, kind="eval")])
+  assert "train batch" not in report_lib.table(evaluate)  # no train step: no search line
 
 
 def _stack_train_step_on_tpu(recompute: bool) -> report_lib.StepReport:
