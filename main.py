@@ -115,18 +115,20 @@ def main(argv):
 def tpu_check(options) -> int:
   """--mode=tpu_check: the report on the console (and as JSON with --output)."""
   from official_halonet.tpu import check
+  from official_halonet.tpu import chips
+  from official_halonet.tpu import report as report_lib
   if not FLAGS.tpu_topology:
     print("error: --mode=tpu_check needs --tpu_topology, a Cloud TPU slice name such as "
-          f"{', '.join(check.chips.EXAMPLES)}", file=sys.stderr, flush=True)
+          f"{', '.join(chips.EXAMPLES)}", file=sys.stderr, flush=True)
     return 2
   try:
     report = check.check(options, FLAGS.tpu_topology, say=lambda line: print(line, flush=True))
   except check.CheckError as e:
     print(f"error: {e}", file=sys.stderr, flush=True)
     return 2
-  print(check.table(report), flush=True)
+  print(report_lib.table(report), flush=True)
   if FLAGS.output:
-    check.write_json(report, FLAGS.output)
+    report_lib.write_json(report, FLAGS.output)
     print(f"report written to {FLAGS.output}", flush=True)
   return 0 if all(step.compiled for step in report.steps) else 1
 

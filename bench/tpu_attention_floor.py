@@ -19,7 +19,7 @@ core). --whole also compiles each model's whole forward (classifier, training=Fa
 compiler-counted FLOPs and bytes, once as published and once with fused_attention='tpu' (the
 kernel's FLOPs and bytes are its declared cost estimate: the analytic products and its inputs and
 outputs). All figures are the TPU compiler's cost analysis of a deviceless
-compile (official_halonet/tpu/check.py), not a measured run. Flags are absl's.
+compile (official_halonet/tpu/compiler.py), not a measured run. Flags are absl's.
 """
 import collections
 import json
@@ -83,8 +83,8 @@ def core_program(core: CoreShape, batch: int, train: bool):
 
 def compiled(function, specs, generation) -> dict:
   """The compiler's flops, bytes accessed and temporaries for `function` at `specs`."""
-  from official_halonet.tpu import check  # pylint: disable=g-import-not-at-top
-  result = check.compile_for(function.experimental_get_compiler_ir(*specs)(
+  from official_halonet.tpu import compiler  # pylint: disable=g-import-not-at-top
+  result = compiler.compile_for(function.experimental_get_compiler_ir(*specs)(
       stage="hlo_serialized"), generation)
   if not result.get("compiled"):
     raise SystemExit(f"the TPU compiler refused the program: {result.get('error')}")

@@ -63,7 +63,8 @@ def row(name: str, report, seconds: float) -> str:
 
 def readme_table(saved: dict, generations) -> str:
   """The README's table: each saved train step on `generations`, published files in order."""
-  from official_halonet.tpu import check  # after main's flag parsing, like its other imports
+  from official_halonet.tpu import batch_search  # after main's flag parsing, like its others
+  from official_halonet.tpu import report as report_lib
   lines = ["| gin file | slice | batch / device | fits | HBM GB | TFLOP | GB accessed | FLOP / byte "
            "| roofline ms | img/s per chip |", "|---|---|---|---|---|---|---|---|---|---|"]
   order = {name: i for i, name in enumerate(PUBLISHED)}
@@ -74,8 +75,8 @@ def readme_table(saved: dict, generations) -> str:
     step = report["steps"][0]
     start = f"| {name} | {report['topology']} | {step['batch']} |"
     if not step["compiled"]:
-      shortfall = check.hbm_shortfall(check.StepReport("train", step["batch"], False,
-                                                       error=step["error"]))
+      shortfall = batch_search.hbm_shortfall(report_lib.StepReport(
+          "train", step["batch"], False, error=step["error"]))
       why = (f"temporaries {shortfall[0] / 2**30:.2f} GiB > {shortfall[1] / 2**30:.2f} GiB"
              if shortfall else step["error"][:100])
       lines.append(f"{start} no ({why}) | | | | | | |")

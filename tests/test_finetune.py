@@ -17,7 +17,7 @@ from official_halonet.layers import HaloAttention
 from official_halonet.layers import SASAAttention
 from official_halonet.layers import relative_position
 import demo
-from official_halonet.layers import relative_position
+from official_halonet.layers import table_resize
 from official_halonet.training import runner
 
 # One xdist worker runs all of this module (make test: --dist loadgroup), so its module-scoped
@@ -44,7 +44,7 @@ def _layer(block, halo, strides=1, window="block", dtype="float32"):
 def _resize(table, old, new, strides=1, window="block"):
   """Resizes `table` of a layer with (b, h) = old to the same layer with (b', h') = new."""
   layer = _layer(*new, strides=strides, window=window)
-  return relative_position.resize_relative_table(
+  return table_resize.resize_relative_table(
       table, layer.reachable_offsets(*old), 2 * layer.window_size - 1, layer.reachable_offsets(),
       interpolate=window == "block")
 
@@ -195,9 +195,9 @@ def test_recentring_keeps_every_readable_offset_row():
 
 def test_resizing_rejects_an_even_row_count_and_a_reach_outside_the_table():
   with pytest.raises(ValueError, match="odd"):
-    relative_position.resize_relative_table(_offset_table(4), (-2, 2), 8, (-3, 3))
+    table_resize.resize_relative_table(_offset_table(4), (-2, 2), 8, (-3, 3))
   with pytest.raises(ValueError, match=r"old_reach: reachable offsets \[-5, 5\]"):
-    relative_position.resize_relative_table(_offset_table(4), (-5, 5), 9, (-3, 3))
+    table_resize.resize_relative_table(_offset_table(4), (-5, 5), 9, (-3, 3))
 
 
 @pytest.fixture(scope="module")
@@ -247,7 +247,7 @@ def _expected_backbone(model, checkpoint):
     value = found.value(entry)
     if entry.is_rel_pos_table and value.shape != entry.model_shape:
       layer = owners[id(entry.variable)]
-      value = relative_position.resize_relative_table(value, layer.reachable_offsets(*PRETRAINED),
+      value = table_resize.resize_relative_table(value, layer.reachable_offsets(*PRETRAINED),
                                              entry.model_shape[0], layer.reachable_offsets())
     expected.append((entry, value))
   return expected

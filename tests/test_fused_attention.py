@@ -1,8 +1,8 @@
 """The fused attention kernel (kernels/halo_attention.py) through layers/fused_attention.py.
 
-On the CPU the kernel runs in Pallas's interpreter (fused_core='cpu'): the same kernel body the TPU
+On the CPU the kernel runs in Pallas's interpreter (fused_attention='cpu'): the same kernel body the TPU
 compiles, so HaloAttention with it is checked against the independent per-pixel reference at the
-float32 bound of test_attention_layers. For the TPU (fused_core='tpu'), the compiler's own figures:
+float32 bound of test_attention_layers. For the TPU (fused_attention='tpu'), the compiler's own figures:
 the kernels compile for v5e, and the logits no longer go through HBM.
 """
 import os
@@ -16,12 +16,14 @@ import tf_keras
 
 from official_halonet.kernels import library
 from official_halonet.kernels import tpu_software
+from official_halonet.kernels.core import DoesNotFit
 from official_halonet.layers import HaloAttention
+from official_halonet.layers import SASAAttention
 from official_halonet.layers import fused_attention
 from official_halonet.models import config as model_config
 from official_halonet.models import specs
-from official_halonet.tpu import check
 from official_halonet.tpu import chips
+from official_halonet.tpu import compiler
 import attention_reference as ref
 import tolerance
 
@@ -54,7 +56,7 @@ def _halo_kwargs(layer):
 def test_fused_layer_matches_per_pixel_loops_with_its_gradients(case):
   """Output against the per-pixel loops; gradients of input and every variable against the same
   layer on XLA's path (itself checked against the dense reference in test_attention_layers)."""
-  layer, (height, width) = _layer(case, fused_core="cpu")
+  layer, (height, width) = _layer(case, fused_attention="cpu")
   plain, _ = _layer(case)
   x = tf.random.stateless_normal([2, height, width, 5], seed=[3, 1])
   layer.build(x.shape)
@@ -138,12 +140,12 @@ def test_bfloat16_inputs_against_float64_at_the_bfloat16_bound(block, blocks_y):
   assert error.max() > 0  # the probabilities were rounded
 
 
-def _train_step_hlo(fused_core, block, strides):
+def _train_step_hlo(fused, block, strides):
   """HLO of loss and gradients of one halo layer (H1 stage-1 shape at batch 4), mixed_bfloat16."""
   tf_keras.mixed_precision.set_global_policy("mixed_bfloat16")
   try:
     layer = HaloAttention(num_heads=4, key_dim=64, value_dim=64, block_size=block, halo_size=3,
-                          strides=strides, fused_core=fused_core)
+                          strides=strides, fused_attention=fused)
     spec = tf.TensorSpec([4, 64, 64, 64], tf.bfloat16)
     layer.build(spec.shape)
 
@@ -168,8 +170,8 @@ def test_the_kernels_compile_for_tpu_and_keep_the_logits_off_hbm(tmp_path, block
   (whose float32 logits alone, written once, are 4·64·64·4·196·4 = 51 MB at 8×8 blocks)."""
   generation = chips.GENERATIONS["v5litepod"]
   text = str(tmp_path / "fused.txt")
-  fused = check.compile_for(_train_step_hlo("tpu", block, strides), generation, text)
-  plain = check.compile_for(_train_step_hlo(None, block, strides), generation)
+  fused = compiler.compile_for(_train_step_hlo("tpu", block, strides), generation, text)
+  plain = compiler.compile_for(_train_step_hlo(None, block, strides), generation)
   assert fused["compiled"] and plain["compiled"], (fused.get("error"), plain.get("error"))
   with open(text, encoding="utf-8") as f:
     assert f.read().count('custom_call_target="tpu_custom_call"') == 2
@@ -183,23 +185,31 @@ def test_the_kernels_compile_for_tpu_and_keep_the_logits_off_hbm(tmp_path, block
   assert fused["while_loops"] == 0
 
 
-def test_fused_core_refuses_what_the_kernel_does_not_compute():
+def test_fused_attention_refuses_what_the_kernel_does_not_compute():
   for kwargs in (dict(window="centered"), dict(mask_out_of_image=True), dict(rel_pos="none")):
-    with pytest.raises(ValueError, match="fused_core='tpu' computes unmasked block windows"):
-      HaloAttention(num_heads=2, key_dim=8, fused_core="tpu", **kwargs)
-  with pytest.raises(ValueError, match="fused_core must be one of"):
-    HaloAttention(num_heads=2, key_dim=8, fused_core="gpu")
+    with pytest.raises(ValueError, match="fused_attention='tpu' computes unmasked block windows"):
+      HaloAttention(num_heads=2, key_dim=8, fused_attention="tpu", **kwargs)
+  with pytest.raises(ValueError, match=r"fused_attention must be one of \(None, 'tpu', 'cpu'\)"):
+    HaloAttention(num_heads=2, key_dim=8, fused_attention="gpu")
   with pytest.raises(specs.OverrideError, match="fused_attention must be one of"):
     specs.resolve(model_config.HaloNetConfig(model_id="h0", fused_attention="TPU"))
 
 
 def test_free_batch_falls_back_to_xla_and_round_trips_its_config():
   """Keras's symbolic build and free-batch inputs have no static shape for a kernel: the layer
-  computes the same map on XLA's path there; fused_core is part of its config."""
-  layer = HaloAttention(num_heads=2, key_dim=8, block_size=4, halo_size=1, fused_core="cpu")
+  computes the same map on XLA's path there; fused_attention is part of its config, and a config
+  saved under its former name, fused_core, still loads."""
+  layer = HaloAttention(num_heads=2, key_dim=8, block_size=4, halo_size=1, fused_attention="cpu")
   inputs = tf_keras.Input([8, 8, 4])
   assert layer(inputs).shape.as_list() == [None, 8, 8, 8]
-  assert HaloAttention.from_config(layer.get_config()).fused_core == "cpu"
+  config = layer.get_config()
+  assert "fused_core" not in config
+  assert HaloAttention.from_config(config).fused_attention == "cpu"
+  config["fused_core"] = config.pop("fused_attention")
+  assert HaloAttention.from_config(config).fused_attention == "cpu"
+  old = SASAAttention(key_dim=8, num_heads=2).get_config()
+  old["fused_core"] = old.pop("fused_attention")
+  assert SASAAttention.from_config(old).fused_attention is None
 
 
 def test_modules_are_cached_on_disk_and_a_jax_other_than_the_pinned_one_is_named(tmp_path,
@@ -234,9 +244,16 @@ def test_shapes_the_core_does_not_expect_are_named():
                            core, "cpu")
   big = fused_attention.Core(batch=1, blocks_x=1, blocks_y=2, block=32, halo=3, queries=1024,
                              heads=8, key_width=16, value_width=16, scale=0.25, position_width=16)
-  with pytest.raises(ValueError, match=r"a block of 1024 queries against a 38×38 window needs "
-                     r"[0-9.]+ MiB of VMEM per grid step, over the TPU compiler's 16 MiB"):
+  with pytest.raises(DoesNotFit, match=r"^fused attention: a block of 1024 queries against a 38×38 "
+                     r"window needs [0-9.]+ MiB of VMEM per grid step, over the TPU compiler's "
+                     r"16 MiB$"):  # the kernel's side names no setting
     big.check_fits(2)
+  layer = HaloAttention(num_heads=8, key_dim=128, block_size=32, halo_size=3,
+                        fused_attention="cpu")
+  with pytest.raises(ValueError, match=r"a block of 1024 queries against a 38×38 window needs "
+                     r"[0-9.]+ MiB of VMEM per grid step, over the TPU compiler's 16 MiB; use "
+                     r"fused_attention=None for this model\n"):  # before any kernel is made
+    layer(tf.zeros([1, 32, 64, 4]))
   with pytest.raises(ValueError, match="queries=6 per block is not a square"):
     fused_attention.Core(batch=1, blocks_x=1, blocks_y=2, block=2, halo=1, queries=6, heads=1,
                          key_width=4, value_width=4, scale=0.5, position_width=4)
@@ -257,5 +274,5 @@ def test_a_run_with_the_tpu_kernel_exports_with_xlas_attention():
   layers = attention_maps.attention_layers(saved_model.build_model(config))
   halo = [layer for layer in layers if type(layer) is HaloAttention]  # pylint: disable=C0123
   assert halo
-  assert all(layer.fused_core is None for layer in layers)
+  assert all(layer.fused_attention is None for layer in layers)
   assert config.task.model.backbone.halonet.fused_attention == "tpu"

@@ -24,8 +24,11 @@ import tensorflow as tf
 import official_halonet  # noqa: F401
 from official_halonet.kernels import tpu_software
 from official_halonet.layers import HaloAttention
+from official_halonet.tpu import batch_search
 from official_halonet.tpu import check
 from official_halonet.tpu import chips
+from official_halonet.tpu import compiler
+from official_halonet.tpu import report as report_lib
 from official_halonet.tpu import steps as steps_lib
 from official_halonet.training import runner
 
@@ -78,7 +81,7 @@ def test_generations_are_the_devices_the_compiler_and_tensorflow_see(name):
   assert seen["kind"] == generation.device_kind
   assert seen["devices"] == seen["chips"] * generation.devices_per_chip
   assert set(seen["cores"]) == {generation.cores_per_device}
-  over = check.compile_for(_arguments_hlo(generation.hbm_bytes + 2**30), generation)
+  over = compiler.compile_for(_arguments_hlo(generation.hbm_bytes + 2**30), generation)
   assert not over["compiled"] and over["out_of_memory"], over
   assert f"of {generation.hbm_gib:.2f}G hbm" in over["error"], over["error"]
 
@@ -105,8 +108,8 @@ def _linear_hbm(fixed: float, per_image: float, available: float = 15.75 * 2**30
   def probe(batch):
     temporaries = fixed + per_image * batch
     if temporaries <= available:
-      return check.StepReport("train", batch, True, hbm={"temporaries": temporaries})
-    return check.StepReport("train", batch, False, out_of_memory=True, error=(
+      return report_lib.StepReport("train", batch, True, hbm={"temporaries": temporaries})
+    return report_lib.StepReport("train", batch, False, out_of_memory=True, error=(
         f"Ran out of memory in memory space hbm. Used {temporaries / 2**30:.2f}G of "
         f"{available / 2**30:.2f}G hbm. HLO temp {temporaries / 2**30:.2f}G"))
   return probe
@@ -117,15 +120,15 @@ def _linear_hbm(fixed: float, per_image: float, available: float = 15.75 * 2**30
                                               (3e9, 1e7), (15e9, 1e9), (17e9, 1.0)])
 def test_largest_fitting_batch_finds_the_boundary_in_few_compiles(too_big, fixed, per_image):
   """Multiples of 8 from 16 up; the compiler's numbers lead there in a few compiles."""
-  assert check.batch_sizes_below(9) == list(range(1, 9))
-  assert check.batch_sizes_below(17) == [1, 2, 3, 4, 5, 6, 7, 8, 16]
+  assert batch_search.batch_sizes_below(9) == list(range(1, 9))
+  assert batch_search.batch_sizes_below(17) == [1, 2, 3, 4, 5, 6, 7, 8, 16]
   probe, probes = _linear_hbm(fixed, per_image), []
   first = probe(too_big)
   if first.fits:
     return  # nothing to search: the batch fits
-  found = check.largest_fitting_batch(lambda b: probes.append(b) or probe(b), first)
+  found = batch_search.largest_fitting_batch(lambda b: probes.append(b) or probe(b), first)
   limit = min(too_big - 1, int((15.75 * 2**30 - fixed) // per_image))
-  sizes = [b for b in check.batch_sizes_below(too_big) if b <= limit]
+  sizes = [b for b in batch_search.batch_sizes_below(too_big) if b <= limit]
   assert found == (sizes[-1] if sizes else None)
   assert all(0 < b < too_big for b in probes)
   assert len(probes) <= 4, probes
@@ -133,15 +136,16 @@ def test_largest_fitting_batch_finds_the_boundary_in_few_compiles(too_big, fixed
 
 def test_batch_guess_from_the_compilers_out_of_memory_message():
   probe = _linear_hbm(0, 2**30 / 50, available=15 * 2**30)  # 20.00G needed at 1000
-  assert check.batch_guess([probe(1000)]) == 750
+  assert batch_search.batch_guess([probe(1000)]) == 750
   probe = _linear_hbm(2**30, 2**30 / 50, available=15 * 2**30)  # a line through two compiles
-  assert check.batch_guess([probe(1000), probe(500)]) == 700
+  assert batch_search.batch_guess([probe(1000), probe(500)]) == 700
   probe = _linear_hbm(17 * 2**30, 1.0, available=15 * 2**30)  # the fixed part alone is too much
-  assert check.batch_guess([probe(1000), probe(500)]) == 0
-  assert check.batch_guess([check.StepReport("train", 8, False, error="other")]) is None
-  one_buffer = check.StepReport("train", 8, False, out_of_memory=True, error=(  # libtpu's words
+  assert batch_search.batch_guess([probe(1000), probe(500)]) == 0
+  other = report_lib.StepReport("train", 8, False, error="other")
+  assert batch_search.batch_guess([other]) is None
+  one_buffer = report_lib.StepReport("train", 8, False, out_of_memory=True, error=(  # libtpu's
       "RESOURCE_EXHAUSTED: Allocation (size=21474836480) would exceed memory (size=17179869184)"))
-  assert check.hbm_shortfall(one_buffer) == (21474836480, 17179869184)
+  assert batch_search.hbm_shortfall(one_buffer) == (21474836480, 17179869184)
 
 
 def test_errors_before_any_compile(monkeypatch):
@@ -225,15 +229,36 @@ def test_an_overflowing_batch_does_not_fit_and_the_compilers_numbers_point_below
   fits = fitting_train_step
   assert fits.batch == 16
   assert fits.compiled and fits.hbm["temporaries"] < overflow_report.generation.hbm_bytes
-  assert 16 < check.batch_guess([train]) < 65536
-  assert 16 < check.batch_guess([train, fits]) < 65536  # the line through both compiles
+  assert 16 < batch_search.batch_guess([train]) < 65536
+  assert 16 < batch_search.batch_guess([train, fits]) < 65536  # the line through both compiles
   assert overflow_report.largest_fitting_batch is None  # bisect=False: no search was run
-  lines = check.table(overflow_report).splitlines()
+  lines = report_lib.table(overflow_report).splitlines()
   assert lines[2].startswith("train") and " no " in lines[2] and "Ran out of memory" in lines[2]
   assert lines[3].startswith("eval") and " yes " in lines[3]
+  assert lines[-1] == ("the search for the largest train batch per device that fits was not run "
+                       "(bisect=False)")
 
 
-def _stack_train_step_on_tpu(recompute: bool) -> check.StepReport:
+def test_the_table_says_whether_the_batch_search_ran():
+  """A train step out of memory: the table's last line is the search's answer, or says that the
+  search was not run (bisect=False), never that nothing fits when nothing was tried."""
+  generation = chips.GENERATIONS["v5litepod"]
+  train = report_lib.StepReport("train", 64, False, out_of_memory=True,
+                                error="Ran out of memory in memory space hbm")
+  skipped = report_lib.CheckReport(TOPOLOGY, generation, 4, "bfloat16", 1000, [train])
+  assert report_lib.table(skipped).splitlines()[-1] == (
+      "the search for the largest train batch per device that fits was not run (bisect=False)")
+  searched = dataclasses.replace(skipped, searched=True)
+  assert report_lib.table(searched).splitlines()[-1] == (
+      "no train batch per device fits, not even 1")
+  searched.largest_fitting_batch = 48
+  assert report_lib.table(searched).splitlines()[-1] == (
+      "largest train batch per device that fits: 48")
+  evaluate = dataclasses.replace(skipped, steps=[dataclasses.replace(train, kind="eval")])
+  assert "train batch" not in report_lib.table(evaluate)  # no train step: no search line
+
+
+def _stack_train_step_on_tpu(recompute: bool) -> report_lib.StepReport:
   """Loss and gradients of three stacked halo attention layers, compiled for a v5e device."""
   layers = [HaloAttention(num_heads=2, key_dim=16, value_dim=16, block_size=8, halo_size=2,
                           recompute=recompute, name=f"halo{i}") for i in range(3)]
@@ -253,7 +278,7 @@ def _stack_train_step_on_tpu(recompute: bool) -> check.StepReport:
   hlo = tf.function(step, jit_compile=True).experimental_get_compiler_ir(spec)(
       stage="hlo_serialized")
   generation = chips.parse_slice(TOPOLOGY).generation
-  return check.step_report("train", 8, check.compile_for(hlo, generation))
+  return report_lib.step_report("train", 8, compiler.compile_for(hlo, generation))
 
 
 def test_recompute_attention_survives_the_tpu_compiler():
@@ -275,7 +300,7 @@ def test_recompute_attention_is_what_the_second_compile_builds():
 
 def test_the_json_report_holds_the_table(overflow_report, tmp_path):
   path = str(tmp_path / "report.json")
-  check.write_json(overflow_report, path)
+  report_lib.write_json(overflow_report, path)
   with open(path, encoding="utf-8") as f:
     saved = json.load(f)
   assert saved["topology"] == TOPOLOGY and saved["devices"] == 4
@@ -338,7 +363,7 @@ def test_the_readme_table_shows_what_the_compiler_said(overflow_report, fitting_
            "h1@v4-8": dataclasses.replace(fits, topology="v4-8").to_json()}
   lines = bench.readme_table(saved, ["v5litepod"]).splitlines()
   assert len(lines) == 4 and lines[2].startswith("| h1 | v5litepod-4 | 16 | yes |")
-  needed = check.hbm_shortfall(overflow_report.steps[0])[0] / 2**30
+  needed = batch_search.hbm_shortfall(overflow_report.steps[0])[0] / 2**30
   assert lines[3].startswith(f"| demo | v5litepod-4 | 65536 | no (temporaries {needed:.2f} GiB > "
                              f"15.75 GiB) |")
   roofline = fitting_train_step.roofline(overflow_report.generation)

@@ -22,7 +22,7 @@ The other rows never get a gradient and keep their random initial values, so res
 the rows the pretrained layer could read, which needs the pretraining's b and h
 (`pretrained_block_size` / `pretrained_halo_size`, by default the model's published ones, e.g.
 b=8, h=2 for h4_i21k). When the readable offsets change (a new table size, or the same size
-with another b / h), `resize_relative_table` builds the new table:
+with another b / h), `resize_relative_table` (layers/table_resize.py) builds the new table:
 
   unmasked halo attention (HaloNet): linear interpolation, as the paper does. The new layer's
       readable offsets map linearly onto the old layer's (each side of offset 0 on its own, since
@@ -50,6 +50,7 @@ import tensorflow as tf
 
 from official_halonet.checkpoints import match as checkpoints
 from official_halonet.layers import relative_position
+from official_halonet.layers import table_resize
 from official_halonet.models import specs
 
 MODULES = ("all", "backbone")
@@ -140,7 +141,7 @@ def _plan(model, found, use_ema: bool, modules: str, resize_tables: bool, geomet
         continue
       if not (entry.matches and reaches[0] == reaches[1]):
         interpolate = layer.window != "centered"
-        plan.values.append((entry.variable, relative_position.resize_relative_table(
+        plan.values.append((entry.variable, table_resize.resize_relative_table(
             found.value(entry, use_ema), reaches[0], entry.model_shape[0], reaches[1],
             interpolate)))
         plan.resized[name] = (f"{'interpolated' if interpolate else 'recentred'} "
@@ -169,7 +170,7 @@ def restore(model: tf.Module, checkpoint_path: str, use_ema: Optional[bool] = No
     modules: 'all': every variable from the checkpoint, same shapes; 'backbone': backbone from
       the checkpoint, classifier kernel and bias zeros (the paper's fine-tuning).
     resize_tables: relative-position tables whose readable offsets changed are resized
-      (relative_position.resize_relative_table); False: they must match like any variable.
+      (table_resize.resize_relative_table); False: they must match like any variable.
     pretrained_block_size, pretrained_halo_size: with resize_tables, b and h of the checkpoint's
       unmasked halo layers (None: the backbone model's published b / h). They fix which table
       rows were trained.

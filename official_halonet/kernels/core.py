@@ -34,6 +34,11 @@ VMEM_BUDGET = 10 << 20  # bytes of VMEM a grid step's blocks and temporaries sho
 SCOPED_VMEM = 16 << 20  # the TPU compiler's default limit of a kernel's VMEM (v5e)
 
 
+class DoesNotFit(ValueError):
+  """A core whose grid step needs more VMEM than the TPU compiler allows; the message says how
+  much (the caller says what to change)."""
+
+
 @dataclasses.dataclass(frozen=True)
 class Core:
   """One layer's attention core: one exported kernel per Core, dtype and platform."""
@@ -143,13 +148,13 @@ class Core:
     return max([g for g in able if g <= fits] or able[:1])
 
   def check_fits(self, itemsize: int) -> None:
-    """Raises ValueError when the backward's grid step cannot fit the compiler's VMEM limit."""
+    """Raises DoesNotFit when the backward's grid step cannot fit the compiler's VMEM limit."""
     need = self.group(itemsize, backward=True) * self.step_bytes(itemsize, backward=True)
     if need > SCOPED_VMEM:
-      raise ValueError(
+      raise DoesNotFit(
           f"fused attention: a block of {self.queries} queries against a {self.window}×"
           f"{self.window} window needs {need / 2**20:.1f} MiB of VMEM per grid step, over the "
-          f"TPU compiler's {SCOPED_VMEM >> 20} MiB; use fused_attention=None for this model")
+          f"TPU compiler's {SCOPED_VMEM >> 20} MiB")
 
   def table_steps(self, itemsize: int) -> List[int]:
     """Shape of the backward's per-step partial sums of the tables' gradient, for arrays of

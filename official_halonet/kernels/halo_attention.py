@@ -46,8 +46,10 @@ gradients of q, of each block's window (TensorFlow adds them into the map's) and
 so the grid is 'parallel' and a chip with two TensorCores splits it between them).
 Shapes: core.py.
 """
+import dataclasses
 import functools
 import math
+from typing import NamedTuple
 
 import numpy as np
 
@@ -92,20 +94,52 @@ def table_selection(core: Core):
   return mask.astype(np.float32), (fold[:, None] == np.arange(2 * w)[None]).astype(np.float32)
 
 
-def _step_blocks(core: Core, g: int):
-  """(image, block row x, first block column y) of the grid step's G blocks."""
-  first = pl.program_id(0) * g
-  per_image = core.blocks_x * core.blocks_y
-  return first // per_image, (first % per_image) // core.blocks_y, first % core.blocks_y
+@dataclasses.dataclass(frozen=True)
+class Step:
+  """A grid step's share of the blocks: `group` (G, core.group) blocks of one block row; the grid
+  has core.blocks / G steps. Both the kernels and the BlockSpecs' index maps place a step by
+  `origin`."""
+  core: Core
+  group: int
+
+  @property
+  def count(self) -> int:
+    """Grid steps."""
+    return self.core.blocks // self.group
+
+  def origin(self, i):
+    """(image, block row x, first block column y) of grid step i's G blocks; i may be traced
+    (pl.program_id in a kernel, the index map's argument in a BlockSpec)."""
+    first, core = i * self.group, self.core
+    per_image = core.blocks_x * core.blocks_y
+    return first // per_image, (first % per_image) // core.blocks_y, first % core.blocks_y
+
+  def map_index(self, i):
+    """Index map of a map-layout array's block [1, bq, G·bq, C] (q, out, dq): step i's."""
+    image, x, y = self.origin(i)
+    return image, x, y // self.group, 0
+
+  def current(self):
+    """`origin` of the step the kernel is running."""
+    return self.origin(pl.program_id(0))
 
 
-def _load_windows(core: Core, kv_map, windows, semaphores):
+class Constants(NamedTuple):
+  """A step's shared operands: T [2·bq·w, D] and F [2·bq·w, 2w] in the inputs' dtype, M
+  [Q, 2·bq·w] float32 (see the module docstring)."""
+  tables: jax.Array
+  fold: jax.Array
+  mask: jax.Array
+
+
+def _load_windows(step: Step, kv_map, windows, semaphores):
   """Copies the step's G windows from the map in HBM to the VMEM buffer [G, w·R, C], one DMA of R
   pixels per window row from the row tile holding its first pixel, and waits for them."""
-  g, b, w = windows.shape[0], core.block, core.window
-  image, x, y = _step_blocks(core, g)  # window rows start at x·b of the padded map
+  core = step.core
+  b, w = core.block, core.window
+  image, x, y = step.current()  # window rows start at x·b of the padded map
   copies = []
-  for j in range(g):
+  for j in range(step.group):
     start = pl.multiple_of(core.window_start(y + j), ROW_TILE)
     for u in range(w):
       copy = pltpu.make_async_copy(kv_map.at[image, x * b + u, pl.ds(start, core.row), :],
@@ -122,12 +156,12 @@ def _mm(a, b, spec: str):
   return jnp.einsum(spec, a, b, preferred_element_type=jnp.float32)
 
 
-def _key_positions(core: Core, g: int, j: int, e_ref, dtype):
+def _key_positions(step: Step, j: int, e_ref, dtype):
   """E [w·R, 2w + 1] in `dtype` of the step's block j, for where its window starts."""
-  if len(core.shifts) == 1:
+  if len(step.core.shifts) == 1:
     return e_ref[0].astype(dtype)
-  _, _, y = _step_blocks(core, g)
-  return e_ref[core.shift_index(y + j)].astype(dtype)
+  _, _, y = step.current()
+  return e_ref[step.core.shift_index(y + j)].astype(dtype)
 
 
 def _read_block(core: Core, ref, j: int):
@@ -150,23 +184,22 @@ def _write_block(core: Core, ref, j: int, value, channels: slice):
   ref[0, :, pl.ds(j * bq, bq), channels] = value.reshape(bq, bq, -1).astype(ref.dtype)
 
 
-def _constants(dtype, t_ref, m_ref, f_ref):
-  """The step's shared operands: T [2·bq·w, D] and F [2·bq·w, 2w] in `dtype`, M [Q, 2·bq·w]
-  float32."""
-  return dict(tables=t_ref[...].astype(dtype), fold=f_ref[...].astype(dtype),
-              mask=m_ref[...].astype(jnp.float32))
+def _constants(dtype, t_ref, m_ref, f_ref) -> Constants:
+  """The step's shared operands, T and F in `dtype`."""
+  return Constants(tables=t_ref[...].astype(dtype), fold=f_ref[...].astype(dtype),
+                   mask=m_ref[...].astype(jnp.float32))
 
 
-def _head(core: Core, n: int, queries, window, keys, constants):
+def _head(core: Core, n: int, queries, window, keys, constants: Constants):
   """Head n's operands from one block's queries [Q, N·D], window [w·R, C] and key positions E:
   qx = [scale·q, pos, 1] [Q, D + 2w + 1], kx = [k, E] [w·R, D + 2w + 1], q [Q, D] and v
   [w·R, Dv], all in the inputs' dtype."""
-  d, dv, heads = core.key_width, core.value_width, core.heads
+  d, v_width, heads = core.key_width, core.value_width, core.heads
   q = queries[:, n * d:(n + 1) * d]
   k = window[:, n * d:(n + 1) * d]
-  v = window[:, heads * d + n * dv:heads * d + (n + 1) * dv]
-  own = (_mm(q, constants["tables"], "qd,td->qt") * constants["mask"]).astype(q.dtype)
-  pos = _mm(own, constants["fold"], "qt,tc->qc")
+  v = window[:, heads * d + n * v_width:heads * d + (n + 1) * v_width]
+  own = (_mm(q, constants.tables, "qd,td->qt") * constants.mask).astype(q.dtype)
+  pos = _mm(own, constants.fold, "qt,tc->qc")
   scaled = (core.scale * q.astype(jnp.float32)).astype(q.dtype)
   qx = jnp.concatenate([scaled, pos.astype(q.dtype), jnp.ones((q.shape[0], 1), q.dtype)],
                        axis=-1)
@@ -180,54 +213,59 @@ def _probabilities(qx, kx):
   return weights / jnp.sum(weights, axis=-1, keepdims=True)
 
 
-def _forward_kernel(core: Core, q_ref, kv_map, t_ref, e_ref, m_ref, f_ref, out_ref, windows,
+def _forward_kernel(step: Step, q_ref, kv_map, t_ref, e_ref, m_ref, f_ref, out_ref, windows,
                     semaphores):
-  _load_windows(core, kv_map, windows, semaphores)
-  g, dv = windows.shape[0], core.value_width
+  """One grid step of `forward`: out of the step's G blocks (refs as `_call` passes them)."""
+  core = step.core
+  _load_windows(step, kv_map, windows, semaphores)
+  v_width = core.value_width
   constants = _constants(q_ref.dtype, t_ref, m_ref, f_ref)
-  for j in range(g):  # each block's heads go straight to their channels of the output
+  for j in range(step.group):  # each block's heads go straight to their channels of the output
     queries, window = _read_block(core, q_ref, j), windows[j]
-    keys = _key_positions(core, g, j, e_ref, q_ref.dtype)
+    keys = _key_positions(step, j, e_ref, q_ref.dtype)
     for n in range(core.heads):
       qx, kx, _, v = _head(core, n, queries, window, keys, constants)
       out = _mm(_probabilities(qx, kx).astype(v.dtype), v, "qk,kd->qd")
-      _write_block(core, out_ref, j, out, slice(n * dv, (n + 1) * dv))
+      _write_block(core, out_ref, j, out, slice(n * v_width, (n + 1) * v_width))
 
 
-def _backward_head(core: Core, qx, kx, q, v, dout, constants):
+def _backward_head(core: Core, qx, kx, q, v, dout, constants: Constants):
   """One block's and head's gradients (float32): dq [Q, D], dk [w·R, D], dv [w·R, Dv], and
   dR [Q, 2·bq·w] in the inputs' dtype (the tables' gradient is dRᵀ·q)."""
   d, w = core.key_width, core.window
   p = _probabilities(qx, kx)
-  dv_n = _mm(p.astype(dout.dtype), dout, "qk,qd->kd")
+  dv = _mm(p.astype(dout.dtype), dout, "qk,qd->kd")
   dp = _mm(dout, v, "qd,kd->qk")
   dl = (p * (dp - jnp.sum(p * dp, axis=-1, keepdims=True))).astype(q.dtype)
   dqx = _mm(dl, kx, "qk,kc->qc")  # [dq / scale, dpos, ·]
   dk = core.scale * _mm(dl, q, "qk,qd->kd")
-  dr = _mm(dqx[:, d:d + 2 * w].astype(q.dtype), constants["fold"], "qc,tc->qt")
-  dr = (dr * constants["mask"]).astype(q.dtype)
-  dq = core.scale * dqx[:, :d] + _mm(dr, constants["tables"], "qt,td->qd")
-  return dq, dk, dv_n, dr
+  dr = _mm(dqx[:, d:d + 2 * w].astype(q.dtype), constants.fold, "qc,tc->qt")
+  dr = (dr * constants.mask).astype(q.dtype)
+  dq = core.scale * dqx[:, :d] + _mm(dr, constants.tables, "qt,td->qd")
+  return dq, dk, dv, dr
 
 
-def _backward_kernel(core: Core, q_ref, kv_map, t_ref, e_ref, m_ref, f_ref, dout_ref, dq_ref,
+def _backward_kernel(step: Step, q_ref, kv_map, t_ref, e_ref, m_ref, f_ref, dout_ref, dq_ref,
                      dkv_ref, dt_ref, windows, semaphores):
-  _load_windows(core, kv_map, windows, semaphores)
-  d, dv, heads, g = core.key_width, core.value_width, core.heads, windows.shape[0]
+  """One grid step of `backward`: dq, the windows' gradients and the step's partial sum of dT."""
+  core = step.core
+  _load_windows(step, kv_map, windows, semaphores)
+  d, v_width, heads = core.key_width, core.value_width, core.heads
   constants = _constants(q_ref.dtype, t_ref, m_ref, f_ref)
   dt = jnp.zeros(dt_ref.shape[1:], jnp.float32)
-  for j in range(g):  # each block's and head's gradients go straight to their channels
+  for j in range(step.group):  # each block's and head's gradients go straight to their channels
     queries, douts = _read_block(core, q_ref, j), _read_block(core, dout_ref, j)
     window = windows[j]
-    keys = _key_positions(core, g, j, e_ref, q_ref.dtype)
+    keys = _key_positions(step, j, e_ref, q_ref.dtype)
     for n in range(heads):
       qx, kx, q, v = _head(core, n, queries, window, keys, constants)
-      dq, dk, dv_n, dr = _backward_head(core, qx, kx, q, v, douts[:, n * dv:(n + 1) * dv],
-                                        constants)
+      dq, dk, dv, dr = _backward_head(
+          core, qx, kx, q, v, douts[:, n * v_width:(n + 1) * v_width], constants)
       dt += _mm(dr, q, "qt,qd->td")
       _write_block(core, dq_ref, j, dq, slice(n * d, (n + 1) * d))
       dkv_ref[j, :, n * d:(n + 1) * d] = dk.astype(dkv_ref.dtype)
-      dkv_ref[j, :, heads * d + n * dv:heads * d + (n + 1) * dv] = dv_n.astype(dkv_ref.dtype)
+      values = slice(heads * d + n * v_width, heads * d + (n + 1) * v_width)
+      dkv_ref[j, :, values] = dv.astype(dkv_ref.dtype)
   dt_ref[0] = dt
 
 
@@ -237,17 +275,13 @@ def _call(kernel, core: Core, inputs, outputs, backward: bool, interpret: bool):
   named by `outputs` (the tables' gradient as float32 per-step partial sums, core.table_steps;
   the rest in the inputs' dtype)."""
   dtype = inputs[0].dtype
-  g = core.group(dtype.itemsize, backward)
-  shapes = core.shapes()
-  per_image, bq = core.blocks_x * core.blocks_y, core.query_side
+  step = Step(core, core.group(dtype.itemsize, backward))
+  g, shapes, bq = step.group, core.shapes(), core.query_side
 
   def block(name):  # the step's G blocks: G·bq map pixels of a block row for q, out and dq
     if name == "windows" or not core.map_layout:
       return pl.BlockSpec((g,) + tuple(shapes[name][1:]), lambda i: (i, 0, 0))
-    at = lambda i: (i * g // per_image, i * g % per_image // core.blocks_y,
-                    i * g % core.blocks_y // g, 0)
-    return pl.BlockSpec((1, bq, g * bq, shapes[name][-1]), at)
-
+    return pl.BlockSpec((1, bq, g * bq, shapes[name][-1]), step.map_index)
 
   whole = lambda shape: pl.BlockSpec(tuple(shape), lambda i: (0,) * len(shape))
   mask, fold = table_selection(core)
@@ -262,7 +296,7 @@ def _call(kernel, core: Core, inputs, outputs, backward: bool, interpret: bool):
   blocked = ["q", "windows", "out"] + ([n for n in outputs if n != "tables"] if backward else [])
   moved = sum(math.prod(shapes[name]) * dtype.itemsize for name in blocked)
   return pl.pallas_call(
-      functools.partial(kernel, core), grid=(core.blocks // g,), in_specs=in_specs,
+      functools.partial(kernel, step), grid=(step.count,), in_specs=in_specs,
       out_specs=out_specs if backward else out_specs[0],
       out_shape=out_shape if backward else out_shape[0],
       scratch_shapes=[pltpu.VMEM((g,) + tuple(shapes["windows"][1:]), dtype),

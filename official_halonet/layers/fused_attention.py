@@ -13,8 +13,11 @@ Platforms: 'tpu' (a Mosaic kernel: only the TPU compiler runs it; `--mode=tpu_ch
 a CPU host) and 'cpu' (the same kernel body in Pallas's interpreter: slow, for checking the fused
 path against the XLA one on a CPU). Shapes must be static: one module per shape.
 
-Shapes (q and the map in one float dtype, the tables float32; kernels/core.py says what each
-channel and row holds):
+A layer calls `attend_maps` with its query map, its k/v map as its projection writes it and its
+tables; everything about the kernel's layout (the Core, the map's padding, q and the output block
+by block or as maps) stays in this module. `attend` is the kernel's own call, on arrays already in
+the Core's shapes (kernels/core.py says what each channel and row holds; q and the map in one
+float dtype, the tables float32):
   q  [B, X·bq, Y·bq, N·D]   kv_map  [B, X·b + 2h, Y·b + 2h + R - w, N·(D + Dv)]
   tables  [2·bq·w, D]   ->  [B, X·bq, Y·bq, N·Dv]
 or, where not `core.map_layout`, q [Z, Q, N·D] -> [Z, Q, N·Dv], block by block.
@@ -28,8 +31,12 @@ from tensorflow.compiler.tf2xla.ops import gen_xla_ops
 
 from official_halonet.kernels import library
 from official_halonet.kernels.core import Core
+from official_halonet.kernels.core import DoesNotFit
+from official_halonet.layers import blocking
 
-PLATFORMS = library.PLATFORMS
+# The switch's values, HaloNetConfig.fused_attention and HaloAttention(fused_attention=...): None
+# (XLA's attention) or the platform a kernel is made for.
+SETTINGS = (None,) + library.PLATFORMS
 INPUTS = ("q", "kv_map", "tables")
 
 
@@ -71,8 +78,8 @@ def _map_gradient(core: Core, windows: tf.Tensor) -> tf.Tensor:
 def attend(q: tf.Tensor, kv_map: tf.Tensor, tables: tf.Tensor, core: Core, platform: str):
   """out, shaped `core.shapes()["out"]` (see the module docstring); differentiable in q, kv_map
   and tables."""
-  if platform not in PLATFORMS:
-    raise ValueError(f"platform must be one of {PLATFORMS}, got {platform!r}")
+  if platform not in library.PLATFORMS:
+    raise ValueError(f"platform must be one of {library.PLATFORMS}, got {platform!r}")
   for name, tensor in zip(INPUTS, (q, kv_map, tables)):
     if tensor.shape.as_list() != core.shapes()[name]:
       raise ValueError(f"fused attention: {name} has shape {tensor.shape}, the core {core} "
@@ -93,3 +100,62 @@ def attend(q: tf.Tensor, kv_map: tf.Tensor, tables: tf.Tensor, core: Core, platf
     return out, gradient
 
   return fused(q, kv_map, tables)
+
+
+def _layer_core(q: tf.Tensor, kv: tf.Tensor, block: int, halo: int, stride: int, heads: int,
+               scale: float, position_width: int) -> Core:
+  """The Core of one call of `attend_maps` on q [B, X·bq, Y·bq, N·D] (bq = block / stride) and
+  kv [B, H, W, N·(D + Dv)] (static shapes)."""
+  batch, rows, cols, key_channels = q.shape.as_list()
+  bq = block // stride
+  return Core(batch=batch, blocks_x=rows // bq, blocks_y=cols // bq, block=block, halo=halo,
+              queries=bq * bq, heads=heads, key_width=key_channels // heads,
+              value_width=(kv.shape[-1] - key_channels) // heads, scale=scale,
+              position_width=position_width)
+
+
+def _padded_map(kv: tf.Tensor, core: Core) -> tf.Tensor:
+  """kv [B, H, W, C] zero-padded by h, up to whole blocks and to whole window rows of core.row
+  pixels: core.shapes()["kv_map"] (the pad pass is also the relayout the kernel needs:
+  docs/tpu_attention_bytes.md, step 5)."""
+  _, height, width, _ = kv.shape.as_list()
+  _, padded_height, padded_width, _ = core.shapes()["kv_map"]
+  h = core.halo
+  return tf.pad(kv, [[0, 0], [h, padded_height - height - h], [h, padded_width - width - h],
+                     [0, 0]])
+
+
+def attend_maps(q: tf.Tensor, kv: tf.Tensor, tables: tf.Tensor, *, block: int, halo: int,
+                stride: int, heads: int, scale: float, position_width: int,
+                platform: str) -> tf.Tensor:
+  """A halo layer's attention core by the kernel, from the layer's own maps.
+
+  Args:
+    q: [B, X·bq, Y·bq, N·D] the query map, padded to whole blocks of bq = block / stride rows and
+      columns, unscaled, in the compute dtype; static shape.
+    kv: [B, H, W, N·(D + Dv)] keys then values of every input pixel, unpadded (H <= X·b,
+      W <= Y·b), q's dtype.
+    tables: [2·bq·w, D] float32, relative_position.window_tables (times the layer's position
+      scale).
+    block, halo, stride: b, h and the query stride s.
+    heads: N.  scale: multiplies q·k.  position_width: channels of q each table row meets (for
+      the FLOP count only).
+    platform: 'tpu' or 'cpu' (see the module docstring).
+
+  Returns:
+    [B, X·bq, Y·bq, N·Dv] in q's dtype. Raises ValueError, naming the fused_attention setting,
+    when the kernel's grid step cannot fit the TPU compiler's VMEM.
+  """
+  core = _layer_core(q, kv, block, halo, stride, heads, scale, position_width)
+  try:
+    core.check_fits(q.dtype.size)
+  except DoesNotFit as e:
+    raise ValueError(f"{e}; use fused_attention=None for this model") from None
+  kv_map = _padded_map(kv, core)
+  if core.map_layout:  # the kernel reads q and writes its output as maps
+    return attend(q, kv_map, tables, core, platform)
+  bq = core.query_side
+  out = attend(tf.reshape(blocking.to_blocks(q, bq), core.shapes()["q"]), kv_map, tables, core,
+               platform)
+  return blocking.from_blocks(
+      tf.reshape(out, [core.batch, core.blocks_x, core.blocks_y, core.queries, -1]), bq)

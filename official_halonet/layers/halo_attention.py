@@ -36,14 +36,13 @@ import tf_keras
 
 from official_halonet.layers import block_attention
 from official_halonet.layers import blocking
-from official_halonet.layers import fused_attention
+from official_halonet.layers import fused_attention as fused_lib
 from official_halonet.layers import recompute as recompute_lib
 from official_halonet.layers import relative_position
 
 WINDOWS = ("block", "centered")
 DOWNSAMPLES = ("auto", "avg_pool")
 QUERY_POSITIONS = ("input", "subsampled")
-FUSED_CORES = (None,) + fused_attention.PLATFORMS
 
 
 def _positive_int(name: str, value: Any, minimum: int) -> int:
@@ -95,10 +94,11 @@ class HaloAttention(tf_keras.layers.Layer):
     recompute: in training, keep only the layer's input for the backward pass and recompute the
       windows, logits and softmax there (recompute.py, which XLA cannot undo): less memory for
       more time, the same results (measured in docs/cpu_speed.md).
-    fused_core: None (XLA computes the softmax attention), 'tpu' (one Pallas kernel per layer that
-      keeps the logits on chip; TPU only: fused_attention.py) or 'cpu' (that kernel interpreted,
-      for checking it on a CPU). Needs window='block', no mask and position terms; where the
-      input's shape is not static, XLA computes the same map.
+    fused_attention: None (XLA computes the softmax attention), 'tpu' (one Pallas kernel per layer
+      that keeps the logits on chip; TPU only: fused_attention.py) or 'cpu' (that kernel
+      interpreted, for checking it on a CPU); HaloNetConfig.fused_attention. Needs
+      window='block', no mask and position terms; where the input's shape is not static, XLA
+      computes the same map. `from_config` also reads it under its former name, fused_core.
   """
 
   def __init__(self,
@@ -118,7 +118,7 @@ class HaloAttention(tf_keras.layers.Layer):
                rel_pos_initializer: Any = None,
                query_positions: str = "input",
                recompute: bool = False,
-               fused_core: Optional[str] = None,
+               fused_attention: Optional[str] = None,
                **kwargs):
     super().__init__(**kwargs)
     self.num_heads = _positive_int("num_heads", num_heads, 1)
@@ -134,7 +134,7 @@ class HaloAttention(tf_keras.layers.Layer):
     self.scale_rel_logits = bool(scale_rel_logits)
     self.query_positions = _one_of("query_positions", query_positions, QUERY_POSITIONS)
     self.recompute = bool(recompute)
-    self.fused_core = _one_of("fused_core", fused_core, FUSED_CORES)
+    self.fused_attention = _one_of("fused_attention", fused_attention, fused_lib.SETTINGS)
     for name, width in (("key_dim", self.key_dim), ("value_dim", self.value_dim)):
       if width % self.num_heads:
         raise ValueError(f"{name}={width} is not divisible by num_heads={self.num_heads}.")
@@ -145,11 +145,12 @@ class HaloAttention(tf_keras.layers.Layer):
     if self.window == "centered" and self.halo_size == 0:
       raise ValueError("window='centered' with halo_size=0 is a 1×1 window; use halo_size >= 1.")
     self.query_stride = query_stride(self.block_size, self.strides, self.downsample)
-    if self.fused_core and (self.window != "block" or self.mask_out_of_image
-                            or self.rel_pos == "none"):
-      raise ValueError(f"fused_core={self.fused_core!r} computes unmasked block windows with "
-                       f"position terms; this layer has window={self.window!r}, mask_out_of_image="
-                       f"{self.mask_out_of_image}, rel_pos={self.rel_pos!r}: use fused_core=None.")
+    if self.fused_attention and (self.window != "block" or self.mask_out_of_image
+                                 or self.rel_pos == "none"):
+      raise ValueError(f"fused_attention={self.fused_attention!r} computes unmasked block windows "
+                       f"with position terms; this layer has window={self.window!r}, "
+                       f"mask_out_of_image={self.mask_out_of_image}, rel_pos={self.rel_pos!r}: "
+                       f"use fused_attention=None.")
     self.pool_after = self.query_stride != self.strides
     self._kernel_initializer = kernel_initializer
     self._kernel_regularizer = kernel_regularizer
@@ -252,7 +253,7 @@ class HaloAttention(tf_keras.layers.Layer):
     q = blocking.pad_to_multiple(self.query(queries), bq)  # [B, Hp/s, Wp/s, N·D]
     # The kernel is made for one shape: where the shape is not known (Keras's symbolic build, a
     # free-batch export), XLA computes the same map.
-    if self.fused_core and q.shape[:3].is_fully_defined() and not return_attention_scores:
+    if self.fused_attention and q.shape[:3].is_fully_defined() and not return_attention_scores:
       out, scores = self._fused(q, x), None  # [B, Hp/s, Wp/s, N·Dv]
     else:
       q_blocks = blocking.to_blocks(q, bq)  # [B, X, Y, bq², N·D]
@@ -307,35 +308,21 @@ class HaloAttention(tf_keras.layers.Layer):
         self.rel_pos, self.query_positions == "subsampled")
 
   def _fused(self, q: tf.Tensor, x: tf.Tensor):
-    """The attention by fused_attention.attend: the query map q [B, X·bq, Y·bq, N·D] in the
+    """The attention by fused_attention.attend_maps: the query map q [B, X·bq, Y·bq, N·D] in the
     compute dtype and the layer's input x [B, H, W, C] -> [B, X·bq, Y·bq, N·Dv]."""
     if self._value_projection_width() != self.value_dim:
-      raise ValueError(f"fused_core does not support {type(self).__name__}'s values.")
-    batch, rows, cols, _ = q.shape.as_list()
-    b, d, h = self.block_size, self.head_dim, self.halo_size
-    bq = b // self.query_stride
-    n_x, n_y = rows // bq, cols // bq
-    core = fused_attention.Core(
-        batch=batch, blocks_x=n_x, blocks_y=n_y, block=b, halo=h, queries=bq * bq,
-        heads=self.num_heads, key_width=d, value_width=self.value_dim // self.num_heads,
-        scale=d**-0.5, position_width=d // 2 if self.rel_pos == "split" else d)
-    core.check_fits(q.dtype.size)
+      raise ValueError(f"fused_attention does not support {type(self).__name__}'s values.")
+    d = self.head_dim
     tables = relative_position.window_tables(
-        tf.cast(self.rel_pos_h, tf.float32), tf.cast(self.rel_pos_w, tf.float32), b, h,
-        self.query_stride, self.rel_pos, self.query_positions == "subsampled")
+        tf.cast(self.rel_pos_h, tf.float32), tf.cast(self.rel_pos_w, tf.float32),
+        self.block_size, self.halo_size, self.query_stride, self.rel_pos,
+        self.query_positions == "subsampled")
     if self.scale_rel_logits:
-      tables = tables * core.scale
-    # The map zero-padded by h, up to whole blocks, and to whole window rows of core.row pixels
-    # (the pad pass is also the relayout the kernel needs: docs/tpu_attention_bytes.md, step 5).
-    _, height, width, _ = x.shape.as_list()
-    _, padded_height, padded_width, _ = core.shapes()["kv_map"]
-    kv_map = tf.pad(self.key_value(x), [[0, 0], [h, padded_height - height - h],
-                                        [h, padded_width - width - h], [0, 0]])
-    if core.map_layout:  # the kernel reads q and writes its output as maps
-      return fused_attention.attend(q, kv_map, tables, core, self.fused_core)
-    out = fused_attention.attend(tf.reshape(blocking.to_blocks(q, bq), core.shapes()["q"]),
-                                 kv_map, tables, core, self.fused_core)
-    return blocking.from_blocks(tf.reshape(out, [batch, n_x, n_y, bq * bq, -1]), bq)
+      tables = tables * d**-0.5
+    return fused_lib.attend_maps(
+        q, self.key_value(x), tables, block=self.block_size, halo=self.halo_size,
+        stride=self.query_stride, heads=self.num_heads, scale=d**-0.5,
+        position_width=d // 2 if self.rel_pos == "split" else d, platform=self.fused_attention)
 
   def _key_mask(self, height, width, blocks, dtype) -> Optional[tf.Tensor]:
     """Bool [1 or B, X·Y, 1, bq², w²] (broadcastable), False for keys a query may not attend to:
@@ -380,7 +367,7 @@ class HaloAttention(tf_keras.layers.Layer):
         scale_rel_logits=self.scale_rel_logits,
         query_positions=self.query_positions,
         recompute=self.recompute,
-        fused_core=self.fused_core,
+        fused_attention=self.fused_attention,
         kernel_initializer=tf_keras.initializers.serialize(
             tf_keras.initializers.get(self._kernel_initializer)),
         kernel_regularizer=tf_keras.regularizers.serialize(
@@ -391,3 +378,12 @@ class HaloAttention(tf_keras.layers.Layer):
         if self._rel_pos_initializer is not None else None,
     )
     return config
+
+  @classmethod
+  def from_config(cls, config: Dict[str, Any]):
+    """The layer of `get_config`'s dict; a config saved before the switch's rename names it
+    fused_core."""
+    config = dict(config)
+    if "fused_core" in config:
+      config.setdefault("fused_attention", config.pop("fused_core"))
+    return cls(**config)

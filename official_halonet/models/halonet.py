@@ -193,7 +193,7 @@ class HaloNet(tf_keras.Model):
     value_dim = spec.value_dim(stage)
     return HaloAttention(num_heads=heads, key_dim=spec.key_dim(stage), value_dim=value_dim,
                          block_size=spec.block_size, halo_size=spec.halo_size, strides=strides,
-                         query_positions=spec.query_positions, fused_core=self._fused,
+                         query_positions=spec.query_positions, fused_attention=self._fused,
                          name=f"{name}_halo", **projection)(x), value_dim
 
   def _block(self, x, stage_type, stage, width, strides, drop_rate, name):

@@ -27,6 +27,7 @@ b=4) that the parity tests compare against timm's logits (tests/fixtures/timm).
 import dataclasses
 from typing import Dict, Optional, Tuple, Union
 
+from official_halonet.layers import fused_attention
 from official_halonet.models.config import HaloNetConfig
 
 STAGE_TYPES = ("halo", "sasa", "conv")
@@ -34,7 +35,7 @@ STEMS = ("conv", "patch", "sasa", "tiered")
 PADDINGS = ("same", "symmetric")
 SE_BLOCKS = ("all", "conv")
 # The HaloNetConfig fields that resize a named model; see resolve.
-FUSED_ATTENTION = (None, "tpu", "cpu")  # HaloNetConfig.fused_attention (layers.HaloAttention)
+FUSED_ATTENTION = fused_attention.SETTINGS  # HaloNetConfig.fused_attention's values
 SHAPE_OVERRIDES = ("blocks", "base_width", "stem_width", "head_dim", "num_heads")
 
 

@@ -7,8 +7,12 @@
   compile_only.py  JAX's half (the pinned jax + libtpu, a process of its own): compiles HLO for a
                    named topology with no TPU attached; the only module that touches JAX's
                    private APIs
-  check.py         `main.py --mode=tpu_check`: both halves, fits / does not fit, the largest
-                   batch that fits, FLOP and byte counts and the roofline step-time bound
+  compiler.py      TensorFlow's side of that: runs compile_only.py on one step's HLO
+  batch_search.py  the largest per-device train batch that fits, from the compiler's figures
+  report.py        what a check found (per step: fits, HBM, FLOP and bytes, the roofline
+                   step-time bound), as the console table and as JSON
+  check.py         `main.py --mode=tpu_check`: traces the steps, compiles them, searches when the
+                   train step does not fit
 
 The package sits above training (it builds Model Garden's trainer) and below main.py.
 """

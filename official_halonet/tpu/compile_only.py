@@ -1,7 +1,7 @@
 """JAX's half of tpu_check: compile XLA HLO for a Cloud TPU with no TPU attached.
 
 Runs with the pinned jax, jaxlib and libtpu (kernels/tpu_software.py) in a process of its own,
-which imports nothing of TensorFlow or of this package (check.py starts it, with libtpu's
+which imports nothing of TensorFlow or of this package (compiler.py starts it, with libtpu's
 off-TPU environment):
 
     python compile_only.py REQUEST.json RESULT.json
