@@ -112,7 +112,8 @@ def test_bfloat16_inputs_against_float64_at_the_bfloat16_bound(block, blocks_y):
   kv = np.stack([kv_map[image, 0:w, block * y:block * y + w].reshape(keys, -1)
                  for image in range(2) for y in range(blocks_y)])  # the windows, row-major
   k = kv[..., :n * d].reshape(z, keys, n, d)
-  v = kv[..., n * d:].reshape(z, keys, n, core.value_width)
+  v = kv[..., n * d:n * (d + core.value_width)].reshape(z, keys, n, core.value_width)  # the rest:
+  # channels that pad the map to whole lane tiles (random here too: the kernel must not read them)
   heads = q.reshape(z, block, block, n, d)  # [Z, query row i, query column j, N, D]
   by_row = tables[:block * w].reshape(block, w, d)
   by_col = tables[block * w:].reshape(block, w, d)

@@ -7,16 +7,19 @@ order, each holding Q = bq² queries (bq rows of bq pixels):
   q        [B, X·bq, Y·bq, N·D]              queries, unscaled, as the query projection writes
                                              them (block z holds bq rows of bq pixels); or, where
                                              not `map_layout`, [Z, Q, N·D], block by block
-  kv_map   [B, X·b + 2h, Y·b + 2h + R - w, N·(D + Dv)]   keys then values of every pixel,
-                                             zero-padded by h (and R - w more columns on the right)
+  kv_map   [B, X·b + 2h, Y·b + 2h + R - w, Ckv]   keys then values of every pixel (N·(D + Dv)
+                                             channels, zero-padded to Ckv = `kv_channels`, whole
+                                             tiles of 128), zero-padded by h (and R - w more
+                                             columns on the right)
   tables   [2·bq·w, D]   float32             the position embedding each query row i reads for
                                              window row u (row i·w + u), then each query column j
                                              for window column c (row bq·w + j·w + c); shared by
                                              the heads
   out      [B, X·bq, Y·bq, N·Dv]             the attention's output map, each block in its place
                                              (or [Z, Q, N·Dv] where not `map_layout`)
-  windows  [Z, w·R, N·(D + Dv)]              the kernel's gradient of each block's window, read as
-                                             w rows of R pixels; the map's is their scatter-add
+  windows  [Z, w·R, Ckv]                     the kernel's gradient of each block's window, read as
+                                             w rows of R pixels (zero in the padding channels);
+                                             the map's is their scatter-add
 The backward returns the tables' gradient as one float32 [2·bq·w, D] partial sum per grid step
 (`table_steps`; their sum is the gradient), so that no step depends on another and a chip with two
 TensorCores may split the grid between them. A step takes `group` blocks of one block row.
@@ -30,6 +33,7 @@ import math
 from typing import Dict, List
 
 ROW_TILE = 8
+LANE_TILE = 128  # the minor dimension's tile: a DMA's channel slice must be whole tiles of it
 VMEM_BUDGET = 10 << 20  # bytes of VMEM a grid step's blocks and temporaries should take
 SCOPED_VMEM = 16 << 20  # the TPU compiler's default limit of a kernel's VMEM (v5e)
 
@@ -95,10 +99,16 @@ class Core:
   def blocks(self) -> int:
     return self.batch * self.blocks_x * self.blocks_y
 
+  @property
+  def kv_channels(self) -> int:
+    """Channels of kv_map and of the windows: N·(D + Dv) zero-padded up to whole lane tiles
+    (libtpu 0.0.14's Mosaic copies a window row only in whole tiles of 128 channels)."""
+    return -(-self.heads * (self.key_width + self.value_width) // LANE_TILE) * LANE_TILE
+
   def shapes(self) -> Dict[str, List[int]]:
     """The arrays' shapes by name (see the module docstring)."""
     n, z = self.heads, self.blocks
-    channels = n * (self.key_width + self.value_width)
+    channels = self.kv_channels
     height, width = self.blocks_x * self.query_side, self.blocks_y * self.query_side
     maps = lambda channels: ([self.batch, height, width, channels] if self.map_layout
                              else [z, self.queries, channels])

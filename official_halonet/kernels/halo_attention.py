@@ -266,6 +266,9 @@ def _backward_kernel(step: Step, q_ref, kv_map, t_ref, e_ref, m_ref, f_ref, dout
       dkv_ref[j, :, n * d:(n + 1) * d] = dk.astype(dkv_ref.dtype)
       values = slice(heads * d + n * v_width, heads * d + (n + 1) * v_width)
       dkv_ref[j, :, values] = dv.astype(dkv_ref.dtype)
+    used = heads * (d + v_width)
+    if used < core.kv_channels:  # the zero channels that pad the map to whole lane tiles
+      dkv_ref[j, :, used:] = jnp.zeros((dkv_ref.shape[1], core.kv_channels - used), dkv_ref.dtype)
   dt_ref[0] = dt
 
 

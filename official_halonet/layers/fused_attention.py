@@ -115,14 +115,14 @@ def _layer_core(q: tf.Tensor, kv: tf.Tensor, block: int, halo: int, stride: int,
 
 
 def _padded_map(kv: tf.Tensor, core: Core) -> tf.Tensor:
-  """kv [B, H, W, C] zero-padded by h, up to whole blocks and to whole window rows of core.row
-  pixels: core.shapes()["kv_map"] (the pad pass is also the relayout the kernel needs:
-  docs/tpu_attention_bytes.md, step 5)."""
-  _, height, width, _ = kv.shape.as_list()
-  _, padded_height, padded_width, _ = core.shapes()["kv_map"]
+  """kv [B, H, W, C] zero-padded by h, up to whole blocks, to whole window rows of core.row
+  pixels and to core.kv_channels: core.shapes()["kv_map"] (the pad pass is also the relayout the
+  kernel needs: docs/tpu_attention_bytes.md, step 5)."""
+  _, height, width, channels = kv.shape.as_list()
+  _, padded_height, padded_width, padded_channels = core.shapes()["kv_map"]
   h = core.halo
   return tf.pad(kv, [[0, 0], [h, padded_height - height - h], [h, padded_width - width - h],
-                     [0, 0]])
+                     [0, padded_channels - channels]])
 
 
 def attend_maps(q: tf.Tensor, kv: tf.Tensor, tables: tf.Tensor, *, block: int, halo: int,
