@@ -189,6 +189,11 @@ def test_train_step_hlo_takes_the_batch_and_every_variable_it_updates():
   assert len(parameters) >= len(variables) + 2
 
 
+# Under pytest-xdist each worker builds its own module fixtures: the tests of the overflowing
+# batch (a compile of about five minutes with libtpu 0.0.14) share one worker, so it is made once.
+OVERFLOW_GROUP = pytest.mark.xdist_group("tpu_overflow")
+
+
 @pytest.fixture(scope="module")
 def overflow_report():
   return check.check(_options(*OVERFLOW), TOPOLOGY, say=lambda line: None, bisect=False)
@@ -203,6 +208,7 @@ def fitting_train_step():
   return report.steps[0]
 
 
+@OVERFLOW_GROUP
 def test_eval_step_compiles_fits_and_has_a_consistent_roofline(overflow_report):
   report = overflow_report
   evaluate = next(s for s in report.steps if s.kind == "eval")
@@ -218,6 +224,7 @@ def test_eval_step_compiles_fits_and_has_a_consistent_roofline(overflow_report):
   assert roof["images_per_second_per_chip"] == pytest.approx(25 / roof["step_seconds"])
 
 
+@OVERFLOW_GROUP
 def test_an_overflowing_batch_does_not_fit_and_the_compilers_numbers_point_below_it(
     overflow_report, fitting_train_step):
   """65536 does not fit, 16 does, and the batch the compiler's figures point to lies between."""
@@ -298,6 +305,7 @@ def test_recompute_attention_is_what_the_second_compile_builds():
   assert not steps_lib.Steps(_options()).config.task.model.backbone.halonet.recompute_attention
 
 
+@OVERFLOW_GROUP
 def test_the_json_report_holds_the_table(overflow_report, tmp_path):
   path = str(tmp_path / "report.json")
   report_lib.write_json(overflow_report, path)
@@ -351,6 +359,7 @@ def test_mask_rcnn_steps_need_neither_eval_records_nor_an_annotation_file(tmp_pa
   assert "f32[2,128,128,3]" in entry[:entry.index("\n}")]  # the images the step takes
 
 
+@OVERFLOW_GROUP
 def test_the_readme_table_shows_what_the_compiler_said(overflow_report, fitting_train_step):
   """bench/tpu_check.py --readme: a row per saved train step of the chosen generations; one that
   does not fit shows the temporaries it needs against the HBM the compiler offers."""
