@@ -26,8 +26,9 @@ import json
 import os
 import sys
 
-# Lowering for a TPU needs no TPU: on a TPU host the device belongs to the TensorFlow run.
-os.environ.setdefault("JAX_PLATFORMS", "cpu")
+# Lowering for a TPU needs no TPU: on a TPU host the device belongs to the TensorFlow run, so this
+# process is CPU-only whatever the environment says.
+os.environ["JAX_PLATFORMS"] = "cpu"
 os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 

@@ -19,14 +19,10 @@ compile-only client's `compile`, and `jax._src.compiler.get_compile_options`. Me
 versions pinned in requirements.txt.
 """
 import json
-import os
 import re
 import sys
 import time
 
-# libtpu takes /tmp/libtpu_lockfile to keep one process per TPU host; a compile-only client
-# touches no TPU, and several compiles (parallel tests, two checks) may run at once.
-os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
 
 
 def _legalizable(module_text: str) -> str:
