@@ -190,7 +190,8 @@ def test_fused_attention_refuses_what_the_kernel_does_not_compute():
   for kwargs in (dict(window="centered"), dict(mask_out_of_image=True), dict(rel_pos="none")):
     with pytest.raises(ValueError, match="fused_attention='tpu' computes unmasked block windows"):
       HaloAttention(num_heads=2, key_dim=8, fused_attention="tpu", **kwargs)
-  with pytest.raises(ValueError, match=r"fused_attention must be one of \(None, 'tpu', 'cpu'\)"):
+  with pytest.raises(ValueError,
+                     match=r"fused_attention must be one of \(None, 'none', 'tpu', 'cpu'\)"):
     HaloAttention(num_heads=2, key_dim=8, fused_attention="gpu")
   with pytest.raises(specs.OverrideError, match="fused_attention must be one of"):
     specs.resolve(model_config.HaloNetConfig(model_id="h0", fused_attention="TPU"))
@@ -253,7 +254,7 @@ def test_shapes_the_core_does_not_expect_are_named():
                         fused_attention="cpu")
   with pytest.raises(ValueError, match=r"a block of 1024 queries against a 38×38 window needs "
                      r"[0-9.]+ MiB of VMEM per grid step, over the TPU compiler's 16 MiB; use "
-                     r"fused_attention=None for this model\n"):  # before any kernel is made
+                     r"fused_attention='none' for this model\n"):  # before any kernel is made
     layer(tf.zeros([1, 32, 64, 4]))
   with pytest.raises(ValueError, match="queries=6 per block is not a square"):
     fused_attention.Core(batch=1, blocks_x=1, blocks_y=2, block=2, halo=1, queries=6, heads=1,

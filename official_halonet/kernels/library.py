@@ -40,17 +40,23 @@ def check_exporter() -> None:
       raise ExportError(f"the fused attention kernels cannot be made: {e}") from None
 
 
-def _cache_dir() -> str:
+def cache_dir() -> str:
   default = os.path.join(os.path.expanduser("~"), ".cache", "official_halonet", "kernels")
   return os.environ.get("OFFICIAL_HALONET_KERNEL_CACHE", default)
 
 
-def _key(request: dict) -> str:
-  digest = hashlib.sha256(json.dumps(request, sort_keys=True).encode())
+def sources_digest() -> str:
+  """A hash of the kernel's sources: what a cached module or verdict was made from."""
+  digest = hashlib.sha256()
   for path in SOURCES:
     with open(path, "rb") as f:
       digest.update(f.read())
-  return digest.hexdigest()[:32]
+  return digest.hexdigest()
+
+
+def _key(request: dict) -> str:
+  return hashlib.sha256((json.dumps(request, sort_keys=True) + sources_digest()).encode()
+                        ).hexdigest()[:32]
 
 
 def _export(request: dict) -> Tuple[bytes, int]:
@@ -78,14 +84,14 @@ def module(kind: str, core: dict, dtype: str, platform: str) -> Tuple[bytes, int
              "stablehlo_version": STABLEHLO_VERSION, "jax": tpu_software.installed("jax")}
   key = _key(request)
   if key not in _MODULES:
-    path = os.path.join(_cache_dir(), key + ".bin")
+    path = os.path.join(cache_dir(), key + ".bin")
     if os.path.exists(path):
       with open(path, "rb") as f:
         version, data = int(f.readline()), f.read()
     else:
       data, version = _export(request)
-      os.makedirs(_cache_dir(), exist_ok=True)
-      with tempfile.NamedTemporaryFile(dir=_cache_dir(), delete=False) as f:
+      os.makedirs(cache_dir(), exist_ok=True)
+      with tempfile.NamedTemporaryFile(dir=cache_dir(), delete=False) as f:
         f.write(f"{version}\n".encode() + data)
       os.replace(f.name, path)
     _MODULES[key] = (data, version)

@@ -15,15 +15,19 @@ path against the XLA one on a CPU). Shapes must be static: one module per shape.
 
 A layer calls `attend_maps` with its query map, its k/v map as its projection writes it and its
 tables; everything about the kernel's layout (the Core, the map's padding, q and the output block
-by block or as maps) stays in this module. `attend` is the kernel's own call, on arrays already in
+by block or as maps) stays in this module. Which calls take the kernel: a layer's setting
+(`SETTINGS`) forces it or XLA's path; a layer left unset asks `platform_for`, which says the kernel
+only inside `kernel_by_default` (a TPU run, after training/fused_check.py has tried each shape on
+the chip) and only for the shapes that check did not reject. `attend` is the kernel's own call, on arrays already in
 the Core's shapes (kernels/core.py says what each channel and row holds; q and the map in one
 float dtype, the tables float32):
   q  [B, X·bq, Y·bq, N·D]   kv_map  [B, X·b + 2h, Y·b + 2h + R - w, N·(D + Dv)]
   tables  [2·bq·w, D]   ->  [B, X·bq, Y·bq, N·Dv]
 or, where not `core.map_layout`, q [Z, Q, N·D] -> [Z, Q, N·Dv], block by block.
 """
+import contextlib
 import dataclasses
-from typing import List
+from typing import FrozenSet, Iterable, List, Optional
 
 import numpy as np
 import tensorflow as tf
@@ -35,9 +39,57 @@ from official_halonet.kernels.core import DoesNotFit
 from official_halonet.layers import blocking
 
 # The switch's values, HaloNetConfig.fused_attention and HaloAttention(fused_attention=...): None
-# (XLA's attention) or the platform a kernel is made for.
-SETTINGS = (None,) + library.PLATFORMS
+# (the run's default: `platform_for`), 'none' (XLA's attention) or the platform a kernel is made
+# for, forced.
+PLATFORMS = library.PLATFORMS  # what a kernel is made for
+SETTINGS = (None, "none") + PLATFORMS
 INPUTS = ("q", "kv_map", "tables")
+
+
+@dataclasses.dataclass(frozen=True)
+class _Default:
+  platform: str
+  trusted: Optional[FrozenSet[str]]  # the shape_key()s that take the kernel; None: every shape
+
+
+_DEFAULT: List[Optional[_Default]] = [None]
+
+
+@contextlib.contextmanager
+def kernel_by_default(platform: str, trusted: Optional[Iterable[str]] = None):
+  """Within it, layers whose setting is None take the kernel on `platform` for the shapes the
+  kernel computes whose shape_key() is in `trusted` (a TPU run's default, set by its runner for
+  the shapes training/fused_check.py passed), or for every such shape when `trusted` is None
+  (tpu_check, which compiles and runs nothing)."""
+  if platform not in PLATFORMS:
+    raise ValueError(f"platform must be one of {PLATFORMS}, got {platform!r}")
+  outer = _DEFAULT[0]
+  _DEFAULT[0] = _Default(platform, None if trusted is None else frozenset(trusted))
+  try:
+    yield
+  finally:
+    _DEFAULT[0] = outer
+
+
+def platform_for(setting: Optional[str], key: str) -> Optional[str]:
+  """The platform whose kernel computes a call of shape_key `key` for a layer whose setting is
+  `setting` (one of SETTINGS), or None for XLA's path."""
+  if setting is not None:
+    return None if setting == "none" else setting
+  default = _DEFAULT[0]
+  if default is None or (default.trusted is not None and key not in default.trusted):
+    return None
+  return default.platform
+
+
+def shape_key(core: Core, dtype: tf.DType) -> str:
+  """What identifies a call's kernel apart from its batch, in words (a fused_check verdict's key;
+  the kernel's grid step, and so whether it compiles and what it computes, does not depend on
+  the batch)."""
+  return (f"{core.blocks_x * core.query_side}x{core.blocks_y * core.query_side} queries in "
+          f"blocks of {core.query_side}, window {core.window} (block {core.block}, halo "
+          f"{core.halo}), {core.heads} heads of {core.key_width}+{core.value_width} channels, "
+          f"{dtype.name}")
 
 
 def _call(kind: str, core: Core, platform: str, args: List[tf.Tensor], outputs: List[str]):
@@ -102,16 +154,25 @@ def attend(q: tf.Tensor, kv_map: tf.Tensor, tables: tf.Tensor, core: Core, platf
   return fused(q, kv_map, tables)
 
 
-def _layer_core(q: tf.Tensor, kv: tf.Tensor, block: int, halo: int, stride: int, heads: int,
-               scale: float, position_width: int) -> Core:
-  """The Core of one call of `attend_maps` on q [B, X·bq, Y·bq, N·D] (bq = block / stride) and
-  kv [B, H, W, N·(D + Dv)] (static shapes)."""
-  batch, rows, cols, key_channels = q.shape.as_list()
+def layer_core(q_shape: tf.TensorShape, kv_channels: int, *, block: int, halo: int, stride: int,
+               heads: int, scale: float, position_width: int) -> Core:
+  """The Core of a call of `attend_maps` on q [B, X·bq, Y·bq, N·D] (bq = block / stride; a static
+  shape) and a k/v map of `kv_channels` = N·(D + Dv) channels; the other arguments are its."""
+  batch, rows, cols, key_channels = q_shape.as_list()
   bq = block // stride
   return Core(batch=batch, blocks_x=rows // bq, blocks_y=cols // bq, block=block, halo=halo,
               queries=bq * bq, heads=heads, key_width=key_channels // heads,
-              value_width=(kv.shape[-1] - key_channels) // heads, scale=scale,
+              value_width=(kv_channels - key_channels) // heads, scale=scale,
               position_width=position_width)
+
+
+def fits(core: Core, dtype: tf.DType) -> bool:
+  """Whether the kernel's grid step for `core` fits the TPU compiler's VMEM."""
+  try:
+    core.check_fits(dtype.size)
+  except DoesNotFit:
+    return False
+  return True
 
 
 def _padded_map(kv: tf.Tensor, core: Core) -> tf.Tensor:
@@ -146,11 +207,12 @@ def attend_maps(q: tf.Tensor, kv: tf.Tensor, tables: tf.Tensor, *, block: int, h
     [B, X·bq, Y·bq, N·Dv] in q's dtype. Raises ValueError, naming the fused_attention setting,
     when the kernel's grid step cannot fit the TPU compiler's VMEM.
   """
-  core = _layer_core(q, kv, block, halo, stride, heads, scale, position_width)
+  core = layer_core(q.shape, kv.shape[-1], block=block, halo=halo, stride=stride, heads=heads,
+                    scale=scale, position_width=position_width)
   try:
     core.check_fits(q.dtype.size)
   except DoesNotFit as e:
-    raise ValueError(f"{e}; use fused_attention=None for this model") from None
+    raise ValueError(f"{e}; use fused_attention='none' for this model") from None
   kv_map = _padded_map(kv, core)
   if core.map_layout:  # the kernel reads q and writes its output as maps
     return attend(q, kv_map, tables, core, platform)

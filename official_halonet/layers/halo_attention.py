@@ -94,11 +94,13 @@ class HaloAttention(tf_keras.layers.Layer):
     recompute: in training, keep only the layer's input for the backward pass and recompute the
       windows, logits and softmax there (recompute.py, which XLA cannot undo): less memory for
       more time, the same results (measured in docs/cpu_speed.md).
-    fused_attention: None (XLA computes the softmax attention), 'tpu' (one Pallas kernel per layer
-      that keeps the logits on chip; TPU only: fused_attention.py) or 'cpu' (that kernel
-      interpreted, for checking it on a CPU); HaloNetConfig.fused_attention. Needs
-      window='block', no mask and position terms; where the input's shape is not static, XLA
-      computes the same map. `from_config` also reads it under its former name, fused_core.
+    fused_attention: 'tpu' (one Pallas kernel per layer that keeps the logits on chip; TPU only:
+      fused_attention.py), 'cpu' (that kernel interpreted, for checking it on a CPU), 'none'
+      (XLA computes the softmax attention) or None: the run's default (fused_attention.
+      platform_for: the kernel in a TPU run for the shapes checked on its chip, XLA's path
+      elsewhere and for what the kernel does not compute); HaloNetConfig.fused_attention. The
+      kernel needs window='block', no mask, position terms and static shapes (elsewhere XLA
+      computes the same map). `from_config` also reads it under its former name, fused_core.
   """
 
   def __init__(self,
@@ -145,12 +147,12 @@ class HaloAttention(tf_keras.layers.Layer):
     if self.window == "centered" and self.halo_size == 0:
       raise ValueError("window='centered' with halo_size=0 is a 1×1 window; use halo_size >= 1.")
     self.query_stride = query_stride(self.block_size, self.strides, self.downsample)
-    if self.fused_attention and (self.window != "block" or self.mask_out_of_image
-                                 or self.rel_pos == "none"):
+    if self.fused_attention in fused_lib.PLATFORMS and not self.kernel_computes:
       raise ValueError(f"fused_attention={self.fused_attention!r} computes unmasked block windows "
-                       f"with position terms; this layer has window={self.window!r}, "
-                       f"mask_out_of_image={self.mask_out_of_image}, rel_pos={self.rel_pos!r}: "
-                       f"use fused_attention=None.")
+                       f"with position terms and one value per key; this layer has "
+                       f"window={self.window!r}, mask_out_of_image={self.mask_out_of_image}, "
+                       f"rel_pos={self.rel_pos!r}: use fused_attention='none' (or None, whose "
+                       f"default keeps XLA's path for such layers).")
     self.pool_after = self.query_stride != self.strides
     self._kernel_initializer = kernel_initializer
     self._kernel_regularizer = kernel_regularizer
@@ -253,8 +255,9 @@ class HaloAttention(tf_keras.layers.Layer):
     q = blocking.pad_to_multiple(self.query(queries), bq)  # [B, Hp/s, Wp/s, N·D]
     # The kernel is made for one shape: where the shape is not known (Keras's symbolic build, a
     # free-batch export), XLA computes the same map.
-    if self.fused_attention and q.shape[:3].is_fully_defined() and not return_attention_scores:
-      out, scores = self._fused(q, x), None  # [B, Hp/s, Wp/s, N·Dv]
+    platform = None if return_attention_scores else self._fused_platform(q)
+    if platform:
+      out, scores = self._fused(q, x, platform), None  # [B, Hp/s, Wp/s, N·Dv]
     else:
       q_blocks = blocking.to_blocks(q, bq)  # [B, X, Y, bq², N·D]
       _, n_x, n_y, _, _ = blocking.dims(q_blocks)
@@ -307,11 +310,44 @@ class HaloAttention(tf_keras.layers.Layer):
         tf.cast(self.rel_pos_w, q.dtype), self.block_size, self.halo_size, self.query_stride,
         self.rel_pos, self.query_positions == "subsampled")
 
-  def _fused(self, q: tf.Tensor, x: tf.Tensor):
-    """The attention by fused_attention.attend_maps: the query map q [B, X·bq, Y·bq, N·D] in the
-    compute dtype and the layer's input x [B, H, W, C] -> [B, X·bq, Y·bq, N·Dv]."""
-    if self._value_projection_width() != self.value_dim:
-      raise ValueError(f"fused_attention does not support {type(self).__name__}'s values.")
+  @property
+  def kernel_computes(self) -> bool:
+    """Whether the fused kernel computes this layer's attention (unmasked block windows with
+    position terms, one value per key)."""
+    return (self.window == "block" and not self.mask_out_of_image and self.rel_pos != "none"
+            and self._value_projection_width() == self.value_dim)
+
+  def fused_core(self, input_shape) -> fused_lib.Core:
+    """The kernel's Core for an input of static shape [B, H, W, C]."""
+    batch, height, width = tf.TensorShape(input_shape).as_list()[:3]
+    bq, s = self.block_size // self.query_stride, self.query_stride
+    rows, cols = (blocking.ceil_div(blocking.ceil_div(side, s), bq) * bq for side in (height, width))
+    return self._core(tf.TensorShape([batch, rows, cols, self.key_dim]))
+
+  def _core(self, q_shape: tf.TensorShape) -> fused_lib.Core:
+    d = self.head_dim
+    return fused_lib.layer_core(
+        q_shape, self.key_dim + self.value_dim, block=self.block_size, halo=self.halo_size,
+        stride=self.query_stride, heads=self.num_heads, scale=d**-0.5,
+        position_width=d // 2 if self.rel_pos == "split" else d)
+
+  def _fused_platform(self, q: tf.Tensor) -> Optional[str]:
+    """The platform whose kernel computes this call's attention, or None for XLA's: the layer's
+    setting, or, unset, the run's default for this shape where the kernel computes it."""
+    if self.fused_attention in fused_lib.PLATFORMS:  # forced: checked in __init__
+      return self.fused_attention if q.shape[:3].is_fully_defined() else None
+    if (self.fused_attention == "none" or not self.kernel_computes
+        or not q.shape[:3].is_fully_defined()):
+      return None
+    core = self._core(q.shape)
+    if not fused_lib.fits(core, q.dtype):
+      return None
+    return fused_lib.platform_for(None, fused_lib.shape_key(core, q.dtype))
+
+  def _fused(self, q: tf.Tensor, x: tf.Tensor, platform: str):
+    """The attention by fused_attention.attend_maps on `platform`: the query map q [B, X·bq,
+    Y·bq, N·D] in the compute dtype and the layer's input x [B, H, W, C] -> [B, X·bq, Y·bq,
+    N·Dv]."""
     d = self.head_dim
     tables = relative_position.window_tables(
         tf.cast(self.rel_pos_h, tf.float32), tf.cast(self.rel_pos_w, tf.float32),
@@ -322,7 +358,7 @@ class HaloAttention(tf_keras.layers.Layer):
     return fused_lib.attend_maps(
         q, self.key_value(x), tables, block=self.block_size, halo=self.halo_size,
         stride=self.query_stride, heads=self.num_heads, scale=d**-0.5,
-        position_width=d // 2 if self.rel_pos == "split" else d, platform=self.fused_attention)
+        position_width=d // 2 if self.rel_pos == "split" else d, platform=platform)
 
   def _key_mask(self, height, width, blocks, dtype) -> Optional[tf.Tensor]:
     """Bool [1 or B, X·Y, 1, bq², w²] (broadcastable), False for keys a query may not attend to:

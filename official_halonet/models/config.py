@@ -24,8 +24,11 @@ class HaloNetConfig(hyperparams.Config):
   stochastic_depth_drop_rate: in [0, 1), the last block's; block k of N drops rate·(k+1)/N.
   recompute_attention: attention layers keep only their inputs for the backward pass and
     recompute the rest there: less memory, more time, the same results.
-  fused_attention: None, 'tpu' or 'cpu': the halo layers' attention by one Pallas kernel per layer
-    (layers/fused_attention.py; 'tpu' runs on TPU only, 'cpu' is its slow interpreted check).
+  fused_attention: the halo layers' attention by one Pallas kernel per layer
+    (layers/fused_attention.py). None (the default): the kernel in a TPU run for each layer shape
+    that passed its check on the chip (training/fused_check.py), XLA's path elsewhere; 'tpu':
+    the kernel, unchecked (TPU only); 'none': XLA's path; 'cpu': the kernel interpreted, a slow
+    check on a CPU.
   specs.resolve validates every field. Per-stage tuples are kept as lists (as YAML gives them).
   """
   model_id: str = "h0"

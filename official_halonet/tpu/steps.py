@@ -7,6 +7,8 @@ trainer factory (EMA and loss scaling as configured, slots created). `hlo(kind, 
 replica's step at a per-replica batch from `tf.TensorSpec`s — nothing runs at the real batch —
 and returns the serialized HloModuleProto of `tf.function(..., jit_compile=True)`:
 
+The halo layers take what a TPU run takes: the fused kernel where their fused_attention is unset.
+
   train  Model Garden's Trainer.train_step body: forward, loss with the regularization losses,
          gradients, the optimizer update with its slots (and EMA), train metrics, step counter
   eval   Trainer.eval_step body: the task's validation_step (forward, masked loss and metrics)
@@ -34,6 +36,7 @@ from official.vision.dataloaders import tfexample_utils
 from official.vision.evaluation import coco_evaluator
 from official.vision.tasks import maskrcnn
 from official_halonet.data import pipeline
+from official_halonet.layers import fused_attention
 from official_halonet.models import attention_maps
 from official_halonet.training import gin_config
 from official_halonet.training import precision
@@ -154,7 +157,10 @@ class Steps:
     # The compiler-IR call takes flat TensorSpecs, not the batch's nested structure.
     step = tf.function(lambda *flat: body(tf.nest.pack_sequence_as(spec, flat)), jit_compile=True)
     try:
-      hlo = step.experimental_get_compiler_ir(*tf.nest.flatten(spec))(stage=stage)
+      # As a TPU run traces it: halo layers left unset take the fused kernel (that run's check on
+      # the chip, training/fused_check.py, may send a shape back to XLA's path).
+      with fused_attention.kernel_by_default("tpu"):
+        hlo = step.experimental_get_compiler_ir(*tf.nest.flatten(spec))(stage=stage)
     except (tf.errors.OpError, ValueError) as e:
       raise StepError(f"{kind} step at batch {batch} does not lower to XLA: "
                       f"{_first_line(e)}") from None

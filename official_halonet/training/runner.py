@@ -36,6 +36,7 @@ from official_halonet.kernels import library as kernel_library
 from official_halonet.kernels import tpu_software
 from official_halonet.models import attention_maps
 from official_halonet.training import attention_summary
+from official_halonet.training import fused_check
 from official_halonet.training import gin_config
 from official_halonet.training import loss_guard
 from official_halonet.training import precision
@@ -130,12 +131,21 @@ def check_against_strategy(built: registry.Built, num_replicas: int) -> None:
           f"this strategy", built.configurable))
 
 
-def check_fused_attention(built: registry.Built, strategy: str) -> None:
-  """Step 4: fused_attention='tpu' only on a TPU strategy, and any fused kernel only where the
-  pinned JAX that makes it is installed (kernels/library.py)."""
+# Where a run takes the fused kernel for the halo layers whose fused_attention is unset: strategy
+# name -> the kernel's platform (training/fused_check.py tries each shape first).
+DEFAULT_KERNEL = {"tpu": "tpu"}
+
+
+def _fused_setting(built: registry.Built) -> Optional[str]:
   backbone = built.config.task.model.backbone
-  fused = backbone.halonet.fused_attention if backbone.type == "halonet" else None
-  if not fused:
+  return backbone.halonet.fused_attention if backbone.type == "halonet" else "none"
+
+
+def check_fused_attention(built: registry.Built, strategy: str) -> None:
+  """Step 4: fused_attention='tpu' only on a TPU strategy, and any forced kernel only where the
+  pinned JAX that makes it is installed (kernels/library.py)."""
+  fused = _fused_setting(built)
+  if fused not in kernel_library.PLATFORMS:
     return
   if fused == "tpu" and strategy != "tpu":
     raise ConfigurationError(ConfigError(
@@ -148,6 +158,20 @@ def check_fused_attention(built: registry.Built, strategy: str) -> None:
     raise ConfigurationError(ConfigError(
         "fused_attention", f"fused_attention={fused!r} makes its kernels when each step is first "
         f"traced, but {e}", built.configurable)) from None
+
+
+def default_kernel(built: registry.Built, strategy: str) -> Optional[str]:
+  """The platform of the fused kernel this run tries for its unset halo layers, or None: on a
+  TPU strategy where the pinned JAX can make it (else one warning line, and XLA's path)."""
+  platform = DEFAULT_KERNEL.get(strategy)
+  if platform is None or _fused_setting(built) is not None:
+    return None
+  try:
+    kernel_library.check_exporter()
+  except kernel_library.ExportError as e:
+    print(f"Warning: the halo layers keep XLA's attention: {e}", flush=True)
+    return None
+  return platform
 
 
 def latest_checkpoint_step(model_dir: str) -> Optional[int]:
@@ -186,10 +210,12 @@ def run(options: RunOptions, built: Optional[registry.Built] = None) -> Dict[str
     # runs only when a finished run is started again and nothing is trained.
     finished = resumed is not None and resumed >= config.trainer.train_steps
     try:
-      _, eval_logs = train_lib.run_experiment(
-          distribution_strategy=strategy, task=task, mode=options.mode, params=config,
-          model_dir=model_dir, run_post_eval=options.mode == "train_and_eval" and finished,
-          train_actions=train_actions, eval_actions=eval_actions, trainer=trainer)
+      with fused_check.trusted_kernel(trainer.model, default_kernel(built, _strategy_name(options)),
+                                      strategy, model_dir if _is_chief(strategy) else ""):
+        _, eval_logs = train_lib.run_experiment(
+            distribution_strategy=strategy, task=task, mode=options.mode, params=config,
+            model_dir=model_dir, run_post_eval=options.mode == "train_and_eval" and finished,
+            train_actions=train_actions, eval_actions=eval_actions, trainer=trainer)
     except loss_guard.LossBlowupError as e:
       last = latest_checkpoint_step(model_dir)
       raise RunError(
