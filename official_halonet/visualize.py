@@ -102,9 +102,9 @@ def load_model(model_dir: str = "", checkpoint: str = "", saved_model: str = "",
 def preprocess(config, image_bytes: bytes):
   """[1, S, S, 3] float32: the image as evaluation sees it (crop, resize, normalisation)."""
   import tensorflow as tf
-  from official_halonet.data import pipeline
+  from official_halonet.data import image_parser
   eval_data = dataclasses.replace(config.task.validation_data, is_training=False, dtype="float32")
-  return pipeline.ImageParser(eval_data)(tf.constant(image_bytes))[None]
+  return image_parser.ImageParser(eval_data)(tf.constant(image_bytes))[None]
 
 
 def draw(model, images, path: str, layers: Sequence[str] = (),

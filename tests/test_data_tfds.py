@@ -7,6 +7,7 @@ import tensorflow as tf
 import tensorflow_datasets as tfds
 
 from official_halonet.data import config as config_lib
+from official_halonet.data import input_files
 from official_halonet.data import pipeline
 
 NUM_CLASSES = 6
@@ -56,7 +57,7 @@ def test_tfds_imagenet_preset_keys_and_training(tfds_dir):
                                            image_size=32, data_dir=tfds_dir)
   config = config.replace(tfds_name='halonet_tiny_photos', num_classes=NUM_CLASSES,
                           shuffle_buffer_size=4)
-  assert pipeline.field_keys(config) == ('image', 'label')
+  assert input_files.field_keys(config) == ('image', 'label')
   (images, labels), = fx.collect(pipeline.build_dataset(config), max_batches=1)
   assert images.shape == (3, 32, 32, 3) and labels.dtype == np.int32
   assert labels.min() >= 0 and labels.max() < NUM_CLASSES
@@ -73,6 +74,6 @@ def test_tfds_1_based_reading_is_caught(tfds_dir):
 
 def test_tfds_split_slicing_and_unprepared_are_refused(tfds_dir, tmp_path):
   with pytest.raises(ValueError, match='whole splits'):
-    pipeline.resolve_tfds_files('halonet_tiny_photos', 'train[:50%]', tfds_dir)
+    input_files.resolve_tfds_files('halonet_tiny_photos', 'train[:50%]', tfds_dir)
   with pytest.raises((FileNotFoundError, ValueError), match='tfds build'):
-    pipeline.resolve_tfds_files('halonet_tiny_photos', 'train', str(tmp_path))
+    input_files.resolve_tfds_files('halonet_tiny_photos', 'train', str(tmp_path))

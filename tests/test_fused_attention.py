@@ -21,7 +21,7 @@ from official_halonet.layers import HaloAttention
 from official_halonet.layers import SASAAttention
 from official_halonet.layers import fused_attention
 from official_halonet.models import config as model_config
-from official_halonet.models import specs
+from official_halonet.models import overrides as model_overrides
 from official_halonet.tpu import chips
 from official_halonet.tpu import compiler
 import attention_reference as ref
@@ -193,8 +193,8 @@ def test_fused_attention_refuses_what_the_kernel_does_not_compute():
   with pytest.raises(ValueError,
                      match=r"fused_attention must be one of \(None, 'none', 'tpu', 'cpu'\)"):
     HaloAttention(num_heads=2, key_dim=8, fused_attention="gpu")
-  with pytest.raises(specs.OverrideError, match="fused_attention must be one of"):
-    specs.resolve(model_config.HaloNetConfig(model_id="h0", fused_attention="TPU"))
+  with pytest.raises(model_overrides.OverrideError, match="fused_attention must be one of"):
+    model_overrides.resolve(model_config.HaloNetConfig(model_id="h0", fused_attention="TPU"))
 
 
 def test_free_batch_falls_back_to_xla_and_round_trips_its_config():

@@ -22,6 +22,7 @@ from safetensors.numpy import load_file, save_file
 from official.core import task_factory
 from official_halonet import convert_timm
 from official_halonet.checkpoints import restore
+from official_halonet.data import image_parser
 from official_halonet import models
 from official_halonet.export import hub
 from official_halonet.export import saved_model as export
@@ -213,7 +214,7 @@ def test_saved_model_serves_with_timms_eval_preprocessing(converted):
   pixels = np.stack([p for _, p in data_fixtures.photos(size=(160, 144))[:2]]).astype(np.float32)
   served = loaded.signatures["image_tensor"](inputs=tf.constant(pixels))
   config = convert_timm.experiment_config("halonet26t_mini", num_classes=10)
-  parser = export.pipeline.ImageParser(config.task.validation_data)
+  parser = image_parser.ImageParser(config.task.validation_data)
   model = models.from_timm("halonet26t_mini", _weights("halonet26t_mini"))
   want = model(tf.stack([parser.parse_pixels(tf.constant(p)) for p in pixels]), training=False).numpy()
   tolerance.assert_close(served["logits"].numpy(), want, tolerance.network_chain(model, 16))

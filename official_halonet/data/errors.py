@@ -4,10 +4,11 @@
 `DataError` carries a list of them; callers read `problems`, never the message text.
 
 The input pipeline runs inside TensorFlow, where a bad record can only stop the graph with an
-assertion (shards.py: truncated shard; pipeline.py: label out of range, undecodable image).
-TensorFlow wraps that assertion in a long "Graph execution error ... N root error(s) found"
-message, one copy per replica. `from_tf_error` finds the assertion the data layer wrote and turns
-it back into a `DataError`; any other TensorFlow error gives None.
+assertion (shards.py: truncated shard; record_labels.py: label out of range;
+image_parser.py: undecodable image). TensorFlow wraps that assertion in a long "Graph execution
+error ... N root error(s) found" message, one copy per replica. `from_tf_error` finds the
+assertion the data layer wrote and turns it back into a `DataError`; any other TensorFlow error
+gives None.
 """
 import dataclasses
 import re

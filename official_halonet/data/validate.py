@@ -221,10 +221,10 @@ def check_eval_data(config, decode_sample: int = EVAL_DECODE_SAMPLE,
   (`scan_labels`); the first ceil(decode_sample / shards) records of each shard are also decoded
   (`validate_shard`), `num_workers` shards at a time.
   """
-  from official_halonet.data import pipeline  # pylint: disable=g-import-not-at-top
+  from official_halonet.data import input_files  # pylint: disable=g-import-not-at-top
   start = time.time()
-  paths = pipeline.resolve_input_files(config)
-  image_key, label_key = pipeline.field_keys(config)
+  paths = input_files.resolve_input_files(config)
+  image_key, label_key = input_files.field_keys(config)
   per_shard = math.ceil(decode_sample / len(paths)) if decode_sample > 0 else 0
   common = dict(label_offset=config.label_offset, num_classes=config.num_classes,
                 label_key=label_key, is_multilabel=config.is_multilabel)
@@ -304,9 +304,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
   args = command_line.parse(
       _define_flags, argv, prog='python -m official_halonet.data.validate',
       description='Scan TFRecord shards for truncation, bad labels and undecodable images.')
-  from official_halonet.data import pipeline  # pylint: disable=g-import-not-at-top
+  from official_halonet.data import input_files  # pylint: disable=g-import-not-at-top
   if args.tfds_name:
-    paths = pipeline.resolve_tfds_files(args.tfds_name, args.tfds_split, args.tfds_data_dir)
+    paths = input_files.resolve_tfds_files(args.tfds_name, args.tfds_split, args.tfds_data_dir)
     image_key, label_key = records.TFDS_IMAGE_KEY, records.TFDS_LABEL_KEY
   else:
     paths = []

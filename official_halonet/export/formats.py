@@ -92,12 +92,12 @@ def logit_bound(model: tf_keras.Model, reference: np.ndarray) -> float:
 
 def _validation_bytes(data_config, count: int) -> Sequence[bytes]:
   """Encoded images of the first `count` validation records ([] when the data is not there)."""
-  from official_halonet.data import pipeline  # pylint: disable=g-import-not-at-top
+  from official_halonet.data import input_files  # pylint: disable=g-import-not-at-top
   try:
-    files = pipeline.resolve_input_files(data_config)
+    files = input_files.resolve_input_files(data_config)
   except (FileNotFoundError, ValueError, tf.errors.OpError):
     return []
-  image_key, _ = pipeline.field_keys(data_config)
+  image_key, _ = input_files.field_keys(data_config)
   feature = {image_key: tf.io.FixedLenFeature((), tf.string)}
   records = tf.data.TFRecordDataset(files[:1]).take(count)
   return [tf.io.parse_single_example(record, feature)[image_key].numpy() for record in records]
@@ -120,9 +120,9 @@ def _photo_crops(count: int) -> Sequence[np.ndarray]:
 def parity_images(data_config, count: int = 8) -> Tuple[np.ndarray, str]:
   """(float32 [count, S, S, 3] eval-preprocessed images, where they came from)."""
   import dataclasses  # pylint: disable=g-import-not-at-top
-  from official_halonet.data import pipeline  # pylint: disable=g-import-not-at-top
+  from official_halonet.data import image_parser  # pylint: disable=g-import-not-at-top
   eval_config = dataclasses.replace(data_config, is_training=False, dtype="float32")
-  parser = pipeline.ImageParser(eval_config)
+  parser = image_parser.ImageParser(eval_config)
   encoded = _validation_bytes(eval_config, count)
   if len(encoded) == count:
     images = [parser(tf.constant(data)) for data in encoded]

@@ -36,7 +36,7 @@ import tf_keras
 from official.core import config_definitions as cfg
 from official.vision.ops import preprocess_ops
 from official_halonet.export import saved_model
-from official_halonet.models import specs
+from official_halonet.models import overrides as model_overrides
 from official_halonet.training import run_options
 
 CLASSIFIER = "classifier"
@@ -133,7 +133,7 @@ def metadata(run: saved_model.RestoredRun, kind: str,
       "model_id": halonet.model_id,
       "block_size": spec.block_size,
       "halo_size": spec.halo_size,
-      "shape_overrides": {name: getattr(halonet, name) for name in specs.SHAPE_OVERRIDES
+      "shape_overrides": {name: getattr(halonet, name) for name in model_overrides.SHAPE_OVERRIDES
                           if getattr(halonet, name) is not None},
       "num_classes": int(config.task.model.num_classes),
       "parameters": _params(source.trainable_variables),

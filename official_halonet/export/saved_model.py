@@ -63,8 +63,8 @@ from official.core import config_definitions as cfg
 from official.core import export_base
 from official.core import task_factory
 from official.core import train_utils
+from official_halonet.data import image_parser
 from official_halonet.data import images as data_images
-from official_halonet.data import pipeline
 from official_halonet.export import formats as formats_lib
 from official_halonet.checkpoints import match
 from official_halonet.checkpoints import restore
@@ -204,7 +204,7 @@ class ClassifierModule(export_base.ExportModule):
                      inference_step=lambda inputs, model: model(inputs, training=False))
     eval_data = dataclasses.replace(params.task.validation_data, is_training=False,
                                     dtype="float32")
-    self._parser = pipeline.ImageParser(eval_data)  # what the eval input pipeline runs
+    self._parser = image_parser.ImageParser(eval_data)  # what the eval input pipeline runs
     self._multilabel = bool(params.task.train_data.is_multilabel)
     self._num_classes = int(params.task.model.num_classes)
     self._top_k = min(top_k, self._num_classes)

@@ -7,7 +7,8 @@
 from official_halonet.models.config import HaloNetConfig
 from official_halonet.models.factory import Backbone, build, build_halonet
 from official_halonet.models.halonet import HaloNet
-from official_halonet.models.specs import MODELS, ModelSpec, OverrideError, get_spec
+from official_halonet.models.overrides import OverrideError
+from official_halonet.models.specs import MODELS, ModelSpec, get_spec
 from official_halonet.models.timm_weights import TimmWeightsError, from_timm
 
 __all__ = ["Backbone", "HaloNet", "HaloNetConfig", "MODELS", "ModelSpec", "build",

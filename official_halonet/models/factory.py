@@ -21,7 +21,7 @@ from official.vision.configs import backbones as mg_backbones
 from official.vision.configs import common
 from official.vision.modeling import classification_model
 from official.vision.modeling.backbones import factory as mg_factory
-from official_halonet.models import specs
+from official_halonet.models import overrides as model_overrides
 from official_halonet.models.config import HaloNetConfig
 from official_halonet.models.halonet import HaloNet
 
@@ -47,7 +47,7 @@ def norm_activation(config: HaloNetConfig, activation: Optional[str] = None,
   """Model Garden's norm-activation config of the backbone `config`: its spec's BatchNorm
   momentum and epsilon (their one declaration, specs.ModelSpec) and activation (or `activation`),
   so a task builds the BatchNorm layers `build` builds."""
-  spec = specs.resolve(config)
+  spec = model_overrides.resolve(config)
   return common.NormActivation(
       activation=model_garden_activation(activation or spec.activation), use_sync_bn=use_sync_bn,
       norm_momentum=spec.norm_momentum, norm_epsilon=spec.norm_epsilon)
@@ -92,7 +92,7 @@ def build(model_id: str,
     Model Garden's ClassificationModel: [B, S, S, 3] float images -> [B, num_classes] logits.
   """
   config = HaloNetConfig(model_id=model_id, **overrides)
-  spec = specs.resolve(config)
+  spec = model_overrides.resolve(config)
   size = spec.image_size if image_size is None else (image_size or None)
   input_specs = tf_keras.layers.InputSpec(shape=[None, size, size, 3])
   regularizer = tf_keras.regularizers.L2(weight_decay / 2) if weight_decay else None

@@ -34,6 +34,7 @@ from official_halonet.layers import (EfficientChannelAttention, HaloAttention, P
                                      SASAAttention, SpatiallyAwareAttention)
 from official_halonet.layers import padding
 from official_halonet.models import config as model_config
+from official_halonet.models import overrides as model_overrides
 from official_halonet.models import specs
 from official_halonet.models.config import HaloNetConfig
 
@@ -59,7 +60,7 @@ class HaloNet(tf_keras.Model):
 
   Args:
     config: the backbone config (models.HaloNetConfig: a name from specs.MODELS and its
-      overrides, which specs.resolve applies and validates), or just a model name.
+      overrides, which overrides.resolve applies and validates), or just a model name.
     input_specs: tf_keras.layers.InputSpec of the input, [B, H, W, 3] (H, W may be None).
     activation, use_sync_bn, norm_momentum, norm_epsilon: Model Garden norm-activation settings;
       activation / norm_momentum / norm_epsilon None take the spec's (specs.ModelSpec).
@@ -83,7 +84,7 @@ class HaloNet(tf_keras.Model):
       raise TypeError(f"HaloNet: HaloNetConfig fields ({', '.join(flat)}) go in the config: "
                       f"HaloNet(HaloNetConfig(model_id=..., {flat[0]}=...))")
     config = _config_of(config)
-    spec = specs.resolve(config)
+    spec = model_overrides.resolve(config)
     norm_momentum = spec.norm_momentum if norm_momentum is None else norm_momentum
     norm_epsilon = spec.norm_epsilon if norm_epsilon is None else norm_epsilon
     self._config = config
@@ -233,7 +234,7 @@ class HaloNet(tf_keras.Model):
 
   @property
   def spec(self) -> specs.ModelSpec:
-    """The spec the model was built from, overrides applied (specs.resolve)."""
+    """The spec the model was built from, overrides applied (overrides.resolve)."""
     return self._spec
 
   @property

@@ -51,7 +51,7 @@ from official.core import config_definitions as cfg
 from official.core import exp_factory
 from official.modeling import hyperparams
 from official_halonet.models import factory
-from official_halonet.models import specs
+from official_halonet.models import overrides as model_overrides
 from official_halonet.training import experiment
 from official_halonet.training import optimizer as optimizer_lib
 from official_halonet.training import precision
@@ -114,7 +114,7 @@ class DetectionSettings(experiment.BackboneOverrides):
     validation_interval, steps_per_loop, summary_interval, checkpoint_interval: trainer intervals.
     params_override: dict, YAML string or YAML file applied last to the whole ExperimentConfig,
       e.g. the backbone's shape overrides {'task': {'model': {'backbone': {'halonet': {'blocks':
-      [1, 1, 1, 1], 'base_width': 8}}}}} (checked by specs.resolve).
+      [1, 1, 1, 1], 'base_width': 8}}}}} (checked by overrides.resolve).
   """
   recipe: str = ""
   kind: str = "maskrcnn"
@@ -154,8 +154,8 @@ class DetectionSettings(experiment.BackboneOverrides):
     _require(self.kind in BASE_EXPERIMENTS, "kind",
              f"kind must be one of {sorted(BASE_EXPERIMENTS)}, got {self.kind!r}.")
     try:
-      specs.resolve(experiment.backbone_config(self.backbone, self))
-    except specs.OverrideError as e:  # an unknown name lists the known ones
+      model_overrides.resolve(experiment.backbone_config(self.backbone, self))
+    except model_overrides.OverrideError as e:  # an unknown name lists the known ones
       raise ConfigError("backbone" if e.field == "model_id" else e.field, str(e),
                         CONFIGURABLE) from None
     _require(self.image_size > 0, "image_size",
@@ -219,7 +219,7 @@ def build(s: DetectionSettings, mixed_precision_default: str = "float32") -> cfg
   config.validate()
   if s.params_override and config.task.model.backbone.type == "halonet":  # overridden there
     try:
-      specs.resolve(config.task.model.backbone.halonet)
+      model_overrides.resolve(config.task.model.backbone.halonet)
     except ValueError as e:
       raise ConfigError("params_override", str(e), CONFIGURABLE) from None
   return config

@@ -36,6 +36,7 @@ from official.core import exp_factory
 from official_halonet import data
 from official_halonet.models import config as model_config
 from official_halonet.models import factory as model_factory
+from official_halonet.models import overrides as model_overrides
 from official_halonet.models import specs
 from official_halonet.models.config import HaloNetConfig
 from official_halonet.training import gin_config
@@ -176,8 +177,8 @@ class Settings(BackboneOverrides):
     _require(self.num_classes > 0, "num_classes", f"num_classes must be > 0, got "
              f"{self.num_classes}")
     try:
-      spec = specs.resolve(backbone_config(self.model_id, self))
-    except specs.OverrideError as e:
+      spec = model_overrides.resolve(backbone_config(self.model_id, self))
+    except model_overrides.OverrideError as e:
       raise ConfigError(e.field, str(e)) from None
     for name, minimum in (("init_block_size", 1), ("init_halo_size", 0)):
       value = getattr(self, name)

@@ -19,7 +19,7 @@ from official.core import task_factory
 from official.vision.configs import image_classification as mg_config
 from official.vision.tasks import image_classification as mg_task
 from official_halonet import data
-from official_halonet.data import pipeline
+from official_halonet.data import element_keys
 from official_halonet.models import factory as model_factory
 
 EVAL_EXAMPLES = "eval_examples"
@@ -86,7 +86,7 @@ class HaloNetClassificationTask(mg_task.ImageClassificationTask):
                       metrics: Optional[List[Any]] = None):
     """One eval batch: loss and metrics weighted by the padding mask."""
     features, targets = inputs
-    labels, mask = self._dense_labels(targets[pipeline.LABELS]), targets[pipeline.MASK]
+    labels, mask = self._dense_labels(targets[element_keys.LABELS]), targets[element_keys.MASK]
     outputs = tf.cast(self.inference_step(features, model), tf.float32)
     if self.task_config.train_data.is_multilabel or self.task_config.losses.use_binary_cross_entropy:
       per_example = tf.reduce_sum(tf.nn.sigmoid_cross_entropy_with_logits(
