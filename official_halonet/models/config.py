@@ -1,7 +1,7 @@
 """The `halonet` backbone config: a named model and its overrides, declared once.
 
 Every override is a field here and nowhere else: `HaloNet` takes the config whole,
-`specs.resolve` applies it to the named `ModelSpec`, Model Garden's builder passes
+`overrides.resolve` applies it to the named `ModelSpec`, Model Garden's builder passes
 `backbone_config.get()` through, and the training settings take their backbone fields from it.
 
     HaloNetConfig(model_id='h4', block_size=12, halo_size=2)   # H4 fine-tuned at 384 px
@@ -29,7 +29,7 @@ class HaloNetConfig(hyperparams.Config):
     that passed its check on the chip (training/fused_check.py), XLA's path elsewhere; 'tpu':
     the kernel, unchecked (TPU only); 'none': XLA's path; 'cpu': the kernel interpreted, a slow
     check on a CPU.
-  specs.resolve validates every field. Per-stage tuples are kept as lists (as YAML gives them).
+  overrides.resolve validates every field. Per-stage tuples are kept as lists (as YAML gives them).
   """
   model_id: str = "h0"
   block_size: Optional[int] = None
