@@ -6,9 +6,11 @@ batch on each named TPU generation, one markdown row per (file, generation) and 
         --gin_bindings="experiment.image_size = 224"        # the calibration row
     python bench/tpu_check.py --readme      # the README's table from the saved rows
 
-The slice is chosen so that the file's global batch gives --per_device_batch images per device
-(e.g. 4096 / 32 = 128 devices: v4-128, v5litepod-128); the eval batch is bound to the same. The
-figures are the TPU compiler's (official_halonet/tpu/check.py says what they are and are not).
+Each file is compiled at the slice it is published for (official_halonet/tpu/slices.py), with
+its own batches; or, with --per_device_batch, at the slice where its global batch gives that many
+images per device (e.g. 4096 / 32 = 128 devices: v4-256, v5litepod-128), the eval batch bound to
+the same. The figures are the TPU compiler's (official_halonet/tpu/check.py says what they are
+and are not). The README's table shows each file at its published slices.
 Flags are absl's (official_halonet.data.command_line, like the other bench scripts).
 """
 import json
@@ -35,7 +37,8 @@ def _define_flags(values: flags.FlagValues) -> None:
                     flag_values=values)
   flags.DEFINE_list("generations", ["v5litepod", "v4"], "TPU generations (slice-name prefixes).",
                     flag_values=values)
-  flags.DEFINE_integer("per_device_batch", 32, "Images per device (the paper's 32 per core).",
+  flags.DEFINE_integer("per_device_batch", 0, "Images per device; 0: the file's published "
+                       "slice (official_halonet/tpu/slices.py) at its own batches.",
                        flag_values=values)
   flags.DEFINE_multi_string("gin_bindings", [], "Extra bindings for every file, e.g. "
                             "\"experiment.image_size = 224\".", flag_values=values)
@@ -62,30 +65,38 @@ def row(name: str, report, seconds: float) -> str:
 
 
 def readme_table(saved: dict, generations) -> str:
-  """The README's table: each saved train step on `generations`, published files in order."""
+  """The README's table: each published file's train step at its published slice on
+  `generations`, in slices.py's order ('not compiled' where no compile is saved)."""
   from official_halonet.tpu import batch_search  # after main's flag parsing, like its others
   from official_halonet.tpu import report as report_lib
+  from official_halonet.tpu import slices
   lines = ["| gin file | slice | batch / device | fits | HBM GB | TFLOP | GB accessed | FLOP / byte "
            "| roofline ms | img/s per chip |", "|---|---|---|---|---|---|---|---|---|---|"]
-  order = {name: i for i, name in enumerate(PUBLISHED)}
-  for key in sorted(saved, key=lambda k: (order.get(k.split("@")[0], len(order)), k)):
-    name, report = key.split("@")[0], saved[key]
-    if report["topology"].rsplit("-", 1)[0] not in generations:
-      continue
-    step = report["steps"][0]
-    start = f"| {name} | {report['topology']} | {step['batch']} |"
-    if not step["compiled"]:
-      shortfall = batch_search.hbm_shortfall(report_lib.StepReport(
-          "train", step["batch"], False, error=step["error"]))
-      why = (f"temporaries {shortfall[0] / 2**30:.2f} GiB > {shortfall[1] / 2**30:.2f} GiB"
-             if shortfall else step["error"][:100])
-      lines.append(f"{start} no ({why}) | | | | | | |")
-      continue
-    lines.append(f"{start} {'yes' if step['fits'] else 'no'} | {step['hbm']['total'] / 1e9:.2f} "
-                 f"| {step['flops'] / 1e12:.2f} | {step['bytes_accessed'] / 1e9:.1f} | "
-                 f"{step['flop_per_byte']:.1f} | {step['step_seconds'] * 1e3:.1f} | "
-                 f"{step['images_per_second_per_chip']:.0f} |")
+  for name, per_generation in slices.SLICES.items():
+    for generation in generations:
+      topology = per_generation.get(generation)
+      report = saved.get(f"{name}@{topology}")
+      if report is None:
+        lines.append(f"| {name} | {topology} | | not compiled yet | | | | | | |")
+        continue
+      lines.append(_readme_row(name, report, batch_search, report_lib))
   return "\n".join(lines)
+
+
+def _readme_row(name: str, report: dict, batch_search, report_lib) -> str:
+  step = report["steps"][0]
+  start = f"| {name} | {report['topology']} | {step['batch']} |"
+  if not step["compiled"]:
+    shortfall = batch_search.hbm_shortfall(report_lib.StepReport(
+        "train", step["batch"], False, error=step["error"]))
+    why = (f"temporaries {shortfall[0] / 2**30:.2f} GiB > {shortfall[1] / 2**30:.2f} GiB"
+           if shortfall else step["error"][:100])
+    return f"{start} no ({why}) | | | | | | |"
+  spare = 1 - step["hbm"]["total"] / report["hbm_available_bytes"]
+  return (f"{start} {'yes' if step['fits'] else 'no'}, {spare:.0%} spare | "
+          f"{step['hbm']['total'] / 1e9:.2f} | {step['flops'] / 1e12:.2f} | "
+          f"{step['bytes_accessed'] / 1e9:.1f} | {step['flop_per_byte']:.1f} | "
+          f"{step['step_seconds'] * 1e3:.1f} | {step['images_per_second_per_chip']:.0f} |")
 
 
 def main(argv=None):
@@ -93,6 +104,7 @@ def main(argv=None):
   from official_halonet.data import command_line
   from official_halonet.tpu import check
   from official_halonet.tpu import chips
+  from official_halonet.tpu import slices
   from official_halonet.tpu import steps as steps_lib
   from official_halonet.training import runner
 
@@ -109,15 +121,19 @@ def main(argv=None):
   for name in args.gin_files:
     gin_file = str(ROOT / "gin" / f"{name}.gin")
     options = runner.RunOptions(gin_files=[gin_file], gin_bindings=list(args.gin_bindings))
-    global_batch = steps_lib.Steps(options).global_batch_size
-    devices = max(1, global_batch // args.per_device_batch)
-    settings = "detection_experiment" if name.startswith("detection/") else "experiment"
-    options.gin_bindings += [f"{settings}.{key} = {devices * args.per_device_batch}"
-                             for key in ("eval_batch_size", "global_batch_size")]
+    topologies = {generation: slices.published_slice(name, generation)
+                  for generation in args.generations}
+    if args.per_device_batch:
+      global_batch = steps_lib.Steps(options).global_batch_size
+      devices = max(1, global_batch // args.per_device_batch)
+      settings = "detection_experiment" if name.startswith("detection/") else "experiment"
+      options.gin_bindings += [f"{settings}.{key} = {devices * args.per_device_batch}"
+                               for key in ("eval_batch_size", "global_batch_size")]
+      topologies = {generation: chips.GENERATIONS[generation].slice_name(devices)
+                    for generation in args.generations}
     for generation in args.generations:
       start = time.time()
-      report = check.check(options, chips.GENERATIONS[generation].slice_name(devices),
-                           say=lambda line: None,
+      report = check.check(options, topologies[generation], say=lambda line: None,
                            bisect=args.bisect, kinds=tuple(args.steps))
       print(row(name, report, time.time() - start), flush=True)
       saved[f"{name}@{report.topology}"] = report.to_json()

@@ -215,6 +215,23 @@ def test_bad_arguments_are_refused_with_a_message(sandbox, script, args, message
     assert sandbox.gcloud_calls() == []
 
 
+@pytest.mark.parametrize('generation, expected', [([], 'v4-512'),
+                                                  (['--generation', 'v5litepod'], 'v5litepod-256')])
+def test_a_published_gin_file_gives_its_slice_as_the_default_type(sandbox, generation, expected):
+    """Without --accelerator-type, the slice official_halonet/tpu/slices.py publishes the gin file
+    for, on --generation (default v4); an unpublished file still needs the flag."""
+    lines = sandbox.dry('run.sh', '--name', 'h7-pod', '--zone', 'europe-west4-a', *generation,
+                        '--gin_file', 'gin/h7.gin', '--model_dir', 'gs://my-bucket/h7')
+    creates = [line for line in lines if ' tpu-vm create ' in line]
+    assert len(creates) == 1 and f'--accelerator-type={expected}' in shlex.split(creates[0])
+    proc = sandbox.run('train.sh', '--dry-run', '--name', 'a', '--zone', 'europe-west4-a',
+                       '--gin_file', 'gin/demo.gin', '--model_dir', 'gs://b/d', check_rc=2)
+    assert '--accelerator-type is required' in proc.stderr
+    proc = sandbox.run('train.sh', '--dry-run', *SINGLE[:4], '--generation', 'v3', *MAIN,
+                       check_rc=2)
+    assert '--generation must be v4 or v5litepod' in proc.stderr
+
+
 # -------------------------------------------------------------------------------- pods and workers
 
 @pytest.mark.parametrize('accel, hosts', [

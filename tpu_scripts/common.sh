@@ -184,8 +184,24 @@ accelerator_hosts() {
   esac
 }
 
+# published_accelerator_type: prints the slice the first published --gin_file is published for on
+# $TPU_GENERATION (official_halonet/tpu/slices.py, standard-library Python); fails when none is.
+published_accelerator_type() {
+  local f
+  for f in "${GIN_FILES[@]}"; do
+    python3 "$TPU_SCRIPTS_DIR/../official_halonet/tpu/slices.py" "$f" "$TPU_GENERATION" 2>/dev/null &&
+      return 0
+  done
+  return 1
+}
+
 validate_accelerator_type() {
-  [[ -n "$ACCELERATOR_TYPE" ]] || die "--accelerator-type is required (e.g. v3-8, v4-32). Known: $KNOWN_ACCELERATORS"
+  if [[ -z "$ACCELERATOR_TYPE" ]] && ((${#GIN_FILES[@]})); then
+    ACCELERATOR_TYPE="$(published_accelerator_type)" || ACCELERATOR_TYPE=""
+    [[ -z "$ACCELERATOR_TYPE" ]] ||
+      note "--accelerator-type $ACCELERATOR_TYPE: the slice ${GIN_FILES[0]} is published for on $TPU_GENERATION"
+  fi
+  [[ -n "$ACCELERATOR_TYPE" ]] || die "--accelerator-type is required (e.g. v3-8, v4-32; a published --gin_file gives its own). Known: $KNOWN_ACCELERATORS"
   accelerator_hosts "$ACCELERATOR_TYPE" >/dev/null ||
     die "unknown accelerator type '$ACCELERATOR_TYPE'. Known: $KNOWN_ACCELERATORS"
 }
@@ -247,6 +263,7 @@ remote_ssh() {
 
 GIN_FILES=()
 GIN_BINDINGS=()
+TPU_GENERATION="${HALONET_TPU_GENERATION:-v4}"
 MODEL_DIR=""
 TPU_FLAG="local"
 REMOTE_ENV=()
@@ -262,6 +279,8 @@ main.py flags (passed through to every host unchanged):
   --model_dir gs://...      checkpoints, summaries, operative config and exports (required; must
                             be on GCS: every host of a pod writes and reads it)
   --tpu VALUE               main.py's --tpu on the hosts (default: local, each TPU VM host's own chips)
+  --generation GEN          v4 or v5litepod: without --accelerator-type, the slice of that generation
+                            a published gin file is published for (default v4) [HALONET_TPU_GENERATION]
   --env KEY=VALUE           set an environment variable for main.py on the hosts; repeatable
   -- FLAG...                everything after '--' is appended to main.py's flags verbatim
 EOF2
@@ -290,6 +309,11 @@ parse_main_flag() {
       take_value --tpu "$@"
       [[ "$FLAG_VALUE" =~ ^[a-z0-9][-a-z0-9_.:/]*$ ]] || die "--tpu '$FLAG_VALUE' is not a TPU name or 'local'"
       TPU_FLAG="$FLAG_VALUE"
+      ;;
+    --generation | --generation=*)
+      take_value --generation "$@"
+      [[ "$FLAG_VALUE" == v4 || "$FLAG_VALUE" == v5litepod ]] || die "--generation must be v4 or v5litepod, got '$FLAG_VALUE'"
+      TPU_GENERATION="$FLAG_VALUE"
       ;;
     --env | --env=*)
       take_value --env "$@"

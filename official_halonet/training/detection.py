@@ -126,7 +126,7 @@ class DetectionSettings(experiment.BackboneOverrides):
   annotation_file: Optional[str] = "coco/instances_val2017.json"
   num_eval_examples: int = COCO_VAL_EXAMPLES
   global_batch_size: int = 64
-  eval_batch_size: int = 8
+  eval_batch_size: int = 64  # divides every published slice's devices (tpu/slices.py)
   train_steps: int = 67500
   learning_rate: float = 0.1
   decay_boundaries: Sequence[int] = (60000, 65000)
