@@ -296,8 +296,12 @@ def _call(kernel, core: Core, inputs, outputs, backward: bool, interpret: bool):
                else block(name) for name in outputs]
   out_shape = [jax.ShapeDtypeStruct(steps, jnp.float32) if name == "tables"
                else jax.ShapeDtypeStruct(shapes[name], dtype) for name in outputs]
+  # What the call moves through HBM: q, the windows as their DMAs read them (w rows of R pixels,
+  # filler included) and the output, in backward also dout, dq and the windows' gradient; the
+  # tables and constants once; in backward the tables' per-step partial sums.
   blocked = ["q", "windows", "out"] + ([n for n in outputs if n != "tables"] if backward else [])
   moved = sum(math.prod(shapes[name]) * dtype.itemsize for name in blocked)
+  moved += sum(c.size * c.dtype.itemsize for c in constants)
   return pl.pallas_call(
       functools.partial(kernel, step), grid=(step.count,), in_specs=in_specs,
       out_specs=out_specs if backward else out_specs[0],
