@@ -121,9 +121,10 @@ def main(argv=None):
   for name in args.gin_files:
     gin_file = str(ROOT / "gin" / f"{name}.gin")
     options = runner.RunOptions(gin_files=[gin_file], gin_bindings=list(args.gin_bindings))
-    topologies = {generation: slices.published_slice(name, generation)
-                  for generation in args.generations}
-    if args.per_device_batch:
+    if not args.per_device_batch:
+      topologies = {generation: slices.published_slice(name, generation)
+                    for generation in args.generations}
+    else:
       global_batch = steps_lib.Steps(options).global_batch_size
       devices = max(1, global_batch // args.per_device_batch)
       settings = "detection_experiment" if name.startswith("detection/") else "experiment"
