@@ -34,6 +34,10 @@ CASES = [
     dict(num_heads=2, block_size=4, halo_size=1, scale_rel_logits=True, size=(8, 8)),
     dict(num_heads=2, block_size=4, halo_size=1, rel_pos="split", strides=2, size=(8, 12)),
     dict(num_heads=1, block_size=8, halo_size=2, strides=2, size=(16, 13)),  # 4×4 map layout
+    # SASA's centred 3×3 and 5×5 windows (split tables; avg-pooled after when strided).
+    dict(num_heads=2, block_size=4, halo_size=1, window="centered", rel_pos="split", size=(9, 10)),
+    dict(num_heads=2, block_size=4, halo_size=2, window="centered", rel_pos="split", strides=2,
+         downsample="avg_pool", size=(8, 8)),
 ]
 # Same chain as test_attention_layers: 8 input channels at most, 4 channels per head, 8x8 windows.
 FLOAT32_TOL = tolerance.random_walk(tolerance.attention_chain(in_channels=5, head_dim=8, window=8))
@@ -49,7 +53,7 @@ def _layer(case, **extra):
 def _halo_kwargs(layer):
   return dict(heads=layer.num_heads, block=layer.block_size, halo=layer.halo_size,
               stride=layer.strides, pool_after=layer.pool_after, rel_mode=layer.rel_pos,
-              scale_rel=layer.scale_rel_logits)
+              scale_rel=layer.scale_rel_logits, centered=layer.window == "centered")
 
 
 @pytest.mark.parametrize("case", CASES, ids=lambda c: "-".join(f"{k}={v}" for k, v in c.items()))
@@ -141,12 +145,14 @@ def test_bfloat16_inputs_against_float64_at_the_bfloat16_bound(block, blocks_y):
   assert error.max() > 0  # the probabilities were rounded
 
 
-def _train_step_hlo(fused, block, strides):
-  """HLO of loss and gradients of one halo layer (H1 stage-1 shape at batch 4), mixed_bfloat16."""
+def _train_step_hlo(fused, block, strides, window="block"):
+  """HLO of loss and gradients of one halo layer (H1 stage-1 shape at batch 4; with a centred
+  window SASA-ResNet's 7×7 one, split tables), mixed_bfloat16."""
   tf_keras.mixed_precision.set_global_policy("mixed_bfloat16")
   try:
     layer = HaloAttention(num_heads=4, key_dim=64, value_dim=64, block_size=block, halo_size=3,
-                          strides=strides, fused_attention=fused)
+                          strides=strides, fused_attention=fused, window=window,
+                          rel_pos="split" if window == "centered" else "factorized")
     spec = tf.TensorSpec([4, 64, 64, 64], tf.bfloat16)
     layer.build(spec.shape)
 
@@ -162,24 +168,29 @@ def _train_step_hlo(fused, block, strides):
     tf_keras.mixed_precision.set_global_policy("float32")
 
 
-@pytest.mark.parametrize("block, strides", [(8, 1), (8, 2), (10, 1)])
-def test_the_kernels_compile_for_tpu_and_keep_the_logits_off_hbm(tmp_path, block, strides):
+@pytest.mark.parametrize("block, strides, window", [(8, 1, "block"), (8, 2, "block"),
+                                                    (10, 1, "block"), (8, 1, "centered")])
+def test_the_kernels_compile_for_tpu_and_keep_the_logits_off_hbm(tmp_path, block, strides,
+                                                                 window):
   """The fused layer's train step compiles for v5e with its two kernels (forward, backward): 8×8
-  query blocks in the map layout, 4×4 (strides=2: rows of 4 re-blocked) and H3-H7's 10×10 blocks
-  (q block by block; windows starting mid-tile, read from the tile before). The compiler counts
+  query blocks in the map layout, 4×4 (strides=2: rows of 4 re-blocked), H3-H7's 10×10 blocks
+  (q block by block; windows starting mid-tile, read from the tile before) and SASA's centred 7×7
+  windows on blocks of 8 (its mask a constant bias on the position terms). The compiler counts
   their FLOPs at least at the analytic count, and the step moves less than half the bytes of XLA's
   (whose float32 logits alone, written once, are 4·64·64·4·196·4 = 51 MB at 8×8 blocks)."""
   generation = chips.GENERATIONS["v5litepod"]
   text = str(tmp_path / "fused.txt")
-  fused = compiler.compile_for(_train_step_hlo("tpu", block, strides), generation, text)
-  plain = compiler.compile_for(_train_step_hlo(None, block, strides), generation)
+  fused = compiler.compile_for(_train_step_hlo("tpu", block, strides, window), generation, text)
+  plain = compiler.compile_for(_train_step_hlo("none", block, strides, window), generation)
   assert fused["compiled"] and plain["compiled"], (fused.get("error"), plain.get("error"))
   with open(text, encoding="utf-8") as f:
     assert f.read().count('custom_call_target="tpu_custom_call"') == 2
   blocks = -(-64 // block)
   core = fused_attention.Core(batch=4, blocks_x=blocks, blocks_y=blocks, block=block, halo=3,
                               queries=(block // strides)**2, heads=4, key_width=16,
-                              value_width=16, scale=0.25, position_width=16)
+                              value_width=16, scale=0.25,
+                              position_width=8 if window == "centered" else 16,
+                              centered=window == "centered")
   assert core.map_layout == (block == 8)
   assert fused["flops"] >= core.flops() + core.flops(backward=True)
   assert fused["bytes_accessed"] < 0.5 * plain["bytes_accessed"], (fused, plain)
@@ -187,7 +198,8 @@ def test_the_kernels_compile_for_tpu_and_keep_the_logits_off_hbm(tmp_path, block
 
 
 def test_fused_attention_refuses_what_the_kernel_does_not_compute():
-  for kwargs in (dict(window="centered"), dict(mask_out_of_image=True), dict(rel_pos="none")):
+  for kwargs in (dict(window="centered", strides=2), dict(mask_out_of_image=True),
+                 dict(rel_pos="none")):
     with pytest.raises(ValueError, match="fused_attention='tpu' computes unmasked block windows"):
       HaloAttention(num_heads=2, key_dim=8, fused_attention="tpu", **kwargs)
   with pytest.raises(ValueError,

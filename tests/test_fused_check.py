@@ -21,8 +21,8 @@ from official_halonet.training import fused_check
 from official_halonet.training import runner
 import demo
 
-# The tiny model at 32 px: halo layers in stages 2 and 4 (two shapes), a SASA layer in stage 3
-# (which the kernel does not compute), convolutions elsewhere.
+# The tiny model at 32 px: halo layers in stages 2 and 4 and a SASA layer (a centred window) in
+# stage 3, three shapes; convolutions elsewhere.
 SIZE = 32
 
 
@@ -39,7 +39,8 @@ def _verdicts(tmp_path, monkeypatch):
 
 
 def _halo_layers(model):
-  return [layer for layer in model.submodules if type(layer).__name__ == "HaloAttention"]
+  return [layer for layer in model.submodules
+          if type(layer).__name__ in ("HaloAttention", "SASAAttention")]
 
 
 def _kernel_calls(model, trusted):
@@ -55,13 +56,14 @@ def _kernel_calls(model, trusted):
 def test_each_shape_the_kernel_computes_is_checked_once_and_trusted(model, tmp_path):
   shapes = fused_check.layer_shapes(model)
   halo = _halo_layers(model)
-  assert len(halo) == 2 and sorted(names[0] for _, names in shapes.values()) == sorted(
-      layer.name for layer in halo)  # the SASA layer is not the kernel's
+  assert len(halo) == 3 and sorted(names[0] for _, names in shapes.values()) == sorted(
+      layer.name for layer in halo)
   lines = []
   verdicts = fused_check.check_model(model, "cpu", tf.distribute.get_strategy(), str(tmp_path),
                                      say=lines.append)
-  assert [v.trusted for v in verdicts] == [True, True] and not lines
+  assert [v.trusted for v in verdicts] == [True, True, True] and not lines
   assert all("float32" in v.shape and "queries in blocks of" in v.shape for v in verdicts)
+  assert sum(", centred)" in v.shape for v in verdicts) == 1  # the SASA layer's
   with open(tmp_path / fused_check.VERDICTS, encoding="utf-8") as f:
     written = json.load(f)
   assert written["platform"] == "cpu"
@@ -70,10 +72,11 @@ def test_each_shape_the_kernel_computes_is_checked_once_and_trusted(model, tmp_p
 
 
 def test_a_failing_or_wrong_shape_keeps_xlas_path_with_one_line(model, monkeypatch):
-  """One shape's kernel fails to compile, the other's output is off by 5%: both keep XLA's path,
-  each named in one line with its cause; the verdicts are cached and read back without a run."""
+  """One shape's kernel fails to compile, another's output is off by 5%: both keep XLA's path,
+  each named in one line with its cause, the third takes the kernel; the verdicts are cached and
+  read back without a run."""
   attend = fused_attention.attend
-  first, second = sorted(fused_check.layer_shapes(model))
+  first, second, third = sorted(fused_check.layer_shapes(model))
 
   def broken(q, kv_map, tables, core, platform):
     key = fused_attention.shape_key(core, q.dtype)
@@ -86,7 +89,7 @@ def test_a_failing_or_wrong_shape_keeps_xlas_path_with_one_line(model, monkeypat
   lines = []
   verdicts = fused_check.check_model(model, "cpu", tf.distribute.get_strategy(), say=lines.append)
   by_shape = {v.shape: v for v in verdicts}
-  assert not by_shape[first].trusted and not by_shape[second].trusted
+  assert not by_shape[first].trusted and not by_shape[second].trusted and by_shape[third].trusted
   assert by_shape[first].cause == "the kernel failed: Mosaic failed to compile"
   assert by_shape[second].cause.startswith("output differs from XLA's path by ")
   assert len(lines) == 2 and all("\n" not in line for line in lines)
@@ -98,8 +101,10 @@ def test_a_failing_or_wrong_shape_keeps_xlas_path_with_one_line(model, monkeypat
   assert [(v.shape, v.trusted, v.cause, v.cached) for v in again] == [
       (v.shape, v.trusted, v.cause, True) for v in verdicts]
   with fused_check.trusted_kernel(model, "cpu", tf.distribute.get_strategy()) as found:
-    assert not any(v.trusted for v in found)
-  assert _kernel_calls(model, []) == {layer.name: 0 for layer in _halo_layers(model)}
+    assert [v.shape for v in found if v.trusted] == [third]
+  calls = _kernel_calls(model, [third])
+  assert sorted(calls.values()) == [0, 0, 1]
+  assert calls[by_shape[third].layers[0]] == 1
 
 
 def test_the_bound_passes_rounding_and_refuses_wiring_errors():
@@ -154,10 +159,10 @@ def test_a_run_checks_its_shapes_trains_with_the_kernel_and_its_checkpoint_loads
       batches.append((core.batch, platform)) or attend(q, kv_map, tables, core, platform)))
   runner.run(options)
   assert sorted(set(batches)) == [(1, "cpu"), (8, "cpu")]  # the check's image, then the steps'
-  assert batches.count((8, "cpu")) == 2  # the train step traced both halo layers with the kernel
+  assert batches.count((8, "cpu")) == 3  # the train step traced the three layers with the kernel
   with open(tmp_path / "run" / fused_check.VERDICTS, encoding="utf-8") as f:
     verdicts = json.load(f)
-  assert verdicts["platform"] == "cpu" and len(verdicts["shapes"]) == 2
+  assert verdicts["platform"] == "cpu" and len(verdicts["shapes"]) == 3
   assert all(shape["trusted"] and not shape["cause"] for shape in verdicts["shapes"])
   monkeypatch.delitem(runner.DEFAULT_KERNEL, "one_device")
   batches.clear()

@@ -58,10 +58,14 @@ class Core:
   scale: float      # multiplies q·k
   position_width: int  # channels of q each table row meets (D, or D/2 for SASA's split tables,
                        # zero-padded to D in `tables`): for the FLOP count only
+  centered: bool = False  # SASA's window: each query keeps only the keys within h rows and h
+                          # columns of itself (b + 2h window positions, 2h + 1 of them its own)
 
   def __post_init__(self):
     if self.query_side**2 != self.queries:
       raise ValueError(f"queries={self.queries} per block is not a square")
+    if self.centered and self.query_side != self.block:
+      raise ValueError("a centred window needs a query at every pixel of the block (stride 1)")
 
   @property
   def query_side(self) -> int:

@@ -10,7 +10,8 @@ channels and the query at block row i, column j:
     L = scale · q·kᵀ + rows[u] + cols[c]        (key at window row u, column c)
     P = softmax(L) over the keys,   out = P·v
 
-the same math as layers/block_attention.py without a mask (T holds the rows of r_h and r_w that
+the same math as layers/block_attention.py without a mask (or, for SASA's centred windows,
+`core.centered`, with the mask that keeps each query's own (2h + 1)² keys: see below) (T holds the rows of r_h and r_w that
 relative_position.window_index names, times the layer's position scale). XLA writes L to HBM
 between the q·k and P·v products (two separate instructions); here a grid step holds G blocks of
 one block row whole in VMEM, so HBM sees only q, the tables, the output and the windows, which the
@@ -32,7 +33,11 @@ lane shuffles. Then, with E [K, 2w] the constant one-hot of each key's window ro
     L = [scale·q, pos] · [k, E]ᵀ
 
 one MXU pass of depth D + 2w (44 for D = 16, w = 14: the MXU's 128-deep pass is no longer) instead
-of a [Q, w] -> [Q, w²] broadcast. scale·q, T and pos are rounded to the inputs' dtype for their
+of a [Q, w] -> [Q, w²] broadcast. A centred window's mask is separable (a key is the query's when
+its row u is within h of the query's row i, i ≤ u ≤ i + 2h in window rows, and its column within
+h of the query's column), so it rides in pos too: a constant bias B [Q, 2w] adds MASKED to the
+window rows and columns outside the query's own, pos = (R ⊙ M)·F + B; every key outside gets
+MASKED from its row or its column (or both), and zero probability. scale·q, T and pos are rounded to the inputs' dtype for their
 products, as XLA's own float32 dot on TPU rounds its operands to bfloat16 (each fold sums one
 product, so pos is R rounded once). Logits, softmax and every product accumulate in float32;
 probabilities are rounded to the inputs' dtype before the P·v product (as the MXU takes them).
@@ -49,7 +54,7 @@ Shapes: core.py.
 import dataclasses
 import functools
 import math
-from typing import NamedTuple
+from typing import NamedTuple, Optional
 
 import numpy as np
 
@@ -94,6 +99,15 @@ def table_selection(core: Core):
   return mask.astype(np.float32), (fold[:, None] == np.arange(2 * w)[None]).astype(np.float32)
 
 
+def window_bias(core: Core) -> np.ndarray:
+  """B [Q, 2w] float32 of a centred window: 0 for the window rows (first w) and columns (last w)
+  within h of the query's own, i ≤ u ≤ i + 2h and j ≤ c ≤ j + 2h, MASKED for the others."""
+  i, j = np.divmod(np.arange(core.queries), core.query_side)
+  w = np.arange(core.window)[None]
+  offset = np.concatenate([w - i[:, None], w - j[:, None]], axis=1)
+  return (MASKED * ((offset < 0) | (offset > 2 * core.halo))).astype(np.float32)
+
+
 @dataclasses.dataclass(frozen=True)
 class Step:
   """A grid step's share of the blocks: `group` (G, core.group) blocks of one block row; the grid
@@ -126,10 +140,11 @@ class Step:
 
 class Constants(NamedTuple):
   """A step's shared operands: T [2·bq·w, D] and F [2·bq·w, 2w] in the inputs' dtype, M
-  [Q, 2·bq·w] float32 (see the module docstring)."""
+  [Q, 2·bq·w] and, for a centred window, B [Q, 2w] float32 (see the module docstring)."""
   tables: jax.Array
   fold: jax.Array
   mask: jax.Array
+  bias: Optional[jax.Array]
 
 
 def _load_windows(step: Step, kv_map, windows, semaphores):
@@ -184,10 +199,14 @@ def _write_block(core: Core, ref, j: int, value, channels: slice):
   ref[0, :, pl.ds(j * bq, bq), channels] = value.reshape(bq, bq, -1).astype(ref.dtype)
 
 
-def _constants(dtype, t_ref, m_ref, f_ref) -> Constants:
-  """The step's shared operands, T and F in `dtype`."""
-  return Constants(tables=t_ref[...].astype(dtype), fold=f_ref[...].astype(dtype),
-                   mask=m_ref[...].astype(jnp.float32))
+def _constants(core: Core, dtype, t_ref, refs):
+  """(the step's shared operands, T and F in `dtype`; E's ref; the refs after the constants) from
+  the refs after T: E, M, F, then B for a centred window."""
+  e_ref, m_ref, f_ref, *rest = refs
+  b_ref, rest = (rest[0], rest[1:]) if core.centered else (None, rest)
+  constants = Constants(tables=t_ref[...].astype(dtype), fold=f_ref[...].astype(dtype),
+                        mask=m_ref[...], bias=None if b_ref is None else b_ref[...])
+  return constants, e_ref, rest
 
 
 def _head(core: Core, n: int, queries, window, keys, constants: Constants):
@@ -200,6 +219,8 @@ def _head(core: Core, n: int, queries, window, keys, constants: Constants):
   v = window[:, heads * d + n * v_width:heads * d + (n + 1) * v_width]
   own = (_mm(q, constants.tables, "qd,td->qt") * constants.mask).astype(q.dtype)
   pos = _mm(own, constants.fold, "qt,tc->qc")
+  if constants.bias is not None:  # a centred window: MASKED on the rows and columns not its own
+    pos = pos + constants.bias
   scaled = (core.scale * q.astype(jnp.float32)).astype(q.dtype)
   qx = jnp.concatenate([scaled, pos.astype(q.dtype), jnp.ones((q.shape[0], 1), q.dtype)],
                        axis=-1)
@@ -213,13 +234,13 @@ def _probabilities(qx, kx):
   return weights / jnp.sum(weights, axis=-1, keepdims=True)
 
 
-def _forward_kernel(step: Step, q_ref, kv_map, t_ref, e_ref, m_ref, f_ref, out_ref, windows,
-                    semaphores):
-  """One grid step of `forward`: out of the step's G blocks (refs as `_call` passes them)."""
+def _forward_kernel(step: Step, q_ref, kv_map, t_ref, *refs):
+  """One grid step of `forward`: out of the step's G blocks (refs as `_call` passes them: the
+  constants, out, the windows' buffer and the DMA semaphores)."""
   core = step.core
+  constants, e_ref, (out_ref, windows, semaphores) = _constants(core, q_ref.dtype, t_ref, refs)
   _load_windows(step, kv_map, windows, semaphores)
   v_width = core.value_width
-  constants = _constants(q_ref.dtype, t_ref, m_ref, f_ref)
   for j in range(step.group):  # each block's heads go straight to their channels of the output
     queries, window = _read_block(core, q_ref, j), windows[j]
     keys = _key_positions(step, j, e_ref, q_ref.dtype)
@@ -245,13 +266,14 @@ def _backward_head(core: Core, qx, kx, q, v, dout, constants: Constants):
   return dq, dk, dv, dr
 
 
-def _backward_kernel(step: Step, q_ref, kv_map, t_ref, e_ref, m_ref, f_ref, dout_ref, dq_ref,
-                     dkv_ref, dt_ref, windows, semaphores):
-  """One grid step of `backward`: dq, the windows' gradients and the step's partial sum of dT."""
+def _backward_kernel(step: Step, q_ref, kv_map, t_ref, *refs):
+  """One grid step of `backward`: dq, the windows' gradients and the step's partial sum of dT
+  (refs: the constants, dout, dq, dwindows, dT, the windows' buffer, the DMA semaphores)."""
   core = step.core
+  constants, e_ref, rest = _constants(core, q_ref.dtype, t_ref, refs)
+  dout_ref, dq_ref, dkv_ref, dt_ref, windows, semaphores = rest
   _load_windows(step, kv_map, windows, semaphores)
   d, v_width, heads = core.key_width, core.value_width, core.heads
-  constants = _constants(q_ref.dtype, t_ref, m_ref, f_ref)
   dt = jnp.zeros(dt_ref.shape[1:], jnp.float32)
   for j in range(step.group):  # each block's and head's gradients go straight to their channels
     queries, douts = _read_block(core, q_ref, j), _read_block(core, dout_ref, j)
@@ -289,6 +311,7 @@ def _call(kernel, core: Core, inputs, outputs, backward: bool, interpret: bool):
   whole = lambda shape: pl.BlockSpec(tuple(shape), lambda i: (0,) * len(shape))
   mask, fold = table_selection(core)
   constants = [jnp.asarray(key_positions(core), dtype), jnp.asarray(mask), jnp.asarray(fold)]
+  constants += [jnp.asarray(window_bias(core))] if core.centered else []
   in_specs = [block("q"), pl.BlockSpec(memory_space=pltpu.ANY), whole(shapes["tables"])]
   in_specs += [whole(c.shape) for c in constants] + ([block("out")] if backward else [])
   steps = core.table_steps(dtype.itemsize)

@@ -2,7 +2,7 @@
 
     out = softmax(scale · q·kᵀ + q·T[row i, u] + q·T[column j, c]) · v      per block and head
 
-the map of block_attention.attend (without a mask) with the position factors of
+the map of block_attention.attend (without a mask, or with SASA's centred-window one) with the position factors of
 relative_position.relative_terms, computed by one Pallas kernel per call that reads each block's
 window straight from the zero-padded k/v map and keeps the position terms and the logits on chip.
 The kernel comes to TensorFlow as a serialized StableHLO module run by XlaCallModule
@@ -88,8 +88,8 @@ def shape_key(core: Core, dtype: tf.DType) -> str:
   the batch)."""
   return (f"{core.blocks_x * core.query_side}x{core.blocks_y * core.query_side} queries in "
           f"blocks of {core.query_side}, window {core.window} (block {core.block}, halo "
-          f"{core.halo}), {core.heads} heads of {core.key_width}+{core.value_width} channels, "
-          f"{dtype.name}")
+          f"{core.halo}{', centred' if core.centered else ''}), {core.heads} heads of "
+          f"{core.key_width}+{core.value_width} channels, {dtype.name}")
 
 
 def _call(kind: str, core: Core, platform: str, args: List[tf.Tensor], outputs: List[str]):
@@ -155,7 +155,7 @@ def attend(q: tf.Tensor, kv_map: tf.Tensor, tables: tf.Tensor, core: Core, platf
 
 
 def layer_core(q_shape: tf.TensorShape, kv_channels: int, *, block: int, halo: int, stride: int,
-               heads: int, scale: float, position_width: int) -> Core:
+               heads: int, scale: float, position_width: int, centered: bool = False) -> Core:
   """The Core of a call of `attend_maps` on q [B, X·bq, Y·bq, N·D] (bq = block / stride; a static
   shape) and a k/v map of `kv_channels` = N·(D + Dv) channels; the other arguments are its."""
   batch, rows, cols, key_channels = q_shape.as_list()
@@ -163,7 +163,7 @@ def layer_core(q_shape: tf.TensorShape, kv_channels: int, *, block: int, halo: i
   return Core(batch=batch, blocks_x=rows // bq, blocks_y=cols // bq, block=block, halo=halo,
               queries=bq * bq, heads=heads, key_width=key_channels // heads,
               value_width=(kv_channels - key_channels) // heads, scale=scale,
-              position_width=position_width)
+              position_width=position_width, centered=centered)
 
 
 def fits(core: Core, dtype: tf.DType) -> bool:
@@ -187,8 +187,8 @@ def _padded_map(kv: tf.Tensor, core: Core) -> tf.Tensor:
 
 
 def attend_maps(q: tf.Tensor, kv: tf.Tensor, tables: tf.Tensor, *, block: int, halo: int,
-                stride: int, heads: int, scale: float, position_width: int,
-                platform: str) -> tf.Tensor:
+                stride: int, heads: int, scale: float, position_width: int, platform: str,
+                centered: bool = False) -> tf.Tensor:
   """A halo layer's attention core by the kernel, from the layer's own maps.
 
   Args:
@@ -202,13 +202,15 @@ def attend_maps(q: tf.Tensor, kv: tf.Tensor, tables: tf.Tensor, *, block: int, h
     heads: N.  scale: multiplies q·k.  position_width: channels of q each table row meets (for
       the FLOP count only).
     platform: 'tpu' or 'cpu' (see the module docstring).
+    centered: SASA's window: each query attends to the keys within h rows and columns of itself
+      (stride 1).
 
   Returns:
     [B, X·bq, Y·bq, N·Dv] in q's dtype. Raises ValueError, naming the fused_attention setting,
     when the kernel's grid step cannot fit the TPU compiler's VMEM.
   """
   core = layer_core(q.shape, kv.shape[-1], block=block, halo=halo, stride=stride, heads=heads,
-                    scale=scale, position_width=position_width)
+                    scale=scale, position_width=position_width, centered=centered)
   try:
     core.check_fits(q.dtype.size)
   except DoesNotFit as e:

@@ -99,8 +99,8 @@ class HaloAttention(tf_keras.layers.Layer):
       (XLA computes the softmax attention) or None: the run's default (fused_attention.
       platform_for: the kernel in a TPU run for the shapes checked on its chip, XLA's path
       elsewhere and for what the kernel does not compute); HaloNetConfig.fused_attention. The
-      kernel needs window='block', no mask, position terms and static shapes (elsewhere XLA
-      computes the same map). `from_config` also reads it under its former name, fused_core.
+      kernel needs block windows (or centred ones at stride 1), no mask of keys outside the
+      image, position terms and static shapes (elsewhere XLA computes the same map). `from_config` also reads it under its former name, fused_core.
   """
 
   def __init__(self,
@@ -149,7 +149,8 @@ class HaloAttention(tf_keras.layers.Layer):
     self.query_stride = query_stride(self.block_size, self.strides, self.downsample)
     if self.fused_attention in fused_lib.PLATFORMS and not self.kernel_computes:
       raise ValueError(f"fused_attention={self.fused_attention!r} computes unmasked block windows "
-                       f"with position terms and one value per key; this layer has "
+                       f"(or centred ones at stride 1) with position terms and one value per "
+                       f"key; this layer has "
                        f"window={self.window!r}, mask_out_of_image={self.mask_out_of_image}, "
                        f"rel_pos={self.rel_pos!r}: use fused_attention='none' (or None, whose "
                        f"default keeps XLA's path for such layers).")
@@ -312,9 +313,11 @@ class HaloAttention(tf_keras.layers.Layer):
 
   @property
   def kernel_computes(self) -> bool:
-    """Whether the fused kernel computes this layer's attention (unmasked block windows with
-    position terms, one value per key)."""
-    return (self.window == "block" and not self.mask_out_of_image and self.rel_pos != "none"
+    """Whether the fused kernel computes this layer's attention: block windows, or centred ones
+    at stride 1 (SASA's), with position terms, keys outside the image not masked, one value per
+    key."""
+    return (not self.mask_out_of_image and self.rel_pos != "none"
+            and (self.window == "block" or self.query_stride == 1)
             and self._value_projection_width() == self.value_dim)
 
   def fused_core(self, input_shape) -> fused_lib.Core:
@@ -329,7 +332,8 @@ class HaloAttention(tf_keras.layers.Layer):
     return fused_lib.layer_core(
         q_shape, self.key_dim + self.value_dim, block=self.block_size, halo=self.halo_size,
         stride=self.query_stride, heads=self.num_heads, scale=d**-0.5,
-        position_width=d // 2 if self.rel_pos == "split" else d)
+        position_width=d // 2 if self.rel_pos == "split" else d,
+        centered=self.window == "centered")
 
   def _fused_platform(self, q: tf.Tensor) -> Optional[str]:
     """The platform whose kernel computes this call's attention, or None for XLA's: the layer's
@@ -358,7 +362,8 @@ class HaloAttention(tf_keras.layers.Layer):
     return fused_lib.attend_maps(
         q, self.key_value(x), tables, block=self.block_size, halo=self.halo_size,
         stride=self.query_stride, heads=self.num_heads, scale=d**-0.5,
-        position_width=d // 2 if self.rel_pos == "split" else d, platform=platform)
+        position_width=d // 2 if self.rel_pos == "split" else d, platform=platform,
+        centered=self.window == "centered")
 
   def _key_mask(self, height, width, blocks, dtype) -> Optional[tf.Tensor]:
     """Bool [1 or B, X·Y, 1, bq², w²] (broadcastable), False for keys a query may not attend to:

@@ -189,7 +189,7 @@ class HaloNet(tf_keras.Model):
                       kernel_regularizer=self._kernel_regularizer, recompute=self._recompute)
     if stage_type == "sasa":
       return SASAAttention(key_dim=width, value_dim=width, kernel_size=spec.sasa_kernel,
-                           num_heads=heads, strides=strides,
+                           num_heads=heads, strides=strides, fused_attention=self._fused,
                            name=f"{name}_sasa", **projection)(x), width
     value_dim = spec.value_dim(stage)
     return HaloAttention(num_heads=heads, key_dim=spec.key_dim(stage), value_dim=value_dim,
