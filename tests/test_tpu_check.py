@@ -29,6 +29,7 @@ from official_halonet.tpu import check
 from official_halonet.tpu import chips
 from official_halonet.tpu import compiler
 from official_halonet.tpu import report as report_lib
+from official_halonet.tpu import slices
 from official_halonet.tpu import steps as steps_lib
 from official_halonet.training import runner
 
@@ -361,19 +362,26 @@ def test_mask_rcnn_steps_need_neither_eval_records_nor_an_annotation_file(tmp_pa
 
 @OVERFLOW_GROUP
 def test_the_readme_table_shows_what_the_compiler_said(overflow_report, fitting_train_step):
-  """bench/tpu_check.py --readme: a row per saved train step of the chosen generations; one that
-  does not fit shows the temporaries it needs against the HBM the compiler offers."""
+  """bench/tpu_check.py --readme: a row per published file at its published slice of the chosen
+  generations: what its saved train step gave (the HBM to spare where it fits, the temporaries it
+  needs against the HBM the compiler offers where it does not), or that none is saved."""
   spec = importlib.util.spec_from_file_location("bench_tpu_check",
                                                 os.path.join(ROOT, "bench", "tpu_check.py"))
   bench = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(bench)
-  fits = dataclasses.replace(overflow_report, steps=[fitting_train_step])
-  saved = {"demo@v5litepod-4": overflow_report.to_json(), "h1@v5litepod-4": fits.to_json(),
-           "h1@v4-8": dataclasses.replace(fits, topology="v4-8").to_json()}
+  fits = dataclasses.replace(overflow_report, steps=[fitting_train_step], topology="v5litepod-128")
+  saved = {"h1@v5litepod-128": fits.to_json(),
+           "h7@v5litepod-256": dataclasses.replace(overflow_report,
+                                                   topology="v5litepod-256").to_json(),
+           "h1@v4-256": dataclasses.replace(fits, topology="v4-256").to_json()}
   lines = bench.readme_table(saved, ["v5litepod"]).splitlines()
-  assert len(lines) == 4 and lines[2].startswith("| h1 | v5litepod-4 | 16 | yes |")
+  assert len(lines) == 2 + len(slices.SLICES)
+  rows = {line.split(" | ")[0][2:]: line for line in lines[2:]}
+  spare = 1 - fitting_train_step.hbm["total"] / overflow_report.generation.hbm_bytes
+  assert rows["h1"].startswith(f"| h1 | v5litepod-128 | 16 | yes, {spare:.0%} spare |")
   needed = batch_search.hbm_shortfall(overflow_report.steps[0])[0] / 2**30
-  assert lines[3].startswith(f"| demo | v5litepod-4 | 65536 | no (temporaries {needed:.2f} GiB > "
-                             f"15.75 GiB) |")
+  assert rows["h7"].startswith(f"| h7 | v5litepod-256 | 65536 | no (temporaries {needed:.2f} GiB > "
+                               f"15.75 GiB) |")
+  assert rows["h0"] == "| h0 | v5litepod-128 | | not compiled yet | | | | | | |"
   roofline = fitting_train_step.roofline(overflow_report.generation)
-  assert f"| {roofline['step_seconds'] * 1e3:.1f} |" in lines[2]
+  assert f"| {roofline['step_seconds'] * 1e3:.1f} |" in rows["h1"]

@@ -23,10 +23,10 @@ _32 = {"v4": "v4-256", "v5litepod": "v5litepod-128"}   # 4096 at 32 images per d
 _16 = {"v4": "v4-512", "v5litepod": "v5litepod-256"}   # 4096 at 16 images per device
 
 SLICES: Dict[str, Dict[str, str]] = {
-    **{name: _32 for name in ("h0", "h1", "h2", "h3", "h4", "h7_c123", "halonet50", "resnet50",
-                              "h4_i21k_pretrain", "sasa_resnet26", "sasa_resnet38",
+    **{name: _32 for name in ("h0", "h1", "h2", "h3", "h4", "h5", "h7_c123", "halonet50",
+                              "resnet50", "h4_i21k_pretrain", "sasa_resnet26", "sasa_resnet38",
                               "sasa_resnet50", "resnet50_se_halo_b8", "resnet101_se_halo_b8")},
-    **{name: _16 for name in ("h5", "h6", "h7", "h7_c1", "h7_c12", "resnet50_se_halo_b32")},
+    **{name: _16 for name in ("h6", "h7", "h7_c1", "h7_c12", "resnet50_se_halo_b32")},
     # ImageNet fine-tuning of H4-i21k, global batch 512: 16 and 8 images per device.
     "h4_i21k_finetune_384": {"v4": "v4-64", "v5litepod": "v5litepod-32"},
     "h4_i21k_finetune_512": {"v4": "v4-128", "v5litepod": "v5litepod-64"},
