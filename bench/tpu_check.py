@@ -7,12 +7,13 @@ batch on each named TPU generation, one markdown row per (file, generation) and 
     python bench/tpu_check.py --readme      # the README's table from the saved rows
 
 Each file is compiled at the slice it is published for (official_halonet/tpu/slices.py), with
-its own batches; or, with --per_device_batch, at the slice where its global batch gives that many
+its own batches and the settings it is published with there; or, with --per_device_batch, at the slice where its global batch gives that many
 images per device (e.g. 4096 / 32 = 128 devices: v4-256, v5litepod-128), the eval batch bound to
 the same. The figures are the TPU compiler's (official_halonet/tpu/check.py says what they are
 and are not). The README's table shows each file at its published slices.
 Flags are absl's (official_halonet.data.command_line, like the other bench scripts).
 """
+import dataclasses
 import json
 import pathlib
 import sys
@@ -134,7 +135,9 @@ def main(argv=None):
                     for generation in args.generations}
     for generation in args.generations:
       start = time.time()
-      report = check.check(options, topologies[generation], say=lambda line: None,
+      published = list(slices.published_settings(name, topologies[generation]))
+      report = check.check(dataclasses.replace(options, gin_bindings=published + list(
+          options.gin_bindings)), topologies[generation], say=lambda line: None,
                            bisect=args.bisect, kinds=tuple(args.steps))
       print(row(name, report, time.time() - start), flush=True)
       saved[f"{name}@{report.topology}"] = report.to_json()

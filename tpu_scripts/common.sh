@@ -332,6 +332,22 @@ parse_main_flag() {
   return 0
 }
 
+# add_published_bindings: puts before the user's --gin_bindings the ones the first published
+# --gin_file is published with on $ACCELERATOR_TYPE, when that is its published slice
+# (official_halonet/tpu/slices.py); the user's, later, win. None that are already there.
+add_published_bindings() {
+  local f b out published=()
+  for f in "${GIN_FILES[@]}"; do
+    out="$(python3 "$TPU_SCRIPTS_DIR/../official_halonet/tpu/slices.py" --bindings "$f" "$ACCELERATOR_TYPE" 2>/dev/null)" || continue
+    while IFS= read -r b; do
+      [[ -n "$b" && " ${GIN_BINDINGS[*]} " != *" $b "* ]] && published+=("$b")
+    done <<<"$out"
+    ((${#published[@]})) && note "--gin_bindings ${published[*]}: what ${f} is published with on $ACCELERATOR_TYPE"
+    GIN_BINDINGS=("${published[@]}" "${GIN_BINDINGS[@]}")
+    return 0
+  done
+}
+
 validate_main_flags() {
   ((${#GIN_FILES[@]} > 0)) || die "--gin_file is required (e.g. --gin_file=gin/h0.gin)"
   local f
@@ -346,6 +362,7 @@ validate_main_flags() {
   [[ -n "$MODEL_DIR" ]] || die "--model_dir is required (a gs:// path, e.g. gs://my-bucket/halonet/h0)"
   [[ "$MODEL_DIR" =~ ^gs://[a-z0-9][-a-z0-9_.]*[a-z0-9](/.*)?$ ]] ||
     die "--model_dir '$MODEL_DIR' must be gs://BUCKET/PATH with a valid bucket name: every TPU host reads and writes it"
+  add_published_bindings
 }
 
 # main_argv MODE [TPU]: sets MAIN_ARGV to the command a host runs (from REMOTE_DIR/src).

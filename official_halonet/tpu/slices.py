@@ -2,6 +2,7 @@
 
     SLICES["h7"] == {"v4": "v4-512", "v5litepod": "v5litepod-256"}
     python3 official_halonet/tpu/slices.py gin/h7.gin v4      # prints v4-512
+    python3 official_halonet/tpu/slices.py --bindings gin/h7.gin v5litepod-256   # its SETTINGS
 
 A file's global batch is split evenly over its slice's devices (tpu/chips.py counts them as
 TensorFlow's TPUStrategy does: a v4 chip is one device, so v4-512 has 256); at that per-device
@@ -9,14 +10,16 @@ batch the train step, optimizer included, is to fit one device's HBM with at lea
 by `--mode=tpu_check` on the pinned libtpu (bench/tpu_check.py; bench/results/tpu_check.json
 holds the compiles, and the README's TPU table shows them). A global batch of 4096 fits the
 largest models only on slices with more devices and fewer images each; v5e slices stop at 256
-chips. Each gin file names its slices in its comment, and tpu_scripts take them as the default
---accelerator-type (tests/test_tpu_slices.py checks the three agree).
+chips. Where a file needs more than its gin file to fit a generation's slice (recompute_attention),
+SETTINGS holds the bindings. Each gin file names its slices (and those bindings) in its comment,
+and tpu_scripts take them as the default --accelerator-type, adding the bindings on that slice
+(tests/test_tpu_slices.py checks the three agree).
 
 Standard library only: tpu_scripts run it with the workstation's python3.
 """
 import os
 import sys
-from typing import Dict
+from typing import Dict, Tuple
 
 GENERATIONS = ("v4", "v5litepod")
 _32 = {"v4": "v4-256", "v5litepod": "v5litepod-128"}   # 4096 at 32 images per device
@@ -39,6 +42,11 @@ SLICES: Dict[str, Dict[str, str]] = {
 }
 
 
+# What a file needs on top of its gin file to fit its published slice of a generation, as gin
+# bindings: tpu_scripts and bench/tpu_check.py add them when they run it on that slice.
+SETTINGS: Dict[str, Dict[str, Tuple[str, ...]]] = {}
+
+
 def name_of(gin_file: str) -> str:
   """'gin/h7.gin', 'h7.gin' or 'h7' -> 'h7'; 'gin/detection/x.gin' -> 'detection/x'."""
   name = gin_file[:-len(".gin")] if gin_file.endswith(".gin") else gin_file
@@ -57,12 +65,29 @@ def published_slice(gin_file: str, generation: str) -> str:
   return SLICES[name][generation]
 
 
+def published_settings(gin_file: str, topology: str) -> Tuple[str, ...]:
+  """The bindings `gin_file` is published with on `topology` (none where that is not its published
+  slice); KeyError for a file that is not published."""
+  generation = topology.rsplit("-", 1)[0]
+  if generation not in GENERATIONS or published_slice(gin_file, generation) != topology:
+    return ()
+  return SETTINGS.get(name_of(gin_file), {}).get(generation, ())
+
+
 def main(argv) -> int:
-  if len(argv) != 3:
-    print("usage: slices.py GIN_FILE GENERATION (v4 or v5litepod)", file=sys.stderr)
+  """slices.py GIN_FILE GENERATION: its slice; slices.py --bindings GIN_FILE SLICE: the bindings
+  it is published with there, one per line."""
+  args = argv[2:] if argv[1:2] == ["--bindings"] else argv[1:]
+  if len(args) != 2:
+    print("usage: slices.py GIN_FILE GENERATION (v4 or v5litepod) | slices.py --bindings GIN_FILE "
+          "SLICE", file=sys.stderr)
     return 2
   try:
-    print(published_slice(argv[1], argv[2]))
+    if argv[1] == "--bindings":
+      for binding in published_settings(*args):
+        print(binding)
+    else:
+      print(published_slice(*args))
   except KeyError as e:
     print(e.args[0], file=sys.stderr)
     return 1
