@@ -59,6 +59,28 @@ def test_the_comment_names_the_slices_and_both_batches_divide(name):
     assert config.task.validation_data.global_batch_size % devices == 0, (slice_name, devices)
 
 
+@pytest.mark.parametrize("name", sorted(slices.SLICES))
+def test_the_comment_names_the_settings_each_slice_needs(name):
+  with open(os.path.join(ROOT, "gin", f"{name}.gin"), encoding="utf-8") as f:
+    text = f.read()
+  found = re.findall(r"^# On (\S+) also: (.*)\.$", text, re.M)
+  want = [(slices.SLICES[name][generation], "; ".join(bindings))
+          for generation, bindings in slices.SETTINGS.get(name, {}).items()]
+  assert sorted(found) == sorted(want)
+
+
+def test_settings_apply_on_the_published_slice_only(monkeypatch):
+  monkeypatch.setitem(slices.SETTINGS, "h7",
+                      {"v5litepod": ("experiment.recompute_attention = True",)})
+  assert slices.published_settings("gin/h7.gin", "v5litepod-256") == (
+      "experiment.recompute_attention = True",)
+  assert slices.published_settings("gin/h7.gin", "v5litepod-128") == ()
+  assert slices.published_settings("gin/h7.gin", "v4-512") == ()
+  assert slices.published_settings("gin/h6.gin", "v5litepod-256") == ()
+  with pytest.raises(KeyError, match="not a published gin file"):
+    slices.published_settings("gin/h9.gin", "v4-8")
+
+
 def test_measured_slices_fit_with_five_percent_of_hbm_to_spare():
   """Every compile saved for a published slice: the train step fits with >= 5% spare."""
   with open(MEASURED, encoding="utf-8") as f:
