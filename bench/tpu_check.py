@@ -71,8 +71,8 @@ def readme_table(saved: dict, generations) -> str:
   from official_halonet.tpu import batch_search  # after main's flag parsing, like its others
   from official_halonet.tpu import report as report_lib
   from official_halonet.tpu import slices
-  lines = ["| gin file | slice | batch / device | fits | HBM GB | TFLOP | GB accessed | FLOP / byte "
-           "| roofline ms | img/s per chip |", "|---|---|---|---|---|---|---|---|---|---|"]
+  lines = ["| gin file | slice | batch / device | fits | HBM GB | TFLOP | GB accessed "
+           "| FLOP / byte | roofline ms | img/s per chip |", "|---|---|---|---|---|---|---|---|---|---|"]
   for name, per_generation in slices.SLICES.items():
     for generation in generations:
       topology = per_generation.get(generation)

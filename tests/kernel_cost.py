@@ -26,8 +26,8 @@ import core as core_lib  # noqa: E402  pylint: disable=wrong-import-position
 import halo_attention  # noqa: E402  pylint: disable=wrong-import-position
 
 # The backend config is a JSON string inside the module's text, its quotes escaped as \22.
-DECLARED = re.compile(r'\\22cost_estimate\\22: \{\\22flops\\22: (\d+), \\22transcendentals\\22: (\d+), '
-                      r'\\22bytes_accessed\\22: (\d+)\}')
+DECLARED = re.compile(r'\\22cost_estimate\\22: \{\\22flops\\22: (\d+), '
+                      r'\\22transcendentals\\22: (\d+), \\22bytes_accessed\\22: (\d+)\}')
 
 
 def declared(core: core_lib.Core, dtype, backward: bool) -> dict:

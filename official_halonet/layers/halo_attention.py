@@ -100,7 +100,8 @@ class HaloAttention(tf_keras.layers.Layer):
       platform_for: the kernel in a TPU run for the shapes checked on its chip, XLA's path
       elsewhere and for what the kernel does not compute); HaloNetConfig.fused_attention. The
       kernel needs block windows (or centred ones at stride 1), no mask of keys outside the
-      image, position terms and static shapes (elsewhere XLA computes the same map). `from_config` also reads it under its former name, fused_core.
+      image, position terms and static shapes (elsewhere XLA computes the same map).
+      `from_config` also reads it under its former name, fused_core.
   """
 
   def __init__(self,
@@ -324,7 +325,8 @@ class HaloAttention(tf_keras.layers.Layer):
     """The kernel's Core for an input of static shape [B, H, W, C]."""
     batch, height, width = tf.TensorShape(input_shape).as_list()[:3]
     bq, s = self.block_size // self.query_stride, self.query_stride
-    rows, cols = (blocking.ceil_div(blocking.ceil_div(side, s), bq) * bq for side in (height, width))
+    rows, cols = (blocking.ceil_div(blocking.ceil_div(side, s), bq) * bq
+                  for side in (height, width))
     return self._core(tf.TensorShape([batch, rows, cols, self.key_dim]))
 
   def _core(self, q_shape: tf.TensorShape) -> fused_lib.Core:
