@@ -176,13 +176,12 @@ def test_the_kernels_compile_for_tpu_and_keep_the_logits_off_hbm(tmp_path, block
   query blocks in the map layout, 4×4 (strides=2: rows of 4 re-blocked), H3-H7's 10×10 blocks
   (q block by block; windows starting mid-tile, read from the tile before) and SASA's centred 7×7
   windows on blocks of 8 (its mask a constant bias on the position terms). The compiler counts
-  their FLOPs at least at the analytic count, and the step moves less than half the bytes of XLA's
-  (whose float32 logits alone, written once, are 4·64·64·4·196·4 = 51 MB at 8×8 blocks)."""
+  their FLOPs at least at the analytic count, and at H1's 8×8 blocks the step moves less than half
+  the bytes of XLA's (whose float32 logits alone, written once, are 4·64·64·4·196·4 = 51 MB)."""
   generation = chips.GENERATIONS["v5litepod"]
   text = str(tmp_path / "fused.txt")
   fused = compiler.compile_for(_train_step_hlo("tpu", block, strides, window), generation, text)
-  plain = compiler.compile_for(_train_step_hlo("none", block, strides, window), generation)
-  assert fused["compiled"] and plain["compiled"], (fused.get("error"), plain.get("error"))
+  assert fused["compiled"], fused.get("error")
   with open(text, encoding="utf-8") as f:
     assert f.read().count('custom_call_target="tpu_custom_call"') == 2
   blocks = -(-64 // block)
@@ -193,8 +192,11 @@ def test_the_kernels_compile_for_tpu_and_keep_the_logits_off_hbm(tmp_path, block
                               centered=window == "centered")
   assert core.map_layout == (block == 8)
   assert fused["flops"] >= core.flops() + core.flops(backward=True)
-  assert fused["bytes_accessed"] < 0.5 * plain["bytes_accessed"], (fused, plain)
   assert fused["while_loops"] == 0
+  if (block, strides, window) == (8, 1, "block"):  # XLA's path, compiled once: H1's layer
+    plain = compiler.compile_for(_train_step_hlo("none", block, strides, window), generation)
+    assert plain["compiled"], plain.get("error")
+    assert fused["bytes_accessed"] < 0.5 * plain["bytes_accessed"], (fused, plain)
 
 
 def test_fused_attention_refuses_what_the_kernel_does_not_compute():

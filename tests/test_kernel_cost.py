@@ -5,9 +5,9 @@ made here from the Core's fields alone, of what the kernel moves and computes.
 Bytes, in the arrays' dtype (the tables and two constants float32): q and the output; each block's
 window as its DMAs read it, w rows of R pixels (a row is read from the 8-pixel row tile holding
 its first pixel, and every block reads as many as the latest start in a tile needs) of the map's
-channels padded to whole 128-lane tiles; the tables and the three constants once (E, the key
+channels padded to whole 128-lane tiles; the tables and the constants once (E, the key
 positions: one [w·R, 2w + 1] table per start in a tile, in the dtype; M [Q, 2·bq·w] and
-F [2·bq·w, 2w]); in backward also dout, dq and the windows' gradient, and the tables' gradient as
+F [2·bq·w, 2w]; for SASA's centred windows the bias B [Q, 2w]); in backward also dout, dq and the windows' gradient, and the tables' gradient as
 one float32 partial sum per grid step. FLOPs, 2 per multiply-add, over the w² keys of the model (the
 filler keys of a row tile are the kernel's overhead, not the model's work): forward q·k and P·v and
 the position terms (w rows and w columns of position_width channels per query), backward the
@@ -30,12 +30,14 @@ CASES = {
     # H1's stage-1 layer shape (b=8, h=3; map layout), bfloat16.
     "h1": (dict(batch=2, blocks_x=2, blocks_y=4, block=8, halo=3, queries=64, heads=4,
                 key_width=16, value_width=16, scale=0.25, position_width=16), "bfloat16"),
-    # A strided first block of a stage (bq = 4), channels that are not whole lane tiles, float32.
-    "strided": (dict(batch=1, blocks_x=2, blocks_y=2, block=8, halo=3, queries=16, heads=2,
-                     key_width=8, value_width=24, scale=0.35, position_width=8), "float32"),
-    # H3-H7's blocks of 10 (windows start mid-tile; block by block), split position tables.
+    # H3-H7's blocks of 10 (windows start mid-tile; block by block), channels that are not whole
+    # lane tiles, split position tables, float32.
     "blocks10": (dict(batch=1, blocks_x=1, blocks_y=3, block=10, halo=3, queries=100, heads=4,
-                      key_width=16, value_width=64, scale=0.25, position_width=8), "bfloat16"),
+                      key_width=16, value_width=64, scale=0.25, position_width=8), "float32"),
+    # SASA's centred 7×7 windows: the mask's bias B [Q, 2w] is one more constant.
+    "sasa": (dict(batch=1, blocks_x=1, blocks_y=2, block=8, halo=3, queries=64, heads=2,
+                  key_width=16, value_width=16, scale=0.25, position_width=8, centered=True),
+             "bfloat16"),
 }
 
 
@@ -51,6 +53,7 @@ def _analytic(c: dict, itemsize: int, steps: int) -> dict:
   tables = 2 * bq * w * d
   constants = itemsize * len(starts) * w * row * (2 * w + 1) + 4 * (queries * 2 * bq * w
                                                                      + 2 * bq * w * 2 * w)
+  constants += 4 * queries * 2 * w if c.get("centered") else 0
   per_query = lambda widths, position_passes: (
       2 * (w * w * widths + position_passes * 2 * w * c["position_width"]))
   exps = blocks * n * queries * w * row
