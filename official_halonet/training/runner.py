@@ -7,8 +7,9 @@ Order of work, so that a bad setting costs seconds, not a TPU reservation:
   4. the distribution strategy is created (Model Garden's distribute_utils) and the batch sizes
      are checked against its replica count; a fused attention kernel against the strategy, and
      the pinned JAX that makes its modules when each step is first traced (the eval step's
-     perhaps hours into the run) against what is installed; a TPU run's libtpu against the pin. Only now is model_dir created (its log,
-     staged until then, moves in: console.settle), so a configuration error leaves none behind;
+     perhaps hours into the run) against what is installed; a TPU run's libtpu against the pin.
+     Only now is model_dir created (its log, staged until then, moves in: console.settle), so a
+     configuration error leaves none behind;
      for train_and_eval the eval data are read and checked (data.validate.check_eval_data: every
      label, record framing, a sample of images), so bad eval data stop the run before step 1
   5. the task, model, checkpoint restore and the Orbit loop (train_lib).
