@@ -2,9 +2,10 @@
 
     out = softmax(scale · q·kᵀ + q·T[row i, u] + q·T[column j, c]) · v      per block and head
 
-the map of block_attention.attend (without a mask, or with SASA's centred-window one) with the position factors of
-relative_position.relative_terms, computed by one Pallas kernel per call that reads each block's
-window straight from the zero-padded k/v map and keeps the position terms and the logits on chip.
+the map of block_attention.attend (without a mask, or with SASA's centred-window one) with the
+position factors of relative_position.relative_terms, computed by one Pallas kernel per call that
+reads each block's window straight from the zero-padded k/v map and keeps the position terms and
+the logits on chip.
 The kernel comes to TensorFlow as a serialized StableHLO module run by XlaCallModule
 (kernels/library.py makes and caches it); its gradient is a second kernel, whose per-window
 gradients are added into the map's here.
@@ -13,14 +14,14 @@ Platforms: 'tpu' (a Mosaic kernel: only the TPU compiler runs it; `--mode=tpu_ch
 a CPU host) and 'cpu' (the same kernel body in Pallas's interpreter: slow, for checking the fused
 path against the XLA one on a CPU). Shapes must be static: one module per shape.
 
-A layer calls `attend_maps` with its query map, its k/v map as its projection writes it and its
-tables; everything about the kernel's layout (the Core, the map's padding, q and the output block
-by block or as maps) stays in this module. Which calls take the kernel: a layer's setting
-(`SETTINGS`) forces it or XLA's path; a layer left unset asks `platform_for`, which says the kernel
-only inside `kernel_by_default` (a TPU run, after training/fused_check.py has tried each shape on
-the chip) and only for the shapes that check did not reject. `attend` is the kernel's own call, on arrays already in
-the Core's shapes (kernels/core.py says what each channel and row holds; q and the map in one
-float dtype, the tables float32):
+A layer calls `attend_maps` with its query map, its k/v map as its projection writes it, its
+tables and its Core (`layer_core`); everything about the kernel's layout (the map's padding, q and
+the output block by block or as maps) stays in this module. Which calls take the kernel: a layer's
+setting (`SETTINGS`) forces it or XLA's path; a layer left unset asks `platform_for`, which says
+the kernel only inside `kernel_by_default` (a TPU run, after training/fused_check.py has tried each
+shape on the chip) and only for the shapes that check did not reject. `attend` is the kernel's own
+call, on arrays already in the Core's shapes (kernels/core.py says what each channel and row
+holds; q and the map in one float dtype, the tables float32):
   q  [B, X·bq, Y·bq, N·D]   kv_map  [B, X·b + 2h, Y·b + 2h + R - w, N·(D + Dv)]
   tables  [2·bq·w, D]   ->  [B, X·bq, Y·bq, N·Dv]
 or, where not `core.map_layout`, q [Z, Q, N·D] -> [Z, Q, N·Dv], block by block.
@@ -157,7 +158,10 @@ def attend(q: tf.Tensor, kv_map: tf.Tensor, tables: tf.Tensor, core: Core, platf
 def layer_core(q_shape: tf.TensorShape, kv_channels: int, *, block: int, halo: int, stride: int,
                heads: int, scale: float, position_width: int, centered: bool = False) -> Core:
   """The Core of a call of `attend_maps` on q [B, X·bq, Y·bq, N·D] (bq = block / stride; a static
-  shape) and a k/v map of `kv_channels` = N·(D + Dv) channels; the other arguments are its."""
+  shape) and a k/v map of `kv_channels` = N·(D + Dv) channels: blocks of `block` with a halo of
+  `halo`, query stride `stride`, N = `heads`; `scale` multiplies q·k; `position_width`: channels
+  of q each table row meets (for the FLOP count only); `centered`: SASA's window (each query
+  attends to the keys within h rows and columns of itself, stride 1)."""
   batch, rows, cols, key_channels = q_shape.as_list()
   bq = block // stride
   return Core(batch=batch, blocks_x=rows // bq, blocks_y=cols // bq, block=block, halo=halo,
@@ -186,9 +190,8 @@ def _padded_map(kv: tf.Tensor, core: Core) -> tf.Tensor:
                      [0, padded_channels - channels]])
 
 
-def attend_maps(q: tf.Tensor, kv: tf.Tensor, tables: tf.Tensor, *, block: int, halo: int,
-                stride: int, heads: int, scale: float, position_width: int, platform: str,
-                centered: bool = False) -> tf.Tensor:
+def attend_maps(q: tf.Tensor, kv: tf.Tensor, tables: tf.Tensor, core: Core,
+                platform: str) -> tf.Tensor:
   """A halo layer's attention core by the kernel, from the layer's own maps.
 
   Args:
@@ -198,19 +201,13 @@ def attend_maps(q: tf.Tensor, kv: tf.Tensor, tables: tf.Tensor, *, block: int, h
       W <= Y·b), q's dtype.
     tables: [2·bq·w, D] float32, relative_position.window_tables (times the layer's position
       scale).
-    block, halo, stride: b, h and the query stride s.
-    heads: N.  scale: multiplies q·k.  position_width: channels of q each table row meets (for
-      the FLOP count only).
+    core: `layer_core` of q's shape, kv's channels and the layer's settings.
     platform: 'tpu' or 'cpu' (see the module docstring).
-    centered: SASA's window: each query attends to the keys within h rows and columns of itself
-      (stride 1).
 
   Returns:
     [B, X·bq, Y·bq, N·Dv] in q's dtype. Raises ValueError, naming the fused_attention setting,
     when the kernel's grid step cannot fit the TPU compiler's VMEM.
   """
-  core = layer_core(q.shape, kv.shape[-1], block=block, halo=halo, stride=stride, heads=heads,
-                    scale=scale, position_width=position_width, centered=centered)
   try:
     core.check_fits(q.dtype.size)
   except DoesNotFit as e:

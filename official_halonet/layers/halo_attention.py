@@ -257,9 +257,9 @@ class HaloAttention(tf_keras.layers.Layer):
     q = blocking.pad_to_multiple(self.query(queries), bq)  # [B, Hp/s, Wp/s, N·D]
     # The kernel is made for one shape: where the shape is not known (Keras's symbolic build, a
     # free-batch export), XLA computes the same map.
-    platform = None if return_attention_scores else self._fused_platform(q)
-    if platform:
-      out, scores = self._fused(q, x, platform), None  # [B, Hp/s, Wp/s, N·Dv]
+    kernel = None if return_attention_scores else self._kernel_call(q)
+    if kernel:
+      out, scores = self._fused(q, x, *kernel), None  # [B, Hp/s, Wp/s, N·Dv]
     else:
       q_blocks = blocking.to_blocks(q, bq)  # [B, X, Y, bq², N·D]
       _, n_x, n_y, _, _ = blocking.dims(q_blocks)
@@ -337,35 +337,33 @@ class HaloAttention(tf_keras.layers.Layer):
         position_width=d // 2 if self.rel_pos == "split" else d,
         centered=self.window == "centered")
 
-  def _fused_platform(self, q: tf.Tensor) -> Optional[str]:
-    """The platform whose kernel computes this call's attention, or None for XLA's: the layer's
-    setting, or, unset, the run's default for this shape where the kernel computes it."""
+  def _kernel_call(self, q: tf.Tensor) -> Optional[Tuple[fused_lib.Core, str]]:
+    """The Core and the platform whose kernel computes this call's attention, or None for XLA's:
+    the layer's setting, or, unset, the run's default for this shape where the kernel computes
+    it."""
+    if not q.shape[:3].is_fully_defined():
+      return None
     if self.fused_attention in fused_lib.PLATFORMS:  # forced: checked in __init__
-      return self.fused_attention if q.shape[:3].is_fully_defined() else None
-    if (self.fused_attention == "none" or not self.kernel_computes
-        or not q.shape[:3].is_fully_defined()):
+      return self._core(q.shape), self.fused_attention
+    if self.fused_attention == "none" or not self.kernel_computes:
       return None
     core = self._core(q.shape)
     if not fused_lib.fits(core, q.dtype):
       return None
-    return fused_lib.platform_for(None, fused_lib.shape_key(core, q.dtype))
+    platform = fused_lib.platform_for(None, fused_lib.shape_key(core, q.dtype))
+    return (core, platform) if platform else None
 
-  def _fused(self, q: tf.Tensor, x: tf.Tensor, platform: str):
-    """The attention by fused_attention.attend_maps on `platform`: the query map q [B, X·bq,
-    Y·bq, N·D] in the compute dtype and the layer's input x [B, H, W, C] -> [B, X·bq, Y·bq,
-    N·Dv]."""
-    d = self.head_dim
+  def _fused(self, q: tf.Tensor, x: tf.Tensor, core: fused_lib.Core, platform: str):
+    """The attention by fused_attention.attend_maps with `core` on `platform`: the query map q
+    [B, X·bq, Y·bq, N·D] in the compute dtype and the layer's input x [B, H, W, C] -> [B, X·bq,
+    Y·bq, N·Dv]."""
     tables = relative_position.window_tables(
         tf.cast(self.rel_pos_h, tf.float32), tf.cast(self.rel_pos_w, tf.float32),
         self.block_size, self.halo_size, self.query_stride, self.rel_pos,
         self.query_positions == "subsampled")
     if self.scale_rel_logits:
-      tables = tables * d**-0.5
-    return fused_lib.attend_maps(
-        q, self.key_value(x), tables, block=self.block_size, halo=self.halo_size,
-        stride=self.query_stride, heads=self.num_heads, scale=d**-0.5,
-        position_width=d // 2 if self.rel_pos == "split" else d, platform=platform,
-        centered=self.window == "centered")
+      tables = tables * self.head_dim**-0.5
+    return fused_lib.attend_maps(q, self.key_value(x), tables, core, platform)
 
   def _key_mask(self, height, width, blocks, dtype) -> Optional[tf.Tensor]:
     """Bool [1 or B, X·Y, 1, bq², w²] (broadcastable), False for keys a query may not attend to:
