@@ -36,24 +36,27 @@ import core  # noqa: E402  pylint: disable=g-import-not-at-top,wrong-import-posi
 import halo_attention  # noqa: E402  pylint: disable=g-import-not-at-top,wrong-import-position
 
 
-def serialized(request: dict) -> (bytes, int):
-  """(module bytes, calling-convention version) for REQUEST."""
+def exported(call: core.Core, kind: str, dtype: str, platform: str):
+  """jax.export's Exported of the `kind` ('forward' or 'backward') kernel for `call`, its arrays in
+  `dtype` (the tables float32), lowered for `platform` ('tpu': Mosaic; 'cpu': interpreted)."""
   import jax  # pylint: disable=g-import-not-at-top
   from jax import export as jax_export  # pylint: disable=g-import-not-at-top
-  from jax._src.lib import xla_client  # pylint: disable=g-import-not-at-top
-  call = core.Core(**request["core"])
-  interpret = request["platform"] == "cpu"
-  make = {"forward": halo_attention.forward, "backward": halo_attention.backward}[request["kind"]]
-  names = ["q", "kv_map", "tables"] + (["out"] if request["kind"] == "backward" else [])
-  dtype = jax.numpy.dtype(request["dtype"])
+  make = {"forward": halo_attention.forward, "backward": halo_attention.backward}[kind]
+  names = ["q", "kv_map", "tables"] + (["out"] if kind == "backward" else [])
   specs = [jax.ShapeDtypeStruct(call.shapes()[name],
-                                jax.numpy.float32 if name == "tables" else dtype)
+                                jax.numpy.float32 if name == "tables" else jax.numpy.dtype(dtype))
            for name in names]
-  exported = jax_export.export(jax.jit(make(call, interpret)),
-                               platforms=[request["platform"]])(*specs)
+  return jax_export.export(jax.jit(make(call, platform == "cpu")), platforms=[platform])(*specs)
+
+
+def serialized(request: dict) -> (bytes, int):
+  """(module bytes, calling-convention version) for REQUEST."""
+  from jax._src.lib import xla_client  # pylint: disable=g-import-not-at-top
+  module = exported(core.Core(**request["core"]), request["kind"], request["dtype"],
+                    request["platform"])
   data = xla_client._xla.mlir.serialize_portable_artifact(  # pylint: disable=protected-access
-      exported.mlir_module(), request["stablehlo_version"])
-  return data, exported.calling_convention_version
+      module.mlir_module(), request["stablehlo_version"])
+  return data, module.calling_convention_version
 
 
 def main(argv) -> int:
