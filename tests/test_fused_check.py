@@ -7,6 +7,8 @@ layers/fused_attention.attend, the one call through which every kernel runs.
 """
 import json
 import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -169,3 +171,34 @@ def test_a_run_checks_its_shapes_trains_with_the_kernel_and_its_checkpoint_loads
   logs = runner.run(runner.RunOptions(gin_files=["demo.gin"], gin_bindings=bindings, mode="eval",
                                       model_dir=str(tmp_path / "run"), strategy="one_device"))
   assert np.isfinite(logs["validation_loss"]) and not batches  # XLA's path
+
+
+AGREEMENT = """
+import official_halonet, tensorflow as tf
+cpu = tf.config.list_physical_devices("CPU")[0]
+tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
+from official_halonet.training import fused_check
+strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
+# Two replicas standing in for two hosts: the second distrusts the second of three shapes.
+local = strategy.experimental_distribute_values_from_function(
+    lambda context: tf.constant([1.0, 1.0 - context.replica_id_in_sync_group, 1.0]))
+print(fused_check.agreed(local, strategy), fused_check.agreed([True, False], strategy),
+      fused_check.agreed([], strategy))
+"""
+
+
+def test_hosts_agree_on_each_shape():
+  """A shape takes the kernel only where every replica (every host of a pod) trusts it."""
+  done = subprocess.run([sys.executable, "-c", AGREEMENT], capture_output=True, text=True,
+                        timeout=300, check=False)
+  assert done.returncode == 0, done.stderr[-2000:]
+  assert done.stdout.splitlines()[-1] == "[True, False, True] [True, False] []"
+
+
+def test_a_shape_another_host_distrusts_keeps_xlas_path(model, monkeypatch):
+  monkeypatch.setattr(fused_check, "check_shape", lambda *args: "")  # trusted here
+  monkeypatch.setattr(fused_check, "agreed", lambda trusted, strategy: [False, True, True])
+  lines = []
+  verdicts = fused_check.check_model(model, "cpu", tf.distribute.get_strategy(), say=lines.append)
+  assert [v.trusted for v in verdicts] == [False, True, True]
+  assert verdicts[0].cause == "another host's check did not trust it" and len(lines) == 1

@@ -10,7 +10,9 @@ whose kernel fails to export, compile or run, or whose results differ from XLA's
 rounding allows, keeps XLA's path, with one warning line naming the shape and the cause. Verdicts
 are cached per host ($OFFICIAL_HALONET_KERNEL_CACHE or ~/.cache/official_halonet/kernels, in
 checks/, keyed by the shape, the kernel sources and the TensorFlow, JAX and libtpu versions)
-and written to model_dir/fused_attention.json.
+and written to model_dir/fused_attention.json. On a pod every host runs this check; the hosts then
+agree over the strategy's replicas (`agreed`): a shape takes the kernel only where every host
+trusts it, so all hosts build the same program.
 
 How close is close enough. Under mixed_bfloat16 both paths take the same bfloat16 q, k and v and
 keep their sums in float32; they differ in where they round to bfloat16 (unit roundoff u = 2^-8):
@@ -165,12 +167,32 @@ def _warn(line: str) -> None:
   print(f"Warning: {line}", flush=True)
 
 
+def agreed(trusted, strategy) -> List[bool]:
+  """Per shape, whether every replica of `strategy` trusts it: `trusted` is one host's list of
+  bools (or, per replica, a distributed value of such a float vector, 1 for trusted)."""
+  if not isinstance(trusted, tf.distribute.DistributedValues):
+    if not trusted:
+      return []
+    trusted = tf.constant([float(t) for t in trusted])
+
+  def doubts(local):
+    return tf.distribute.get_replica_context().all_reduce(tf.distribute.ReduceOp.SUM,
+                                                          1.0 - local)
+
+  summed = tf.function(lambda: strategy.run(doubts, args=(trusted,)), autograph=False)()
+  return [bool(d == 0) for d in strategy.experimental_local_results(summed)[0].numpy()]
+
+
 def check_model(model: tf_keras.Model, platform: str, strategy, model_dir: str = "",
                 say=_warn) -> List[Verdict]:
-  """Every default-fused shape of `model` checked (or read from the cache); verdicts written to
-  model_dir/fused_attention.json; one `say` line per shape that keeps XLA's path."""
+  """Every default-fused shape of `model` checked (or read from the cache) and agreed between
+  the hosts; verdicts written to model_dir/fused_attention.json; one `say` line per shape that
+  keeps XLA's path."""
   verdicts = [_verdict(key, layer, names, platform, strategy)
               for key, (layer, names) in layer_shapes(model).items()]
+  for verdict, everywhere in zip(verdicts, agreed([v.trusted for v in verdicts], strategy)):
+    if verdict.trusted and not everywhere:
+      verdict.trusted, verdict.cause = False, "another host's check did not trust it"
   for verdict in verdicts:
     if not verdict.trusted:
       say(f"fused attention: {verdict.shape} keeps XLA's path ({len(verdict.layers)} layer(s), "
