@@ -13,7 +13,6 @@ the same. The figures are the TPU compiler's (official_halonet/tpu/check.py says
 and are not). The README's table shows each file at its published slices.
 Flags are absl's (official_halonet.data.command_line, like the other bench scripts).
 """
-import dataclasses
 import json
 import pathlib
 import sys
@@ -135,10 +134,8 @@ def main(argv=None):
                     for generation in args.generations}
     for generation in args.generations:
       start = time.time()
-      published = list(slices.published_settings(name, topologies[generation]))
-      report = check.check(dataclasses.replace(options, gin_bindings=published + list(
-          options.gin_bindings)), topologies[generation], say=lambda line: None,
-                           bisect=args.bisect, kinds=tuple(args.steps))
+      report = check.check(options, topologies[generation], say=lambda line: None,
+                           bisect=args.bisect, kinds=tuple(args.steps))  # adds slices.SETTINGS
       print(row(name, report, time.time() - start), flush=True)
       saved[f"{name}@{report.topology}"] = report.to_json()
       out.write_text(json.dumps(saved, indent=1, default=str))

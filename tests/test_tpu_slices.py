@@ -79,6 +79,27 @@ def test_settings_apply_on_the_published_slice_only(monkeypatch):
   assert slices.published_settings("gin/h6.gin", "v5litepod-256") == ()
   with pytest.raises(KeyError, match="not a published gin file"):
     slices.published_settings("gin/h9.gin", "v4-8")
+  assert slices.name_of(os.path.join(ROOT, "gin", "detection", "maskrcnn_r50_halo_b8.gin")) == (
+      "detection/maskrcnn_r50_halo_b8")
+
+
+def test_tpu_check_adds_the_published_settings_before_the_users(monkeypatch):
+  """`main.py --mode=tpu_check` on a file's published slice (by any of its names) compiles what
+  tpu_scripts run there: the published bindings first, the user's after them (and not twice)."""
+  from official_halonet.tpu import check  # pylint: disable=import-outside-toplevel
+  from official_halonet.training import runner  # pylint: disable=import-outside-toplevel
+  monkeypatch.setitem(slices.SETTINGS, "h7", {"v5litepod": ("a = 1", "b = 2")})
+  options = runner.RunOptions(gin_files=[os.path.join(ROOT, "gin", "h7.gin")],
+                              gin_bindings=["b = 2", "c = 3"])
+  lines = []
+  got = check.with_published_settings(options, chips.parse_slice("v5e-256"), lines.append)
+  assert got.gin_bindings == ["a = 1", "b = 2", "c = 3"]
+  assert lines == [f"--gin_bindings a = 1: what {options.gin_files[0]} is published with on "
+                   "v5litepod-256 (official_halonet/tpu/slices.py)"]
+  for other in ("v4-512", "v5litepod-128"):
+    assert check.with_published_settings(options, chips.parse_slice(other), pytest.fail) == options
+  mine = runner.RunOptions(gin_files=["my/experiment.gin"])
+  assert check.with_published_settings(mine, chips.parse_slice("v5e-256"), pytest.fail) == mine
 
 
 def test_measured_slices_fit_with_five_percent_of_hbm_to_spare():

@@ -2,7 +2,8 @@
 
     python main.py --mode=tpu_check --gin_file=gin/h7.gin --tpu_topology=v4-32 [--output=x.json]
 
-For the named slice: the per-device batch (global batch / devices; not divisible is an error), the
+For the named slice: the bindings the first gin file is published with there, if it is that file's
+published slice (slices.py; before the user's, which win), the per-device batch (global batch / devices; not divisible is an error), the
 train and eval steps traced as HLO (steps.py) and compiled for one device of that TPU generation
 by XLA's TPU compiler, the pinned libtpu's (compile_only.py). Reported per step: compiled or the
 first error line; HBM per device (arguments: parameters, optimizer slots and the batch; outputs not
@@ -18,6 +19,7 @@ compiler (no TPUStrategy all-reduce, no infeed), and a roofline lower bound, not
 This module runs the check; compiler.py compiles (compile_only.py in a process of its own),
 batch_search.py finds the largest batch that fits, report.py holds the results and prints them.
 """
+import dataclasses
 import os
 from typing import Callable, Tuple
 
@@ -25,6 +27,7 @@ from official_halonet.kernels import tpu_software
 from official_halonet.tpu import batch_search
 from official_halonet.tpu import chips
 from official_halonet.tpu import compiler
+from official_halonet.tpu import slices
 from official_halonet.tpu import steps as steps_lib
 from official_halonet.tpu.report import CheckReport
 from official_halonet.tpu.report import StepReport
@@ -52,6 +55,23 @@ def per_device_batch(global_batch: int, tpu: chips.Slice, setting: str) -> int:
   return global_batch // tpu.devices
 
 
+def with_published_settings(options, tpu: chips.Slice, say: Callable[[str], None]):
+  """`options` with the bindings its first gin file is published with on `tpu` (slices.SETTINGS;
+  none unless `tpu` is that file's published slice) put before the user's, as tpu_scripts do."""
+  if not options.gin_files:
+    return options
+  topology = tpu.generation.slice_name(tpu.devices)
+  try:
+    published = slices.published_settings(options.gin_files[0], topology)
+  except KeyError:  # not a published file
+    return options
+  published = [b for b in published if b not in options.gin_bindings]
+  if published:
+    say(f"--gin_bindings {'; '.join(published)}: what {options.gin_files[0]} is published with on "
+        f"{topology} (official_halonet/tpu/slices.py)")
+  return dataclasses.replace(options, gin_bindings=published + list(options.gin_bindings))
+
+
 def compile_step(steps: steps_lib.Steps, kind: str, batch: int, tpu: chips.Slice,
                  optimized_hlo: str = "") -> StepReport:
   """Traces `kind` at `batch` and compiles it for the slice's generation."""
@@ -74,6 +94,7 @@ def check(options, topology: str, say: Callable[[str], None] = print,
   except ValueError as e:
     raise CheckError(str(e)) from None
   check_compiler()  # before minutes of tracing
+  options = with_published_settings(options, tpu, say)
   try:
     steps = steps_lib.Steps(options)
     steps.trainer  # pylint: disable=pointless-statement  (built here: its errors are the run's)

@@ -57,10 +57,13 @@ BELOW_TARGET: Dict[str, Dict[str, str]] = {
 
 
 def name_of(gin_file: str) -> str:
-  """'gin/h7.gin', 'h7.gin' or 'h7' -> 'h7'; 'gin/detection/x.gin' -> 'detection/x'."""
+  """'gin/h7.gin', '/path/to/project/gin/h7.gin', 'h7.gin' or 'h7' -> 'h7';
+  'gin/detection/x.gin' -> 'detection/x'."""
   name = gin_file[:-len(".gin")] if gin_file.endswith(".gin") else gin_file
   name = name.replace(os.sep, "/")
-  return name.split("gin/", 1)[1] if name.startswith(("gin/", "./gin/")) else name
+  if name.startswith(("gin/", "./gin/")):
+    return name.split("gin/", 1)[1]
+  return name.rsplit("/gin/", 1)[1] if "/gin/" in name else name
 
 
 def published_slice(gin_file: str, generation: str) -> str:
