@@ -10,10 +10,10 @@ batch the train step, optimizer included, is to fit one device's HBM with at lea
 by `--mode=tpu_check` on the pinned libtpu (bench/tpu_check.py; bench/results/tpu_check.json
 holds the compiles, and the README's TPU table shows them). A global batch of 4096 fits the
 largest models only on slices with more devices and fewer images each; v5e slices stop at 256
-chips. Where a file needs more than its gin file to fit a generation's slice (recompute_attention),
-SETTINGS holds the bindings. Each gin file names its slices (and those bindings) in its comment,
-and tpu_scripts take them as the default --accelerator-type, adding the bindings on that slice
-(tests/test_tpu_slices.py checks the three agree).
+chips. Where a file needs more than its gin file to fit a generation's slice (recompute_attention,
+or a smaller global batch), SETTINGS holds the bindings. Each gin file names its slices (and those
+bindings) in its comment, and tpu_scripts take them as the default --accelerator-type, adding the
+bindings on that slice, as tpu_check does (tests/test_tpu_slices.py checks the three agree).
 
 Standard library only: tpu_scripts run it with the workstation's python3.
 """
@@ -43,16 +43,12 @@ SLICES: Dict[str, Dict[str, str]] = {
 
 
 # What a file needs on top of its gin file to fit its published slice of a generation, as gin
-# bindings: tpu_scripts and bench/tpu_check.py add them when they run it on that slice.
-SETTINGS: Dict[str, Dict[str, Tuple[str, ...]]] = {}
-
-
-# Published slices measured to fit with less than the 5% of HBM to spare, and why no other choice
-# does better (tests/test_tpu_slices.py holds them to what was measured).
-BELOW_TARGET: Dict[str, Dict[str, str]] = {
-    "h7": {"v5litepod": "16 images per device are the fewest a v5e slice (256 chips at most) "
-                        "gives a global batch of 4096, and recompute_attention adds memory with "
-                        "the fused kernel (which recomputes the logits already)"},
+# bindings: tpu_scripts and tpu_check add them when they run it on that slice. H7 on v5e: at 4096,
+# 16 images per device on the largest v5e slice, its step leaves less than 5% of HBM and
+# recompute_attention adds memory (bench/results/tpu_check_variants.json; the README's TPU section
+# has the figures); a global batch of 2048 fits, and the schedule follows the batch.
+SETTINGS: Dict[str, Dict[str, Tuple[str, ...]]] = {
+    "h7": {"v5litepod": ("experiment.global_batch_size = 2048",)},
 }
 
 
