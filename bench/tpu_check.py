@@ -7,9 +7,11 @@ batch on each named TPU generation, one markdown row per (file, generation) and 
     python bench/tpu_check.py --readme      # the README's table from the saved rows
 
 Each file is compiled at the slice it is published for (official_halonet/tpu/slices.py), with
-its own batches and the settings it is published with there; or, with --per_device_batch, at the slice where its global batch gives that many
-images per device (e.g. 4096 / 32 = 128 devices: v4-256, v5litepod-128), the eval batch bound to
-the same. The figures are the TPU compiler's (official_halonet/tpu/check.py says what they are
+its own batches and the settings it is published with there; or, with --per_device_batch, at the
+slice where its global batch gives that many images per device (e.g. 4096 / 32 = 128 devices:
+v4-256, v5litepod-128), the eval batch bound to the same. A published file whose train step does
+not compile at its slice yet is kept apart, in bench/results/tpu_check_failures.json
+(tests/test_tpu_slices.py holds every row of --out to fitting); the README's table shows it. The figures are the TPU compiler's (official_halonet/tpu/check.py says what they are
 and are not). The README's table shows each file at its published slices.
 Flags are absl's (official_halonet.data.command_line, like the other bench scripts).
 """
@@ -90,7 +92,7 @@ def _readme_row(name: str, report: dict, batch_search, report_lib) -> str:
     shortfall = batch_search.hbm_shortfall(report_lib.StepReport(
         "train", step["batch"], False, error=step["error"]))
     why = (f"temporaries {shortfall[0] / 2**30:.2f} GiB > {shortfall[1] / 2**30:.2f} GiB"
-           if shortfall else step["error"][:100])
+           if shortfall else step["error"].split(" while ")[0][:100])  # the cause, not the HLO
     return f"{start} no ({why}) | | | | | | |"
   spare = 1 - step["hbm"]["total"] / report["hbm_available_bytes"]
   return (f"{start} {'yes' if step['fits'] else 'no'}, {spare:.0%} spare | "
@@ -113,7 +115,9 @@ def main(argv=None):
   out = pathlib.Path(args.out)
   saved = json.loads(out.read_text()) if out.exists() else {}
   if args.readme:
-    print(readme_table(saved, args.generations))
+    failures = ROOT / "bench" / "results" / "tpu_check_failures.json"
+    print(readme_table({**(json.loads(failures.read_text()) if failures.exists() else {}),
+                        **saved}, args.generations))
     return
   print("| gin file | slice | train batch / device | fits | HBM GB | TFLOP | GB accessed | "
         "FLOP/B | roofline ms | compile (host) |")
