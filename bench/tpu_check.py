@@ -9,11 +9,11 @@ batch on each named TPU generation, one markdown row per (file, generation) and 
 Each file is compiled at the slice it is published for (official_halonet/tpu/slices.py), with
 its own batches and the settings it is published with there; or, with --per_device_batch, at the
 slice where its global batch gives that many images per device (e.g. 4096 / 32 = 128 devices:
-v4-256, v5litepod-128), the eval batch bound to the same. A published file whose train step does
-not compile at its slice yet, or leaves less than 5% of HBM, is kept apart, in
-bench/results/tpu_check_failures.json (tests/test_tpu_slices.py holds every row of --out to the
-target); the README's table shows it. The figures are the TPU compiler's (official_halonet/tpu/check.py says what they are
-and are not). The README's table shows each file at its published slices.
+v4-256, v5litepod-128), the eval batch bound to the same. The figures are the TPU compiler's
+(official_halonet/tpu/check.py says what they are and are not). The README's table shows each file
+at its published slices: the rows of --out, which tests/test_tpu_slices.py holds to the 5% target,
+and those of bench/results/tpu_check_failures.json, compiles at a published slice that do not
+compile yet or leave less than 5% of HBM.
 Flags are absl's (official_halonet.data.command_line, like the other bench scripts).
 """
 import json
