@@ -152,6 +152,17 @@ def test_batch_guess_from_the_compilers_out_of_memory_message():
   assert batch_search.hbm_shortfall(one_buffer) == (21474836480, 17179869184)
 
 
+def test_a_kernels_scoped_vmem_failure_keeps_what_it_asked_of_what_limit():
+  op = "%name.29 = (bf16[8,32,32,512]{3,2,1,0:T(8,128)(2,1)S(1)}) custom-call(%a, %b), " * 20
+  message = ("RESOURCE_EXHAUSTED: Ran out of memory in memory space vmem while allocating on "
+             f"stack for {op}. Scoped allocation with size 17.27M and limit 16.00M exceeded scoped "
+             "vmem limit by 1.27M. It should not be possible to run out of scoped vmem.")
+  step = report_lib.step_report("train", 8, {"compiled": False, "error": message,
+                                             "out_of_memory": True})
+  assert step.error.startswith("RESOURCE_EXHAUSTED: Ran out of memory in memory space vmem")
+  assert step.error.endswith("Scoped allocation with size 17.27M and limit 16.00M")
+  assert len(step.error) < 400
+
 def test_errors_before_any_compile(monkeypatch):
   with pytest.raises(check.CheckError, match="unknown TPU topology 'v9-8'"):
     check.check(_options(), "v9-8")

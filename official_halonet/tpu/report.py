@@ -55,13 +55,18 @@ def step_report(kind: str, batch: int, result: Dict) -> StepReport:
 def _first_line(message: str) -> str:
   """The compiler's message cut to what failed: for running out of HBM, how much was used of how
   much (and the temporaries' share), e.g. 'Ran out of memory in memory space hbm. Used 22.21G of
-  15.75G hbm. HLO temp 22.21G'."""
+  15.75G hbm. HLO temp 22.21G'; for one op's scoped VMEM, the op and what it asked of what limit
+  ('... allocating on stack for %x = ... custom-call(...) ... Scoped allocation with size 17.27M
+  and limit 16.00M ...', the op's HLO cut short)."""
   text = " ".join(message.split())
   oom = re.search(r"Ran out of memory in memory space hbm\. Used [\d.]+\w* of [\d.]+\w* hbm\.",
                   text)
   if oom:
     temporaries = re.search(r"HLO temp [\d.]+[KMGT]?", text)
     return oom.group(0) + (f" {temporaries.group(0)}" if temporaries else "")
+  scoped = re.search(r"Scoped allocation with size [\d.]+\w* and limit [\d.]+\w*", text)
+  if scoped:
+    return f"{text[:300]} ... {scoped.group(0)}"
   return text[:400]
 
 
