@@ -8,7 +8,8 @@ devices; not divisible is an error), the train and eval steps traced as HLO (ste
 for one device of that TPU generation by XLA's TPU compiler, the pinned libtpu's (compile_only.py).
 Reported per step: compiled or the first error line; HBM per device (arguments: parameters,
 optimizer slots and the batch; outputs not aliased to arguments; temporaries; their total) against
-the chip's; TFLOP and bytes accessed, FLOP per byte, and the roofline bound max(FLOP / peak, bytes /
+the chip's; the fused layer shapes whose kernel the compiler refuses (kernel_check.py: they
+take XLA's path, as a run's check on the chip would send them); TFLOP and bytes accessed, FLOP per byte, and the roofline bound max(FLOP / peak, bytes /
 HBM bandwidth) with the images/s per chip it implies. A train step that does not fit is bisected for
 the largest per-device batch that does, and compiled once more with `recompute_attention`. XLA's
 cost analysis counts a while loop's body once: a step whose compiled program has loops says its
@@ -28,6 +29,7 @@ from official_halonet.kernels import tpu_software
 from official_halonet.tpu import batch_search
 from official_halonet.tpu import chips
 from official_halonet.tpu import compiler
+from official_halonet.tpu import kernel_check
 from official_halonet.tpu import slices
 from official_halonet.tpu import steps as steps_lib
 from official_halonet.tpu.report import CheckReport
@@ -104,8 +106,11 @@ def check(options, topology: str, say: Callable[[str], None] = print,
   batches = {"train": per_device_batch(steps.global_batch_size, tpu, "global_batch_size"),
              "eval": per_device_batch(steps.eval_batch_size, tpu, "eval_batch_size")}
   batches = {kind: batch for kind, batch in batches.items() if kind in kinds}
+  steps.trusted, refused = kernel_check.refused_shapes(steps.trainer.model, tpu.generation,
+                                                       list(batches.values()), say)
   precision = steps.config.runtime.mixed_precision_dtype or "float32"
-  report = CheckReport(tpu.name, tpu.generation, tpu.devices, precision, steps.num_parameters, [])
+  report = CheckReport(tpu.name, tpu.generation, tpu.devices, precision, steps.num_parameters, [],
+                       kernel_refused=refused)
   for kind, batch in batches.items():
     say(f"compiling the {kind} step, {batch} images per device, for {tpu.generation.device_kind}")
     hlo_path = os.path.join(optimized_hlo_dir, f"{kind}.hlo.txt") if optimized_hlo_dir else ""
@@ -119,6 +124,7 @@ def check(options, topology: str, say: Callable[[str], None] = print,
         lambda b: report.probe(compile_step(steps, "train", b, tpu)), train)
     if steps.has_attention:
       say("compiling the train step once more with recompute_attention")
-      report.recompute = compile_step(steps_lib.Steps(options, recompute=True), "train",
-                                      train.batch, tpu)
+      report.recompute = compile_step(
+          steps_lib.Steps(options, recompute=True, trusted=steps.trusted), "train", train.batch,
+          tpu)
   return report

@@ -83,6 +83,7 @@ class CheckReport:
   probes: Dict[int, bool] = dataclasses.field(default_factory=dict)  # bisection: batch -> fits
   recompute: Optional[StepReport] = None
   searched: bool = False  # whether the search for largest_fitting_batch ran (check's `bisect`)
+  kernel_refused: Dict[str, str] = dataclasses.field(default_factory=dict)  # shape -> why: XLA's
 
   def probe(self, step: StepReport) -> StepReport:
     """Records one bisection compile."""
@@ -102,7 +103,8 @@ class CheckReport:
             "steps": [step(s) for s in self.steps],
             "largest_fitting_batch": self.largest_fitting_batch,
             "bisection": {str(b): fits for b, fits in sorted(self.probes.items())},
-            "recompute_attention": step(self.recompute) if self.recompute else None}
+            "recompute_attention": step(self.recompute) if self.recompute else None,
+            "fused_kernel_refused": dict(self.kernel_refused)}
 
 
 def _gb(value: float) -> str:
@@ -134,6 +136,8 @@ def table(report: CheckReport) -> str:
                    f"do not cover their repeats")
   if report.steps and report.steps[0].kind == "train" and report.steps[0].out_of_memory:
     lines.append(_search_line(report))
+  lines += [f"XLA's attention for {shape}: the compiler refuses its fused kernel ({why})"
+            for shape, why in report.kernel_refused.items()]
   return "\n".join(lines)
 
 

@@ -20,7 +20,7 @@ import dataclasses
 import functools
 import os
 import tempfile
-from typing import Any, Dict
+from typing import Any, Dict, Optional, Sequence
 
 import gin
 import numpy as np
@@ -63,7 +63,11 @@ class Traced:
 class Steps:
   """A configuration's trainer, built once; `hlo` traces its steps at any per-replica batch."""
 
-  def __init__(self, options: run_options.RunOptions, recompute: bool = False):
+  def __init__(self, options: run_options.RunOptions, recompute: bool = False,
+               trusted: Optional[Sequence[str]] = None):
+    """`trusted`: the fused layer shapes (fused_attention.shape_key) that take the kernel where
+    their setting is unset (kernel_check.py's verdict); None: every shape the kernel computes."""
+    self.trusted = trusted
     options = dataclasses.replace(options, gin_bindings=list(options.gin_bindings) +
                                   _compile_only_bindings(options, recompute))
     built = run_options.build_config(options, precision.default_dtype("tpu", 0))
@@ -157,9 +161,9 @@ class Steps:
     # The compiler-IR call takes flat TensorSpecs, not the batch's nested structure.
     step = tf.function(lambda *flat: body(tf.nest.pack_sequence_as(spec, flat)), jit_compile=True)
     try:
-      # As a TPU run traces it: halo layers left unset take the fused kernel (that run's check on
-      # the chip, training/fused_check.py, may send a shape back to XLA's path).
-      with fused_attention.kernel_by_default("tpu"):
+      # As a TPU run traces it: halo layers left unset take the fused kernel for the shapes that
+      # run's check on the chip (training/fused_check.py) would pass, kernel_check.py's stand-in.
+      with fused_attention.kernel_by_default("tpu", self.trusted):
         hlo = step.experimental_get_compiler_ir(*tf.nest.flatten(spec))(stage=stage)
     except (tf.errors.OpError, ValueError) as e:
       raise StepError(f"{kind} step at batch {batch} does not lower to XLA: "

@@ -4,7 +4,9 @@ The kernel is a TPU run's default for every halo layer whose fused_attention is 
 (layers/fused_attention.py). Before the first step, `trusted_kernel` takes each distinct layer
 shape of the model that would take it (fused_attention.shape_key: the kernel's grid step, which the
 batch does not change), builds that layer twice with the model's weights, once with the kernel and
-once with XLA's path, and runs both on one image of the layer's input size on the run's strategy:
+once with XLA's path, and runs both on the run's per-replica train and eval batches of the layer's
+input size on the run's strategy (the batch does not change the grid step, but it can change whether
+the compiler leaves the kernel room: the README's TPU section):
 the output, and the gradients of the input and of every weight for one random cotangent. A shape
 whose kernel fails to export, compile or run, or whose results differ from XLA's by more than
 rounding allows, keeps XLA's path, with one warning line naming the shape and the cause. Verdicts
@@ -32,7 +34,7 @@ import dataclasses
 import hashlib
 import json
 import os
-from typing import Dict, Iterator, List, Optional, Tuple
+from typing import Dict, Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
 import tensorflow as tf
@@ -113,7 +115,7 @@ def compare(got: List[np.ndarray], want: List[np.ndarray], names: List[str], dty
   return ""
 
 
-def _first_line(error: Exception) -> str:
+def first_line(error: Exception) -> str:
   """The error's own first line, inside the wrapper Keras puts around a layer's exception."""
   lines = [line.strip() for line in str(error).splitlines() if line.strip()]
   if lines and lines[0].startswith("Exception encountered when calling layer"):
@@ -121,16 +123,17 @@ def _first_line(error: Exception) -> str:
   return lines[0] if lines else type(error).__name__
 
 
-def check_shape(layer: HaloAttention, platform: str, strategy) -> str:
-  """'' when the kernel on `platform` computes `layer`'s shape as XLA's path does, else why not."""
-  shape = [1] + tf.TensorShape(layer.input_shape).as_list()[1:]
+def check_shape(layer: HaloAttention, platform: str, strategy, batch: int = 1) -> str:
+  """'' when the kernel on `platform` computes `layer`'s shape as XLA's path does on `batch`
+  images per replica, else why not."""
+  shape = [batch] + tf.TensorShape(layer.input_shape).as_list()[1:]
   x = tf.random.stateless_normal(shape, seed=[7, 0])
   try:
     with strategy.scope():
       fused, plain = _twins(layer, platform)
     got, want = _results(fused, x, strategy), _results(plain, x, strategy)
   except (tf.errors.OpError, ValueError, RuntimeError) as e:  # export, compile or run
-    return f"the kernel failed: {_first_line(e)}"
+    return f"the kernel failed: {first_line(e)}"
   names = ["output", "input gradient"] + [f"{v.name} gradient" for v in fused.trainable_variables]
   return compare(got, want, names, tf.as_dtype(fused.compute_dtype).name)
 
@@ -140,22 +143,23 @@ def verdict_dir() -> str:
   return os.path.join(library.cache_dir(), "checks")
 
 
-def _cache_path(key: str, platform: str) -> str:
+def _cache_path(key: str, platform: str, batches: Tuple[int, ...]) -> str:
   digest = hashlib.sha256(json.dumps(
-      [key, platform, tf.__version__, tpu_software.installed("jax"),
+      [key, platform, list(batches), tf.__version__, tpu_software.installed("jax"),
        tpu_software.installed("libtpu"), library.sources_digest()]).encode()).hexdigest()[:32]
   return os.path.join(verdict_dir(), f"{digest}.json")
 
 
-def _verdict(key: str, layer: HaloAttention, names: List[str], platform: str,
-             strategy) -> Verdict:
-  """One shape's verdict, from this host's cache or checked now (and cached)."""
-  path = _cache_path(key, platform)
+def _verdict(key: str, layer: HaloAttention, names: List[str], platform: str, strategy,
+             batches: Tuple[int, ...]) -> Verdict:
+  """One shape's verdict at every batch of `batches`, from this host's cache or checked now (and
+  cached)."""
+  path = _cache_path(key, platform, batches)
   if os.path.exists(path):
     with open(path, encoding="utf-8") as f:
       cached = json.load(f)
     return Verdict(key, names, cached["trusted"], cached["cause"], cached=True)
-  cause = check_shape(layer, platform, strategy)
+  cause = next(filter(None, (check_shape(layer, platform, strategy, b) for b in batches)), "")
   os.makedirs(os.path.dirname(path), exist_ok=True)
   with open(path + ".tmp", "w", encoding="utf-8") as f:
     json.dump({"shape": key, "trusted": not cause, "cause": cause}, f)
@@ -184,11 +188,13 @@ def agreed(trusted, strategy) -> List[bool]:
 
 
 def check_model(model: tf_keras.Model, platform: str, strategy, model_dir: str = "",
-                say=_warn) -> List[Verdict]:
-  """Every default-fused shape of `model` checked (or read from the cache) and agreed between
-  the hosts; verdicts written to model_dir/fused_attention.json; one `say` line per shape that
-  keeps XLA's path."""
-  verdicts = [_verdict(key, layer, names, platform, strategy)
+                say=_warn, batches: Sequence[int] = (1,)) -> List[Verdict]:
+  """Every default-fused shape of `model` checked at each per-replica batch of `batches` (the
+  run's train and eval batches: whether the compiler finds the kernel room can depend on the
+  batch, README's TPU section) or read from the cache, and agreed between the hosts; verdicts
+  written to model_dir/fused_attention.json; one `say` line per shape that keeps XLA's path."""
+  batches = tuple(sorted(set(batches)))
+  verdicts = [_verdict(key, layer, names, platform, strategy, batches)
               for key, (layer, names) in layer_shapes(model).items()]
   for verdict, everywhere in zip(verdicts, agreed([v.trusted for v in verdicts], strategy)):
     if verdict.trusted and not everywhere:
@@ -206,12 +212,13 @@ def check_model(model: tf_keras.Model, platform: str, strategy, model_dir: str =
 
 @contextlib.contextmanager
 def trusted_kernel(model: tf_keras.Model, platform: Optional[str], strategy,
-                   model_dir: str = "") -> Iterator[List[Verdict]]:
+                   model_dir: str = "", batches: Sequence[int] = (1,)) -> Iterator[List[Verdict]]:
   """Within it, the model's unset halo layers take the kernel on `platform` for the shapes that
-  passed `check_model`, XLA's path for the rest; nothing changes when `platform` is None."""
+  passed `check_model` at `batches`, XLA's path for the rest; nothing changes when `platform` is
+  None."""
   if platform is None:
     yield []
     return
-  verdicts = check_model(model, platform, strategy, model_dir)
+  verdicts = check_model(model, platform, strategy, model_dir, batches=batches)
   with fused_lib.kernel_by_default(platform, [v.shape for v in verdicts if v.trusted]):
     yield verdicts

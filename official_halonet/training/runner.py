@@ -18,7 +18,7 @@ A killed run started again with the same command resumes from the last checkpoin
 """
 import contextlib
 import os
-from typing import Any, Dict, Optional, Tuple
+from typing import Any, Dict, List, Optional, Tuple
 
 import tensorflow as tf
 from tensorflow.python.framework import config as tf_framework_config  # op determinism off again
@@ -161,6 +161,13 @@ def check_fused_attention(built: registry.Built, strategy: str) -> None:
         f"traced, but {e}", built.configurable)) from None
 
 
+def _replica_batches(config, mode: str, strategy) -> List[int]:
+  """The per-replica batches the run's steps take: train's and eval's, as `mode` runs them."""
+  data = ([config.task.train_data] if "train" in mode else []) + (
+      [config.task.validation_data] if "eval" in mode else [])
+  return [max(1, d.global_batch_size // strategy.num_replicas_in_sync) for d in data] or [1]
+
+
 def default_kernel(built: registry.Built, strategy: str) -> Optional[str]:
   """The platform of the fused kernel this run tries for its unset halo layers, or None: on a
   TPU strategy where the pinned JAX can make it (else one warning line, and XLA's path)."""
@@ -212,7 +219,8 @@ def run(options: RunOptions, built: Optional[registry.Built] = None) -> Dict[str
     finished = resumed is not None and resumed >= config.trainer.train_steps
     try:
       with fused_check.trusted_kernel(trainer.model, default_kernel(built, _strategy_name(options)),
-                                      strategy, model_dir if _is_chief(strategy) else ""):
+                                      strategy, model_dir if _is_chief(strategy) else "",
+                                      _replica_batches(config, options.mode, strategy)):
         _, eval_logs = train_lib.run_experiment(
             distribution_strategy=strategy, task=task, mode=options.mode, params=config,
             model_dir=model_dir, run_post_eval=options.mode == "train_and_eval" and finished,
