@@ -109,6 +109,39 @@ def test_a_failing_or_wrong_shape_keeps_xlas_path_with_one_line(model, monkeypat
   assert calls[by_shape[third].layers[0]] == 1
 
 
+def test_each_shape_is_checked_at_every_batch_the_run_takes(model, monkeypatch):
+  """The compiler's room for a kernel can depend on the batch (the README's TPU section): a shape
+  is trusted only when it passes at the run's train and eval batches per replica, and a verdict
+  at other batches is not read back from the cache."""
+  first = sorted(fused_check.layer_shapes(model))[0]
+  seen = []
+
+  def check_shape(layer, platform, strategy, batch=1):
+    key = next(k for k, (l, _) in fused_check.layer_shapes(model).items() if l is layer)
+    seen.append((key, batch))
+    return "the kernel failed: out of VMEM" if key == first and batch == 8 else ""
+
+  monkeypatch.setattr(fused_check, "check_shape", check_shape)
+  verdicts = fused_check.check_model(model, "cpu", tf.distribute.get_strategy(),
+                                     say=lambda _: None, batches=[8, 2, 8])
+  assert sorted(seen) == sorted((key, b) for key in fused_check.layer_shapes(model) for b in (2, 8))
+  assert [(v.shape, v.trusted) for v in verdicts if not v.trusted] == [(first, False)]
+  seen.clear()
+  again = fused_check.check_model(model, "cpu", tf.distribute.get_strategy(),
+                                  say=lambda _: None, batches=[2])
+  assert all(v.trusted and not v.cached for v in again) and {b for _, b in seen} == {2}
+
+
+def test_a_run_checks_its_train_and_eval_batches_per_replica():
+  data = lambda batch: type("Data", (), {"global_batch_size": batch})
+  config = type("Config", (), {"task": type("Task", (), {"train_data": data(64),
+                                                         "validation_data": data(16)})})
+  strategy = type("Strategy", (), {"num_replicas_in_sync": 8})
+  assert runner._replica_batches(config, "train_and_eval", strategy) == [8, 2]
+  assert runner._replica_batches(config, "train", strategy) == [8]
+  assert runner._replica_batches(config, "eval", strategy) == [2]
+
+
 def test_the_bound_passes_rounding_and_refuses_wiring_errors():
   """bfloat16: 16 units of 2^-8 of the largest output (1/8 for gradients); float32 2^-20."""
   want = [np.linspace(-2.0, 2.0, 50), np.linspace(-1.0, 1.0, 50)]

@@ -20,6 +20,7 @@ import sys
 import detection_fixtures as fx
 import pytest
 import tensorflow as tf
+import tf_keras
 
 import official_halonet  # noqa: F401
 from official_halonet.kernels import tpu_software
@@ -28,6 +29,7 @@ from official_halonet.tpu import batch_search
 from official_halonet.tpu import check
 from official_halonet.tpu import chips
 from official_halonet.tpu import compiler
+from official_halonet.tpu import kernel_check
 from official_halonet.tpu import report as report_lib
 from official_halonet.tpu import slices
 from official_halonet.tpu import steps as steps_lib
@@ -162,6 +164,36 @@ def test_a_kernels_scoped_vmem_failure_keeps_what_it_asked_of_what_limit():
   assert step.error.startswith("RESOURCE_EXHAUSTED: Ran out of memory in memory space vmem")
   assert step.error.endswith("Scoped allocation with size 17.27M and limit 16.00M")
   assert len(step.error) < 400
+
+def test_a_fused_shape_the_compiler_refuses_at_the_step_batch_takes_xlas_path(
+    tmp_path, monkeypatch):
+  """R50-halo detection's stage 4 on v5e (32×32 map, 32 heads of 16): at 8 images per device
+  XLA puts the kernel's whole query gradient into the call's 16 MiB of scoped VMEM and the compile
+  fails; a 4-head layer of the same map compiles. kernel_check names the refused shape and why;
+  the answers are cached (a fresh cache here, so the compiler is asked)."""
+  monkeypatch.setattr(kernel_check, "answer_dir", lambda: str(tmp_path))
+  tf_keras.mixed_precision.set_global_policy("mixed_bfloat16")
+  try:
+    x = tf_keras.Input((32, 32, 64))
+    wide = HaloAttention(num_heads=32, key_dim=512, block_size=8, halo_size=3, name="wide")(x)
+    narrow = HaloAttention(num_heads=4, key_dim=64, block_size=8, halo_size=3, name="narrow")
+    model = tf_keras.Model(x, narrow(wide))
+  finally:
+    tf_keras.mixed_precision.set_global_policy("float32")
+  lines = []
+  trusted, refused = kernel_check.refused_shapes(model, chips.parse_slice("v5litepod-8").generation,
+                                                 [8], lines.append)
+  assert [key.split("), ")[1] for key in trusted] == ["4 heads of 16+16 channels, bfloat16"]
+  [(key, cause)] = refused.items()
+  assert "32 heads of 16+16 channels, bfloat16" in key
+  assert re.fullmatch(r"at 8 per device: its call needs 1[6-9]\.\d\dM of scoped VMEM, over the "
+                      r"compiler's 16\.00M", cause), cause
+  assert len(lines) == 2 and lines[1].endswith(f"XLA's path, as in a run ({cause})")
+  assert len(os.listdir(tmp_path)) == 2
+  monkeypatch.setattr(compiler, "compile_for", lambda *args: pytest.fail("not cached"))
+  assert kernel_check.refused_shapes(model, chips.parse_slice("v5litepod-8").generation, [8],
+                                     lines.append) == (trusted, refused)
+
 
 def test_errors_before_any_compile(monkeypatch):
   with pytest.raises(check.CheckError, match="unknown TPU topology 'v9-8'"):

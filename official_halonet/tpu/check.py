@@ -6,14 +6,15 @@ For the named slice: the bindings the first gin file is published with there, if
 published slice (slices.py; before the user's, which win), the per-device batch (global batch /
 devices; not divisible is an error), the train and eval steps traced as HLO (steps.py) and compiled
 for one device of that TPU generation by XLA's TPU compiler, the pinned libtpu's (compile_only.py).
-Reported per step: compiled or the first error line; HBM per device (arguments: parameters,
-optimizer slots and the batch; outputs not aliased to arguments; temporaries; their total) against
-the chip's; the fused layer shapes whose kernel the compiler refuses (kernel_check.py: they
-take XLA's path, as a run's check on the chip would send them); TFLOP and bytes accessed, FLOP per byte, and the roofline bound max(FLOP / peak, bytes /
-HBM bandwidth) with the images/s per chip it implies. A train step that does not fit is bisected for
-the largest per-device batch that does, and compiled once more with `recompute_attention`. XLA's
-cost analysis counts a while loop's body once: a step whose compiled program has loops says its
-estimate does not cover them.
+Before the steps, each fused layer shape is compiled alone at the steps' batches (kernel_check.py):
+a shape the compiler refuses takes XLA's path, as a run's check on the chip would send it, and is
+named in the report. Reported per step: compiled or the first error line; HBM per device
+(arguments: parameters, optimizer slots and the batch; outputs not aliased to arguments;
+temporaries; their total) against the chip's; TFLOP and bytes accessed, FLOP per byte, and the
+roofline bound max(FLOP / peak, bytes / HBM bandwidth) with the images/s per chip it implies. A
+train step that does not fit is bisected for the largest per-device batch that does, and compiled
+once more with `recompute_attention`. XLA's cost analysis counts a while loop's body once: a step
+whose compiled program has loops says its estimate does not cover them.
 
 What the numbers are not: TensorFlow's CPU lowering of one replica's step, compiled by the TPU
 compiler (no TPUStrategy all-reduce, no infeed), and a roofline lower bound, not a measured time.

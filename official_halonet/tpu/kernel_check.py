@@ -5,18 +5,23 @@ shape whose kernel does not compile back to XLA's path. tpu_check has no chip, s
 question of the compiler: for each shape (fused_check.layer_shapes), the layer's train computation
 (its output and the gradients of its input and weights, with the kernel on 'tpu') is compiled for
 the slice's generation at each per-device batch of the steps (the batch does not change the
-kernel's grid step, but it can change whether the compiler leaves the kernel room). A shape the compiler refuses, for instance a grid
-step that needs more scoped VMEM than the compiler gives a kernel, keeps XLA's path in the steps
-tpu_check traces, as it would in the run, and the report names it with the compiler's reason.
-What this cannot see is what only running shows (a kernel that compiles and computes wrongly);
-the run's check on the chip still decides there.
+kernel's grid step, but it can change whether the compiler leaves the kernel room). A shape the
+compiler refuses, for instance one whose call needs more scoped VMEM than the compiler gives it,
+keeps XLA's path in the steps tpu_check traces, as it would in the run, and the report names it
+with the compiler's reason. What only running shows (a kernel that compiles and computes wrongly)
+is left to the run's check on the chip. Answers are cached per host, as the run's verdicts are.
 """
+import hashlib
+import json
+import os
 import re
 from typing import Callable, Dict, List, Sequence, Tuple
 
 import tensorflow as tf
 import tf_keras
 
+from official_halonet.kernels import library
+from official_halonet.kernels import tpu_software
 from official_halonet.layers import HaloAttention
 from official_halonet.tpu import chips
 from official_halonet.tpu import compiler
@@ -50,6 +55,32 @@ def _cause(result: Dict) -> str:
           f"{scoped.group(2)}" if scoped else error)
 
 
+def answer_dir() -> str:
+  """Where this host keeps the compiler's answers: beside the kernel modules."""
+  return os.path.join(library.cache_dir(), "compile_checks")
+
+
+def _refusal(key: str, layer: HaloAttention, batch: int, generation: chips.Generation) -> str:
+  """'' when the compiler takes `layer`'s kernel at `batch` per device, else why not; cached per
+  host beside the run's verdicts (keyed by the shape, batch, chip, versions and kernel sources)."""
+  path = os.path.join(answer_dir(), hashlib.sha256(json.dumps(
+      [key, batch, generation.device_kind, tf.__version__, tpu_software.installed("libtpu"),
+       library.sources_digest()]).encode()).hexdigest()[:32] + ".json")
+  if os.path.exists(path):
+    with open(path, encoding="utf-8") as f:
+      return json.load(f)["cause"]
+  try:
+    result = compiler.compile_for(_train_hlo(layer, batch), generation)
+  except (tf.errors.OpError, ValueError, RuntimeError) as e:
+    result = {"compiled": False, "error": fused_check.first_line(e)}
+  cause = "" if result.get("compiled") else f"at {batch} per device: {_cause(result)}"
+  os.makedirs(os.path.dirname(path), exist_ok=True)
+  with open(path + ".tmp", "w", encoding="utf-8") as f:
+    json.dump({"shape": key, "batch": batch, "chip": generation.device_kind, "cause": cause}, f)
+  os.replace(path + ".tmp", path)
+  return cause
+
+
 def refused_shapes(model: tf_keras.Model, generation: chips.Generation, batches: Sequence[int],
                    say: Callable[[str], None]) -> Tuple[List[str], Dict[str, str]]:
   """(the shape_keys whose kernel compiles for `generation` at every per-device batch of
@@ -61,17 +92,12 @@ def refused_shapes(model: tf_keras.Model, generation: chips.Generation, batches:
     say(f"compiling the fused kernel of {len(shapes)} layer shape(s) for "
         f"{generation.device_kind}, as a run's check on the chip would")
   for key, (layer, _) in shapes.items():
-    for batch in sorted(set(batches)):
-      try:
-        result = compiler.compile_for(_train_hlo(layer, batch), generation)
-      except (tf.errors.OpError, ValueError, RuntimeError) as e:
-        result = {"compiled": False, "error": fused_check.first_line(e)}
-      if not result.get("compiled"):
-        refused[key] = f"at {batch} per device: {_cause(result)}"
-        break
-    else:
+    causes = (_refusal(key, layer, batch, generation) for batch in sorted(set(batches)))
+    cause = next(filter(None, causes), "")
+    if not cause:
       trusted.append(key)
       continue
+    refused[key] = cause
     say(f"the fused kernel for {key} does not compile for {generation.device_kind}: XLA's path, "
         f"as in a run ({refused[key]})")
   return trusted, refused
