@@ -193,8 +193,9 @@ def test_a_run_checks_its_shapes_trains_with_the_kernel_and_its_checkpoint_loads
   monkeypatch.setattr(fused_attention, "attend", lambda q, kv_map, tables, core, platform: (
       batches.append((core.batch, platform)) or attend(q, kv_map, tables, core, platform)))
   runner.run(options)
-  assert sorted(set(batches)) == [(1, "cpu"), (8, "cpu")]  # the check's image, then the steps'
-  assert batches.count((8, "cpu")) == 3  # the train step traced the three layers with the kernel
+  # The check ran each of the three shapes at the run's train batch per replica, then the train
+  # step traced the three layers with the kernel.
+  assert batches == [(8, "cpu")] * 6
   with open(tmp_path / "run" / fused_check.VERDICTS, encoding="utf-8") as f:
     verdicts = json.load(f)
   assert verdicts["platform"] == "cpu" and len(verdicts["shapes"]) == 3
